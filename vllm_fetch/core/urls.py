@@ -1,0 +1,61 @@
+"""URL validation and redaction (pure)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import InvalidURLError
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+
+# Characters that parse differently between URL parsers (WHATWG vs RFC 3986) or that would let a
+# URL smuggle a second request line. Refuse them instead of guessing which parser is right.
+_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+def redact_url(url: str) -> str:
+    """The URL without userinfo, query or fragment: safe for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparseable URL>"
+    if not parts.scheme or not host:
+        return "<invalid URL>"
+    query = "?…" if parts.query else ""
+    return urlunsplit((parts.scheme, host + port, parts.path, "", "")) + query
+
+
+def validate_url(url: object) -> str:
+    """Return ``url`` unchanged if it is an http(s) URL with a host; raise InvalidURLError."""
+    if not isinstance(url, str) or not url:
+        raise InvalidURLError("Invalid HTTP URL: empty or not a string")
+    if _FORBIDDEN.search(url):
+        raise InvalidURLError(
+            f"Invalid HTTP URL: contains whitespace, control characters or a backslash: "
+            f"{redact_url(url)}"
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise InvalidURLError(f"Invalid HTTP URL: {exc}") from None
+    if parts.scheme.lower() not in ALLOWED_SCHEMES:
+        raise InvalidURLError(
+            "Invalid HTTP URL: A valid HTTP URL must have scheme 'http' or 'https'."
+        )
+    if not parts.hostname:
+        raise InvalidURLError("Invalid HTTP URL: no host")
+    return url
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with default ports filled in, for same-origin comparisons."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
