@@ -1,0 +1,335 @@
+"""Resume planning (pure): what Range/If-Range to send, and whether an answer may be appended.
+
+A partial download is only ever extended when the origin proves that the bytes it sends belong to
+the same representation as the bytes on disk (RFC 9110 §13.1.5 If-Range, §14.4 Content-Range).
+Any doubt means starting again: two versions of a file must never be spliced (faults F7-F9).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+#: Partials older than this are deleted instead of resumed (seconds; 7 days).
+STALE_PARTIAL_AGE: float = 7 * 24 * 3600.0
+
+# RFC 9110 §8.8.3: entity-tag = [ W/ ] DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text.
+_STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')
+# RFC 9110 §14.4: Content-Range = range-unit SP ( range-resp / unsatisfied-range ).
+_CONTENT_RANGE = re.compile(r"bytes[ \t]+([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE)
+_UNSATISFIED = re.compile(r"bytes[ \t]+\*/([0-9]+)", re.IGNORECASE)
+_DIGITS = re.compile(r"[0-9]+")
+# Keep partial names under NAME_MAX (255) however long the target name is.
+_MAX_TARGET_IN_NAME = 200
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """``headers[name]``, case-insensitively, for plain dicts as well as CI mappings."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lowered:
+            return val
+    return None
+
+
+def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"partial state: {key!r} must be a string or null")
+    return value
+
+
+def _optional_int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"partial state: {key!r} must be an integer or null")
+    return value
+
+
+@dataclass(frozen=True)
+class PartialState:
+    """What is known about a partial temp file kept for resume (stored in a JSON sidecar)."""
+
+    offset: int  # bytes on disk, contiguous from 0
+    etag: str | None
+    last_modified: str | None
+    total: int | None
+    url: str
+
+    def __post_init__(self) -> None:
+        if self.offset < 0 or (self.total is not None and not 0 <= self.offset <= self.total):
+            raise ValueError(f"partial state: bad offset {self.offset} for total {self.total}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; :meth:`from_dict` reverses it."""
+        return {
+            "offset": self.offset,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "total": self.total,
+            "url": self.url,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PartialState:
+        """Rebuild from :meth:`to_dict` output; ``ValueError`` on a corrupt sidecar."""
+        offset = _optional_int(data, "offset")
+        url = data.get("url")
+        if offset is None or not isinstance(url, str):
+            raise ValueError("partial state: 'offset' and 'url' are required")
+        return cls(
+            offset=offset,
+            etag=_optional_str(data, "etag"),
+            last_modified=_optional_str(data, "last_modified"),
+            total=_optional_int(data, "total"),
+            url=url,
+        )
+
+
+def is_strong_etag(etag: str | None) -> bool:
+    """True for a quoted entity-tag without the ``W/`` weakness prefix (RFC 9110 §8.8.3)."""
+    return etag is not None and _STRONG_ETAG.fullmatch(etag) is not None
+
+
+def _strong_equal(a: str | None, b: str | None) -> bool:
+    # RFC 9110 §8.8.3.2 strong comparison: both strong and character-for-character identical.
+    return is_strong_etag(a) and a == b
+
+
+def _valid_http_date(value: str | None) -> bool:
+    if not value:
+        return False
+    try:
+        parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return False
+    return True
+
+
+def _same_date(a: str, b: str) -> bool:
+    try:
+        return parsedate_to_datetime(a) == parsedate_to_datetime(b)
+    except (TypeError, ValueError, IndexError):
+        return a == b
+
+
+def _matches(validator: str, etag: str | None, last_modified: str | None) -> bool:
+    """Whether a 206's own validators (when present) agree with the If-Range ``validator``."""
+    if is_strong_etag(validator):
+        return etag is None or _strong_equal(etag, validator)
+    return last_modified is None or _same_date(last_modified, validator)
+
+
+def validator_for(state: PartialState) -> str | None:
+    """The If-Range validator: strong ETag, else Last-Modified, else None (cannot resume).
+
+    RFC 9110 §13.1.5 only allows a date in If-Range when it is a *strong* validator (the
+    representation was last modified at least a second before the origin's Date). We do not keep
+    the original Date, so a date is accepted as is: a change within the same second could go
+    unnoticed. The total size check in :func:`on_response` and the final sha256/size verification
+    are the backstop. Weak ETags are never used: If-Range requires strong comparison.
+    """
+    if is_strong_etag(state.etag):
+        return state.etag
+    if _valid_http_date(state.last_modified):
+        return state.last_modified
+    return None
+
+
+def plan_request(state: PartialState | None) -> dict[str, str]:
+    """Headers for (re)starting a download: Range + If-Range when the partial can be resumed."""
+    if state is None or state.offset == 0:
+        return {}
+    validator = validator_for(state)
+    if validator is None:
+        return {}
+    return {"Range": f"bytes={state.offset}-", "If-Range": validator}
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``"bytes 100-199/1000"`` -> ``(100, 199, 1000)``; ``/*`` total -> None; invalid -> None.
+
+    Invalid per RFC 9110 §14.4 includes last-pos < first-pos and last-pos >= complete-length.
+    """
+    match = _CONTENT_RANGE.fullmatch(value.strip()) if value else None
+    if match is None:
+        return None
+    start, end = int(match[1]), int(match[2])
+    total = None if match[3] == "*" else int(match[3])
+    if end < start or (total is not None and end >= total):
+        return None
+    return start, end, total
+
+
+def parse_unsatisfied_range(value: str | None) -> int | None:
+    """The complete length from a 416's ``"bytes */1000"``; None when absent or invalid."""
+    match = _UNSATISFIED.fullmatch(value.strip()) if value else None
+    return int(match[1]) if match else None
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = header_value(headers, "Content-Length")
+    if value is None or not _DIGITS.fullmatch(value.strip()):
+        return None
+    return int(value.strip())
+
+
+class ResumeAction(enum.Enum):
+    """What the driver does with the body of a (resume) response."""
+
+    APPEND = "append"  # keep the bytes on disk, write this body at ``offset``
+    RESTART = "restart"  # truncate to 0 and take this 200 body from the start
+    VERIFY_EXISTING = "verify_existing"  # 416: the local part may be complete; verify it
+    DISCARD_AND_RETRY = "discard_and_retry"  # unusable answer: truncate, request again, no Range
+    FAIL = "fail"  # not a resume answer: the caller raises a status error (partial kept)
+
+
+@dataclass(frozen=True)
+class ResumeDecision:
+    """The verdict on one response, with the validators to store for the next attempt."""
+
+    action: ResumeAction
+    offset: int  # where the body is written from (APPEND/RESTART); the local size otherwise
+    total: int | None
+    etag: str | None
+    last_modified: str | None
+    reason: str
+
+    def state_for(self, url: str) -> PartialState:
+        """The sidecar state to record once writing from ``offset`` starts."""
+        return PartialState(self.offset, self.etag, self.last_modified, self.total, url)
+
+
+def _discard(reason: str) -> ResumeDecision:
+    return ResumeDecision(ResumeAction.DISCARD_AND_RETRY, 0, None, None, None, reason)
+
+
+def _on_partial(
+    state: PartialState, requested_offset: int, headers: Mapping[str, str]
+) -> ResumeDecision:
+    parsed = parse_content_range(header_value(headers, "Content-Range"))
+    if parsed is None:
+        return _discard("206 without a valid single Content-Range")
+    start, end, total = parsed
+    if start != requested_offset:
+        return _discard(f"206 starts at {start}, asked for {requested_offset}")
+    if total is not None and state.total is not None and total != state.total:
+        return _discard(f"206 total {total} differs from the partial's {state.total}")
+    length = _content_length(headers)
+    if length is not None and length != end - start + 1:
+        return _discard(f"206 Content-Length {length} disagrees with Content-Range")
+    validator = validator_for(state) if requested_offset else None
+    if requested_offset and validator is None:
+        return _discard("206 for a partial without a safe validator")
+    etag = header_value(headers, "ETag")
+    last_modified = header_value(headers, "Last-Modified")
+    if validator is not None and not _matches(validator, etag, last_modified):
+        return _discard("206 carries a different validator than the one sent in If-Range")
+    return ResumeDecision(
+        ResumeAction.APPEND,
+        requested_offset,
+        total if total is not None else state.total,
+        etag if etag is not None else state.etag,
+        last_modified if last_modified is not None else state.last_modified,
+        f"206 continues at byte {start}",
+    )
+
+
+def _on_unsatisfiable(
+    state: PartialState, requested_offset: int, headers: Mapping[str, str]
+) -> ResumeDecision:
+    total = parse_unsatisfied_range(header_value(headers, "Content-Range"))
+    if total is None or total != requested_offset:
+        return _discard(f"416 with complete length {total}, local part is {requested_offset}")
+    if state.total is not None and state.total != total:
+        return _discard(f"416 complete length {total} differs from the partial's {state.total}")
+    etag = header_value(headers, "ETag")
+    if etag is not None and is_strong_etag(state.etag) and not _strong_equal(etag, state.etag):
+        return _discard("416 carries a different ETag than the partial's")
+    return ResumeDecision(
+        ResumeAction.VERIFY_EXISTING,
+        requested_offset,
+        total,
+        state.etag,
+        state.last_modified,
+        "416: the local part has the full length; verify it before publishing",
+    )
+
+
+def on_response(
+    state: PartialState, requested_offset: int, status: int, headers: Mapping[str, str]
+) -> ResumeDecision:
+    """Decide what a response to :func:`plan_request`'s headers means for the partial on disk.
+
+    ``requested_offset`` is the Range start actually sent (0 when no Range was sent).
+    """
+    if status == 206:
+        return _on_partial(state, requested_offset, headers)
+    if status == 200:
+        # The origin ignored Range, or If-Range failed because the resource changed (F7, F8).
+        return ResumeDecision(
+            ResumeAction.RESTART,
+            0,
+            _content_length(headers),
+            header_value(headers, "ETag"),
+            header_value(headers, "Last-Modified"),
+            "200: full body, start from zero",
+        )
+    if status == 416:
+        return _on_unsatisfiable(state, requested_offset, headers)
+    return ResumeDecision(
+        ResumeAction.FAIL,
+        state.offset,
+        state.total,
+        state.etag,
+        state.last_modified,
+        f"HTTP {status} is not an answer to a resume request",
+    )
+
+
+def should_discard_stale(mtime: float, now: float, max_age: float = STALE_PARTIAL_AGE) -> bool:
+    """True when a partial last written at ``mtime`` is older than ``max_age`` seconds."""
+    return now - mtime > max_age
+
+
+def partial_name(target_name: str, url: str) -> str:
+    """Deterministic temp file name for the resumable partial of ``target_name`` from ``url``.
+
+    ``target_name`` is a base name (no directory). The URL hash makes the name distinct per URL,
+    so a later process finds the partial of the same download and never another URL's bytes.
+    """
+    if not target_name or "/" in target_name or "\\" in target_name:
+        raise ValueError(f"partial_name needs a base name, got {target_name!r}")
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f".{target_name[:_MAX_TARGET_IN_NAME]}.{digest}.part"
+
+
+def sidecar_name(partial: str) -> str:
+    """Name of the JSON sidecar holding the :class:`PartialState` of ``partial``."""
+    return f"{partial}.json"
+
+
+__all__ = [
+    "STALE_PARTIAL_AGE",
+    "PartialState",
+    "ResumeAction",
+    "ResumeDecision",
+    "header_value",
+    "is_strong_etag",
+    "on_response",
+    "parse_content_range",
+    "parse_unsatisfied_range",
+    "partial_name",
+    "plan_request",
+    "should_discard_stale",
+    "sidecar_name",
+    "validator_for",
+]
