@@ -38,7 +38,7 @@ class TooManyRedirectsError(FetchError):
 
 
 class HTTPStatusError(FetchError):
-    """The origin answered with a status the call does not accept (4xx, 5xx, or an unfollowed 3xx)."""
+    """The origin answered a status the call does not accept (4xx, 5xx, an unfollowed 3xx)."""
 
     def __init__(
         self,

@@ -1,0 +1,50 @@
+"""vllm_fetch: a resilient download manager for ML serving and training.
+
+A drop-in for ``vllm.connections.HTTPConnection`` whose every call runs under a retry policy,
+follows redirects under a URL policy and streams downloads crash-safely.
+"""
+
+from ._version import __version__
+from .connections import HTTPConnection, global_http_connection
+from .core.address_policy import URLPolicy
+from .core.retry import RetryPolicy
+from .errors import (
+    BlockedURLError,
+    ChecksumMismatchError,
+    DiskError,
+    FetchConnectionError,
+    FetchError,
+    FetchTimeoutError,
+    HTTPStatusError,
+    IdleTimeoutError,
+    IntegrityError,
+    InvalidURLError,
+    OfflineError,
+    ResponseHeadersError,
+    SizeLimitExceededError,
+    TooManyRedirectsError,
+    TruncatedBodyError,
+)
+
+__all__ = [
+    "BlockedURLError",
+    "ChecksumMismatchError",
+    "DiskError",
+    "FetchConnectionError",
+    "FetchError",
+    "FetchTimeoutError",
+    "HTTPConnection",
+    "HTTPStatusError",
+    "IdleTimeoutError",
+    "IntegrityError",
+    "InvalidURLError",
+    "OfflineError",
+    "ResponseHeadersError",
+    "RetryPolicy",
+    "SizeLimitExceededError",
+    "TooManyRedirectsError",
+    "TruncatedBodyError",
+    "URLPolicy",
+    "__version__",
+    "global_http_connection",
+]

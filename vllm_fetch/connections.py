@@ -1,0 +1,334 @@
+"""The vLLM-compatible façade: ``HTTPConnection`` and ``global_http_connection``.
+
+Same methods and signatures as ``vllm.connections``; every call runs under the retry policy,
+follows redirects under the URL policy, and streams downloads crash-safely.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import requests
+
+from ._version import DEFAULT_USER_AGENT
+from .async_response import AsyncResponseContext
+from .config import env_flag, env_float
+from .core.address_policy import URLPolicy
+from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
+from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
+from .core.responses import decode_text, request_headers
+from .core.retry import RetryPolicy
+from .core.urls import redact_url
+from .drivers.aiohttp_driver import AiohttpDriver, AsyncBody
+from .drivers.requests_driver import RequestsDriver, SyncBody
+from .errors import HTTPStatusError
+from .retry_loop import async_retrying, sync_retrying
+
+#: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
+DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
+
+
+class HTTPConnection:
+    """Helper class to send HTTP requests, with retries, redirects under policy and safe files.
+
+    A drop-in for ``vllm.connections.HTTPConnection``. ``timeout`` on every method is a total
+    deadline for the call (retries, redirects and backoff included); an idle timeout
+    (``idle_timeout``, default 30 s or ``$VLLM_FETCH_IDLE_TIMEOUT``) ends any stalled attempt.
+    """
+
+    def __init__(
+        self,
+        *,
+        reuse_client: bool = True,
+        retry: RetryPolicy | None = None,
+        allowed_domains: Iterable[str] | None = None,
+        block_private_ips: bool = False,
+        max_bytes: int | None = None,
+        max_redirects: int = 10,
+        user_agent: str | None = None,
+        idle_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        trust_env: bool | None = None,
+    ) -> None:
+        if max_redirects < 0:
+            raise ValueError("max_redirects must be >= 0")
+        self.reuse_client = reuse_client
+        self.retry = retry if retry is not None else RetryPolicy.from_env()
+        self.max_bytes = max_bytes
+        policy = URLPolicy.build(allowed_domains, block_private_ips)
+        self.url_policy = policy
+        options = TransportOptions(
+            user_agent=user_agent or DEFAULT_USER_AGENT,
+            policy=policy,
+            idle_timeout=idle_timeout or env_float("VLLM_FETCH_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT),
+            connect_timeout=connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+            max_redirects=max_redirects,
+            trust_env=env_flag("VLLM_FETCH_TRUST_ENV", True) if trust_env is None else trust_env,
+        )
+        self.options = options
+        self._sync = RequestsDriver(options, reuse_client=reuse_client)
+        self._async = AiohttpDriver(options, reuse_client=reuse_client)
+
+    # -- clients --------------------------------------------------------------------------------
+    def get_sync_client(self) -> requests.Session:
+        """The calling thread's ``requests.Session`` (a new one when ``reuse_client=False``)."""
+        return self._sync.session()
+
+    async def get_async_client(self) -> aiohttp.ClientSession:
+        """An ``aiohttp.ClientSession`` valid for the running event loop."""
+        return await self._async.session()
+
+    def close(self) -> None:
+        """Close every sync session this connection opened."""
+        self._sync.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's aiohttp session and every sync session."""
+        await self._async.aclose()
+        self._sync.close()
+
+    def __enter__(self) -> HTTPConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> HTTPConnection:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- requests -------------------------------------------------------------------------------
+    def _request(
+        self,
+        url: str,
+        *,
+        timeout: float | None,
+        extra_headers: Mapping[str, str] | None,
+        allow_redirects: bool = True,
+        max_bytes: int | None = None,
+        **limits: Any,
+    ) -> FetchRequest:
+        self.url_policy.check_url(url)
+        return FetchRequest(
+            url=url,
+            headers=request_headers(self.options.user_agent, extra_headers,
+                                    extra_defaults=DEFAULT_HEADERS),
+            deadline=Deadline(timeout),
+            allow_redirects=allow_redirects,
+            max_bytes=max_bytes if max_bytes is not None else self.max_bytes,
+            **limits,
+        )
+
+    def _raise_if_retryable(self, status: int, url: str, headers: Mapping[str, str]) -> None:
+        if status in self.retry.retry_statuses:
+            raise HTTPStatusError(status, redact_url(url), headers=dict(headers))
+
+    def get_response(
+        self,
+        url: str,
+        *,
+        stream: bool = False,
+        timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        allow_redirects: bool = True,
+    ) -> requests.Response:
+        """The raw ``requests.Response`` (uncached). Retryable statuses are retried first."""
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            allow_redirects=allow_redirects)
+
+        def attempt() -> requests.Response:
+            session = self._sync.session()
+            response = self._sync.open(session, req)
+            try:
+                self._raise_if_retryable(response.status_code, response.url, response.headers)
+                if not stream:
+                    _ = response.content
+            except BaseException:
+                response.close()
+                raise
+            finally:
+                if not self.reuse_client:
+                    session.close()  # the response keeps its own connection until closed
+            return response
+
+        return sync_retrying(self.retry, req.deadline, "GET", url)(attempt)
+
+    async def get_async_response(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        allow_redirects: bool = True,
+    ) -> AsyncResponseContext:
+        """Use as ``async with await conn.get_async_response(url) as r`` (as in vLLM)."""
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            allow_redirects=allow_redirects)
+
+        async def attempt(session: aiohttp.ClientSession) -> aiohttp.ClientResponse:
+            response = await self._async.open(session, req)
+            try:
+                self._raise_if_retryable(response.status, str(response.url), response.headers)
+            except BaseException:
+                response.release()
+                raise
+            return response
+
+        async def run() -> tuple[aiohttp.ClientResponse, aiohttp.ClientSession | None]:
+            session = await self._async.session()
+            try:
+                retrying = async_retrying(self.retry, req.deadline, "GET", url)
+                response: aiohttp.ClientResponse = await retrying(attempt, session)
+            except BaseException:
+                if not self.reuse_client:
+                    await session.close()
+                raise
+            return response, None if self.reuse_client else session
+
+        return AsyncResponseContext(run())
+
+    # -- bodies ---------------------------------------------------------------------------------
+    def _fetch(self, req: FetchRequest) -> SyncBody:
+        return sync_retrying(self.retry, req.deadline, "GET", req.url)(self._sync.fetch_body, req)
+
+    async def _afetch(self, req: FetchRequest) -> AsyncBody:
+        return await async_retrying(self.retry, req.deadline, "GET", req.url)(
+            self._async.fetch_body, req)
+
+    def get_bytes(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        allow_redirects: bool = True,
+        extra_headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> bytes:
+        """The body as bytes; any non-2xx status raises ``HTTPStatusError``."""
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            allow_redirects=allow_redirects, max_bytes=max_bytes)
+        return self._fetch(req).content
+
+    async def async_get_bytes(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        allow_redirects: bool = True,
+        extra_headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> bytes:
+        """The body as bytes; any non-2xx status raises ``HTTPStatusError``."""
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            allow_redirects=allow_redirects, max_bytes=max_bytes)
+        return (await self._afetch(req)).content
+
+    def get_text(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> str:
+        """The body decoded by its declared charset (UTF-8, then Latin-1, when none)."""
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            max_bytes=max_bytes)
+        body = self._fetch(req)
+        return decode_text(body.content, body.headers)
+
+    async def async_get_text(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> str:
+        """The body decoded by its declared charset (UTF-8, then Latin-1, when none)."""
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            max_bytes=max_bytes)
+        body = await self._afetch(req)
+        return decode_text(body.content, body.headers)
+
+    def get_json(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> Any:
+        """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
+        return json.loads(self.get_bytes(url, timeout=timeout, extra_headers=extra_headers,
+                                         max_bytes=max_bytes))
+
+    async def async_get_json(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> Any:
+        """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
+        return json.loads(await self.async_get_bytes(
+            url, timeout=timeout, extra_headers=extra_headers, max_bytes=max_bytes))
+
+    # -- files ----------------------------------------------------------------------------------
+    def download_file(
+        self,
+        url: str,
+        save_path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: Mapping[str, str] | None = None,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+    ) -> Path:
+        """Stream to a temp file beside ``save_path``, verify, fsync and rename into place.
+
+        On any failure nothing is left at ``save_path`` (an existing file stays untouched).
+        """
+        target = Path(save_path)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            chunk_size=chunk_size, expected_sha256=expected_sha256,
+                            expected_size=expected_size)
+        sync_retrying(self.retry, req.deadline, "download", url)(self._sync.download, req, target)
+        return target
+
+    async def async_download_file(
+        self,
+        url: str,
+        save_path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: Mapping[str, str] | None = None,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+    ) -> Path:
+        """Async twin of :meth:`download_file` (file writes go through aiofiles)."""
+        target = Path(save_path)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            chunk_size=chunk_size, expected_sha256=expected_sha256,
+                            expected_size=expected_size)
+        await async_retrying(self.retry, req.deadline, "download", url)(
+            self._async.download, req, target)
+        return target
+
+
+global_http_connection = HTTPConnection()
+"""The shared connection, as ``vllm.connections.global_http_connection``."""

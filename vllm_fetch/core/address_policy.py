@@ -1,0 +1,177 @@
+"""Which URLs and addresses may be fetched, and which headers survive a redirect (pure).
+
+``block_private_ips`` uses an explicit deny list rather than ``ipaddress.is_global`` alone,
+and unwraps every IPv6 form that embeds an IPv4 address (mapped, compatible, NAT64, 6to4,
+Teredo) so a private IPv4 address cannot hide inside one. The drivers resolve a host once,
+ask :meth:`URLPolicy.check_addresses` about every answer, and dial only a checked address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+from ..errors import BlockedURLError
+from .urls import origin_of, redact_url, validate_url
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DENIED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network", unspecified
+        "10.0.0.0/8",  # RFC 1918
+        "100.64.0.0/10",  # CGNAT (RFC 6598)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
+        "172.16.0.0/12",  # RFC 1918
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # TEST-NET-1
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",  # RFC 1918
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # TEST-NET-2
+        "203.0.113.0/24",  # TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, broadcast
+        "::/128",  # unspecified
+        "::1/128",  # loopback
+        "100::/64",  # discard-only
+        "2001:db8::/32",  # documentation
+        "fc00::/7",  # unique local (fd00:ec2::254 is AWS metadata)
+        "fe80::/10",  # link-local
+        "fec0::/10",  # deprecated site-local
+        "ff00::/8",  # multicast
+    )
+)
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+_TEREDO = ipaddress.ip_network("2001::/32")
+_LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+#: Caller headers that may follow a redirect to another origin; everything else is dropped there
+#: (Authorization, Cookie, Proxy-Authorization, X-Api-Key and any other custom header).
+CROSS_ORIGIN_SAFE_HEADERS = frozenset(
+    {"user-agent", "accept", "accept-encoding", "accept-language", "range", "if-range"}
+)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    packed = address.packed
+    if packed[:12] == bytes(12) and int(address) > 1:  # IPv4-compatible ::a.b.c.d
+        return ipaddress.IPv4Address(packed[12:])
+    if any(address in net for net in _NAT64):
+        return ipaddress.IPv4Address(packed[12:])
+    if address in _SIX_TO_FOUR:
+        return address.sixtofour
+    if address in _TEREDO and address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def is_denied_address(address: IPAddress) -> bool:
+    """True for any address ``block_private_ips`` refuses."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id:
+            return True
+        inner = embedded_ipv4(address)
+        if inner is not None and is_denied_address(inner):
+            return True
+    return any(address in net for net in DENIED_NETWORKS if net.version == address.version)
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address a URL host names literally, in any form a resolver would accept.
+
+    ``inet_aton`` (a pure parser, no lookup) accepts the legacy IPv4 spellings that C
+    resolvers and curl accept and ``ipaddress`` does not: 2130706433, 0x7f000001, 0177.1, 127.1.
+    """
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0] if ":" in host else host)
+    except ValueError:
+        pass
+    if ":" in host:
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def normalize_host(host: str) -> str:
+    return host.lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class URLPolicy:
+    """What a connection may fetch: ``allowed_domains`` (exact host names; subdomains do not
+    match) and ``block_private_ips``. Checked for the first URL and for every redirect hop."""
+
+    allowed_domains: frozenset[str] | None = None
+    block_private_ips: bool = False
+
+    @classmethod
+    def build(cls, allowed_domains: Iterable[str] | None, block_private_ips: bool) -> URLPolicy:
+        if isinstance(allowed_domains, str):
+            raise TypeError("allowed_domains must be an iterable of host names, not a string")
+        domains = (
+            None if allowed_domains is None
+            else frozenset(normalize_host(d) for d in allowed_domains)
+        )
+        return cls(allowed_domains=domains, block_private_ips=block_private_ips)
+
+    def check_url(self, url: str) -> str:
+        """Validate ``url`` and refuse it if the policy forbids its host. Returns it unchanged."""
+        validate_url(url)
+        host = normalize_host(urlsplit(url).hostname or "")
+        if self.allowed_domains is not None and host not in self.allowed_domains:
+            raise BlockedURLError(
+                f"{redact_url(url)} is refused: host not in allowed_domains", url=redact_url(url)
+            )
+        if self.block_private_ips:
+            literal = parse_ip_literal(host)
+            if literal is not None:
+                self.check_addresses(url, [literal])
+            elif host in _LOCAL_NAMES or host.endswith(".localhost"):
+                raise BlockedURLError(
+                    f"{redact_url(url)} is refused: a local host name", url=redact_url(url)
+                )
+        return url
+
+    def check_addresses(self, url: str, addresses: Iterable[IPAddress | str]) -> None:
+        """Refuse (fail closed) when any resolved address is denied, or when there is none."""
+        if not self.block_private_ips:
+            return
+        parsed = [ipaddress.ip_address(a) if isinstance(a, str) else a for a in addresses]
+        if not parsed:
+            raise BlockedURLError(f"{redact_url(url)} resolved to no address", url=redact_url(url))
+        for address in parsed:
+            if is_denied_address(address):
+                raise BlockedURLError(
+                    f"{redact_url(url)} is refused: it resolves to a private or reserved address",
+                    url=redact_url(url),
+                )
+
+
+def redirect_target(url: str, location: str) -> str:
+    """The absolute URL a Location header points to, validated as an http(s) URL."""
+    return validate_url(urljoin(url, location.strip()))
+
+
+def headers_for_hop(
+    headers: Mapping[str, str], from_url: str, to_url: str
+) -> dict[str, str]:
+    """Headers for the next hop: all of them on the same origin; on another origin, or when
+    https drops to http, only :data:`CROSS_ORIGIN_SAFE_HEADERS`."""
+    source, target = origin_of(from_url), origin_of(to_url)
+    downgrade = source[0] == "https" and target[0] == "http"
+    if source == target and not downgrade:
+        return dict(headers)
+    return {k: v for k, v in headers.items() if k.lower() in CROSS_ORIGIN_SAFE_HEADERS}

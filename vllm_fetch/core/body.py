@@ -1,0 +1,129 @@
+"""Body accounting (pure): Content-Length, size caps, truncation, running sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+from ..errors import (
+    ChecksumMismatchError,
+    ResponseHeadersError,
+    SizeLimitExceededError,
+    TruncatedBodyError,
+)
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup that works on any mapping."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lower = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lower:
+            return val
+    return None
+
+
+def parse_content_length(headers: Mapping[str, str], url: str) -> int | None:
+    """The announced body length; garbage or conflicting values are a typed error (fault F5)."""
+    raw = header(headers, "Content-Length")
+    if raw is None:
+        return None
+    values = {v.strip() for v in raw.split(",")}
+    if len(values) != 1:
+        raise ResponseHeadersError(f"conflicting Content-Length {raw!r} from {url}", url=url)
+    value = values.pop()
+    if not value.isdigit():
+        raise ResponseHeadersError(f"invalid Content-Length {raw!r} from {url}", url=url)
+    return int(value)
+
+
+def is_encoded(headers: Mapping[str, str]) -> bool:
+    """True when the body on the wire is content-coded, so Content-Length counts encoded bytes."""
+    encoding = (header(headers, "Content-Encoding") or "identity").strip().lower()
+    return encoding not in ("", "identity")
+
+
+def refuse_oversized(length: int | None, max_bytes: int | None, url: str) -> None:
+    """Refuse before reading when the announced length is already over the cap (fault F15)."""
+    if max_bytes is not None and length is not None and length > max_bytes:
+        raise SizeLimitExceededError(
+            f"{url} announces {length} bytes, more than max_bytes={max_bytes}", url=url
+        )
+
+
+class BodyMeter:
+    """Counts (and optionally hashes) body bytes as they stream; enforces every size promise.
+
+    ``expected_length`` is the wire length announced by Content-Length (None when the body is
+    content-coded or unannounced); ``expected_size`` and ``expected_sha256`` are the caller's.
+    """
+
+    __slots__ = ("_hash", "expected_length", "expected_sha256", "expected_size", "max_bytes",
+                 "received", "url")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        expected_length: int | None = None,
+        max_bytes: int | None = None,
+        expected_size: int | None = None,
+        expected_sha256: str | None = None,
+        hash_body: bool = False,
+        offset: int = 0,
+        hasher: hashlib._Hash | None = None,
+    ) -> None:
+        self.url = url
+        self.expected_length = expected_length
+        self.max_bytes = max_bytes
+        self.expected_size = expected_size
+        self.expected_sha256 = expected_sha256.lower() if expected_sha256 else None
+        self.received = offset
+        want_hash = hash_body or expected_sha256 is not None
+        self._hash = hasher if hasher is not None else (hashlib.sha256() if want_hash else None)
+        refuse_oversized(expected_length, max_bytes, url)
+        if None not in (expected_size, expected_length) and expected_length != expected_size:
+            raise ChecksumMismatchError(
+                f"{url} announces {expected_length} bytes, expected {expected_size}", url=url
+            )
+
+    def feed(self, chunk: bytes) -> None:
+        """Account for one chunk; raise as soon as a limit is passed (stop at max_bytes + 1)."""
+        self.received += len(chunk)
+        if self.max_bytes is not None and self.received > self.max_bytes:
+            raise SizeLimitExceededError(
+                f"body of {self.url} is larger than max_bytes={self.max_bytes}", url=self.url
+            )
+        if self.expected_size is not None and self.received > self.expected_size:
+            raise ChecksumMismatchError(
+                f"body of {self.url} is larger than expected_size={self.expected_size}",
+                url=self.url,
+            )
+        if self._hash is not None:
+            self._hash.update(chunk)
+
+    @property
+    def sha256(self) -> str | None:
+        return self._hash.hexdigest() if self._hash is not None else None
+
+    def finish(self) -> None:
+        """Check the complete body against every promise made about it."""
+        if self.expected_length is not None and self.received < self.expected_length:
+            raise TruncatedBodyError(
+                f"body of {self.url} ended after {self.received} of {self.expected_length} bytes",
+                url=self.url,
+                received=self.received,
+            )
+        if self.expected_size is not None and self.received != self.expected_size:
+            raise TruncatedBodyError(
+                f"body of {self.url} has {self.received} bytes, expected {self.expected_size}",
+                url=self.url,
+                received=self.received,
+            )
+        digest = self.sha256
+        if self.expected_sha256 is not None and digest != self.expected_sha256:
+            raise ChecksumMismatchError(
+                f"sha256 of {self.url} is {digest}, expected {self.expected_sha256}", url=self.url
+            )

@@ -1,0 +1,48 @@
+"""Redirects are followed by vllm_fetch, hop by hop, with the URL policy re-checked (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..errors import TooManyRedirectsError
+from .address_policy import URLPolicy, headers_for_hop, redirect_target
+from .body import header
+from .responses import is_redirect
+from .urls import redact_url
+
+
+@dataclass(frozen=True)
+class Hop:
+    """The next request of a redirect chain."""
+
+    url: str
+    headers: dict[str, str]
+
+
+def next_hop(
+    url: str,
+    status: int,
+    response_headers: Mapping[str, str],
+    request_headers: Mapping[str, str],
+    *,
+    hops_done: int,
+    follow: bool,
+    max_redirects: int,
+    policy: URLPolicy,
+) -> Hop | None:
+    """Where a redirect leads, or None when this response is the final one.
+
+    Raises TooManyRedirectsError past the cap, and InvalidURLError / BlockedURLError when the
+    target is not an http(s) URL or is refused by the policy. A refused hop is never dialed.
+    """
+    location = header(response_headers, "Location")
+    if not follow or not is_redirect(status) or not location:
+        return None
+    if hops_done >= max_redirects:
+        raise TooManyRedirectsError(
+            f"more than {max_redirects} redirects fetching {redact_url(url)}", url=redact_url(url)
+        )
+    target = redirect_target(url, location)
+    policy.check_url(target)
+    return Hop(url=target, headers=headers_for_hop(request_headers, url, target))

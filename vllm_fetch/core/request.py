@@ -1,0 +1,43 @@
+"""What one call asks for, as plain data both drivers read (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
+
+if TYPE_CHECKING:
+    from .address_policy import URLPolicy
+
+#: Default read size for streaming bodies. Chosen by benchmarks/bench_download.py: 1 MiB reads
+#: keep the per-chunk Python overhead negligible while memory stays bounded.
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Per-connection settings the drivers need for every request."""
+
+    user_agent: str
+    policy: URLPolicy
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    max_redirects: int = 10
+    trust_env: bool = True
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """One fetch: where, with which headers, under which deadline and limits."""
+
+    url: str
+    headers: dict[str, str]
+    deadline: Deadline
+    allow_redirects: bool = True
+    max_bytes: int | None = None
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    hash_body: bool = False
+    extra: dict[str, str] = field(default_factory=dict)

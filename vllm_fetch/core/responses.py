@@ -1,0 +1,67 @@
+"""What a response status and its headers mean for the caller (pure)."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Mapping
+
+from ..errors import HTTPStatusError
+from .body import header
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def is_redirect(status: int) -> bool:
+    return status in REDIRECT_STATUSES
+
+
+def check_status(
+    status: int, url: str, *, reason: str = "", headers: Mapping[str, str] | None = None
+) -> None:
+    """Raise HTTPStatusError unless ``status`` is a 2xx.
+
+    A 3xx reaching this point was not followed (``allow_redirects=False`` or no Location):
+    its body is never content, so it is an error too.
+    """
+    if not 200 <= status < 300:
+        raise HTTPStatusError(status, url, reason=reason, headers=headers)
+
+
+def charset_of(content_type: str | None) -> str | None:
+    """The charset parameter of a Content-Type, if it names a codec Python knows."""
+    if not content_type:
+        return None
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip("\"'")
+            try:
+                return codecs.lookup(charset).name
+            except LookupError:
+                return None
+    return None
+
+
+def decode_text(body: bytes, headers: Mapping[str, str]) -> str:
+    """Decode a body by its declared charset, else UTF-8 (with a BOM check), else Latin-1."""
+    charset = charset_of(header(headers, "Content-Type"))
+    if charset:
+        return body.decode(charset, errors="replace")
+    if body.startswith(codecs.BOM_UTF8):
+        return body[len(codecs.BOM_UTF8):].decode("utf-8", errors="replace")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body.decode("latin-1")
+
+
+def request_headers(
+    user_agent: str, extra: Mapping[str, str] | None, *, extra_defaults: Mapping[str, str]
+) -> dict[str, str]:
+    """Headers for a request: defaults, then the caller's (which win, case-insensitively)."""
+    headers = {"User-Agent": user_agent, **extra_defaults}
+    for name, value in (extra or {}).items():
+        for existing in [k for k in headers if k.lower() == name.lower()]:
+            del headers[existing]
+        headers[name] = value
+    return headers

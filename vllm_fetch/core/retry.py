@@ -1,0 +1,154 @@
+"""Retry decisions (pure): one immutable policy, and ``decide`` — retry after N seconds, or give up.
+
+Modelled on urllib3's ``Retry``: the policy is data, ``decide`` classifies one failed attempt.
+tenacity runs the loop (``vllm_fetch.retry_loop``); nothing here sleeps or touches the network.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from email.utils import parsedate_to_datetime
+
+from ..errors import (
+    ChecksumMismatchError,
+    FetchConnectionError,
+    FetchTimeoutError,
+    HTTPStatusError,
+    TruncatedBodyError,
+)
+from .body import header
+
+#: Statuses that mean "try again later" (RFC 9110 §15.5.9 408, RFC 8470 425, RFC 6585 429, 5xx).
+DEFAULT_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a call is retried. Immutable: derive with :meth:`replace`.
+
+    - ``max_attempts``: attempts in all, the first included (1 = no retries).
+    - ``backoff_base`` / ``backoff_max``: exponential backoff with full jitter — attempt *n*
+      waits a uniform random time in ``[0, min(backoff_max, backoff_base * 2**(n-1))]``.
+    - ``retry_statuses``: HTTP statuses that are retried; every other 4xx/5xx fails at once.
+    - ``retry_after_max``: the longest a server's ``Retry-After`` is honoured (longer is capped).
+
+    Connection errors, timeouts and truncated bodies are always retried; invalid or refused
+    URLs, size-cap overruns, checksum mismatches and local disk errors never are. No wait ever
+    runs past the call's deadline: when it would, the call gives up at once.
+    """
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
+    retry_after_max: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.backoff_base < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
+            raise ValueError("backoff and Retry-After limits must be >= 0")
+        object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
+
+    @classmethod
+    def none(cls) -> RetryPolicy:
+        """A policy that never retries."""
+        return cls(max_attempts=1)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
+        """The default policy, with ``VLLM_FETCH_MAX_RETRIES`` (retries after the first try)."""
+        raw = (environ if environ is not None else os.environ).get("VLLM_FETCH_MAX_RETRIES")
+        if raw is None or not raw.strip():
+            return cls()
+        try:
+            retries = int(raw)
+        except ValueError:
+            raise ValueError(f"VLLM_FETCH_MAX_RETRIES={raw!r} is not a whole number") from None
+        if retries < 0:
+            raise ValueError(f"VLLM_FETCH_MAX_RETRIES={raw!r} must be >= 0")
+        return cls(max_attempts=retries + 1)
+
+    def replace(self, **changes: object) -> RetryPolicy:
+        """A copy with some fields changed, e.g. ``policy.replace(max_attempts=10)``."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def backoff(self, attempt: int, rand: float) -> float:
+        """Full-jitter backoff after failed attempt number ``attempt`` (1-based), rand in [0,1)."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(attempt - 1, 62))
+        return float(rand * ceiling)
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """What to do after a failed attempt."""
+
+    retry: bool
+    wait: float
+    reason: str
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date (RFC 9110
+    §10.2.3). Garbage gives None (ignored); a date in the past gives 0."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def describe(error: BaseException) -> str:
+    """A short reason for logs: the error type and its (already redacted) message."""
+    return f"{type(error).__name__}: {error}"
+
+
+def is_retryable(policy: RetryPolicy, error: BaseException) -> bool:
+    """Whether this failure may succeed if tried again."""
+    if isinstance(error, HTTPStatusError):
+        return error.status in policy.retry_statuses
+    if isinstance(error, ChecksumMismatchError):
+        return False
+    return isinstance(error, (FetchConnectionError, FetchTimeoutError, TruncatedBodyError))
+
+
+def decide(
+    policy: RetryPolicy,
+    error: BaseException,
+    *,
+    attempt: int,
+    remaining: float | None,
+    rand: float,
+    now: float,
+) -> RetryDecision:
+    """Retry after N seconds, or give up, after failed attempt number ``attempt`` (1-based).
+
+    ``remaining`` is what is left of the call's deadline (None: no deadline); ``rand`` is a
+    uniform number in [0, 1) for the jitter; ``now`` is unix time for HTTP-date Retry-After.
+    """
+    reason = describe(error)
+    if not is_retryable(policy, error):
+        return RetryDecision(False, 0.0, reason)
+    if attempt >= policy.max_attempts:
+        return RetryDecision(False, 0.0, f"{reason}; no attempts left")
+    wait = policy.backoff(attempt, rand)
+    if isinstance(error, HTTPStatusError):
+        asked = parse_retry_after(header(error.headers, "Retry-After"), now)
+        if asked is not None:
+            wait = min(max(wait, asked), policy.retry_after_max)
+    if remaining is not None and (remaining <= 0 or wait >= remaining):
+        return RetryDecision(False, 0.0, f"{reason}; the deadline leaves no time to retry")
+    if math.isnan(wait):
+        wait = 0.0
+    return RetryDecision(True, wait, reason)

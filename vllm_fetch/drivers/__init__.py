@@ -1,0 +1,1 @@
+"""Thin I/O drivers over the core: requests (sync) and aiohttp (async)."""

@@ -1,0 +1,284 @@
+"""The async driver: opens connections with aiohttp, streams bytes, asks the core what to do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+import aiohttp
+from yarl import URL
+
+from ..core import redirects
+from ..core.body import BodyMeter, is_encoded, parse_content_length
+from ..core.request import FetchRequest, TransportOptions
+from ..core.responses import check_status
+from ..core.urls import redact_url
+from ..errors import (
+    FetchConnectionError,
+    FetchError,
+    FetchTimeoutError,
+    IdleTimeoutError,
+    IntegrityError,
+    InvalidURLError,
+    ResponseHeadersError,
+    TruncatedBodyError,
+)
+from ..files import create_temp, disk_error, fsync_fd, publish, remove_quietly
+
+#: Bytes gathered before one aiofiles write: each write is a thread hop, so batch them.
+WRITE_BATCH = 4 * 1024 * 1024
+#: aiohttp's read buffer; its 64 KiB default makes many tiny chunks on fast links.
+READ_BUFSIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AsyncBody:
+    """A complete, checked body."""
+
+    content: bytes
+    status: int
+    headers: dict[str, str]
+    url: str
+    sha256: str | None
+
+
+def map_error(exc: BaseException, url: str) -> FetchError:
+    """Translate aiohttp/asyncio exceptions into the vllm_fetch hierarchy."""
+    safe = redact_url(url)
+    if isinstance(exc, FetchError):
+        return exc
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return IdleTimeoutError(f"no data from {safe} within the idle timeout", url=safe)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return FetchTimeoutError(f"timed out connecting to {safe}", url=safe)
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return FetchTimeoutError(f"timed out fetching {safe}", url=safe)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        if "decompress" in str(exc).lower() or "encoding" in str(exc).lower():
+            return IntegrityError(f"cannot decode the body of {safe}", url=safe)
+        return TruncatedBodyError(f"connection to {safe} broke mid-body", url=safe)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return InvalidURLError(f"Invalid HTTP URL: {safe}", url=safe)
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400:
+        # aiohttp reports unparseable response headers (huge lines, too many) this way
+        return ResponseHeadersError(f"malformed response headers from {safe}", url=safe)
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return FetchConnectionError(f"cannot fetch {safe}: {type(exc).__name__}", url=safe)
+    raise exc
+
+
+class _LoopSessions:
+    """One aiohttp session per event loop, closed when that loop shuts down.
+
+    A session is bound to the loop that created it, so the global connection keeps one per loop.
+    Closing rides on the loop's async-generator shutdown (``asyncio.run`` calls it before closing
+    the loop), so sessions never outlive their loop and never warn about being unclosed.
+    """
+
+    def __init__(self, factory: Callable[[], aiohttp.ClientSession]) -> None:
+        self._factory = factory
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncIterator[None]]
+        ] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    async def get(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            found = self._by_loop.get(loop)
+        if found is not None and not found[0].closed:
+            return found[0]
+        session = self._factory()
+        keeper = self._close_at_shutdown(session)
+        await keeper.__anext__()
+        with self._lock:
+            self._by_loop[loop] = (session, keeper)
+        return session
+
+    @staticmethod
+    async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await session.close()
+
+    async def close_current(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            found = self._by_loop.pop(loop, None)
+        if found is not None:
+            await found[0].close()
+
+
+class AiohttpDriver:
+    """Async transport: a session per event loop, verbatim URLs, per-attempt timeouts."""
+
+    def __init__(self, options: TransportOptions, *, reuse_client: bool = True) -> None:
+        self.options = options
+        self.reuse_client = reuse_client
+        self._sessions = _LoopSessions(self.new_session)
+
+    def new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=100, limit_per_host=0)
+        return aiohttp.ClientSession(
+            connector=connector,
+            trust_env=self.options.trust_env,
+            read_bufsize=READ_BUFSIZE,
+            auto_decompress=True,
+        )
+
+    async def session(self) -> aiohttp.ClientSession:
+        """The running loop's shared session (or a fresh one when reuse_client=False)."""
+        if not self.reuse_client:
+            return self.new_session()
+        return await self._sessions.get()
+
+    @contextlib.asynccontextmanager
+    async def call_session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        if self.reuse_client:
+            yield await self._sessions.get()
+            return
+        session = self.new_session()
+        try:
+            yield session
+        finally:
+            await session.close()
+
+    async def aclose(self) -> None:
+        await self._sessions.close_current()
+
+    # -- one request, redirects followed by the core ------------------------------------------
+    async def _send(
+        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+        req: FetchRequest,
+    ) -> aiohttp.ClientResponse:
+        req.deadline.check(redact_url(url))
+        timeouts = req.deadline.attempt_timeouts(
+            idle=self.options.idle_timeout, connect=self.options.connect_timeout
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        try:
+            return await session.get(
+                URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=timeout
+            )
+        except Exception as exc:
+            raise map_error(exc, url) from exc
+
+    async def open(
+        self, session: aiohttp.ClientSession, req: FetchRequest
+    ) -> aiohttp.ClientResponse:
+        """Send the request and follow redirects; the body of the final response is unread."""
+        url, headers = req.url, req.headers
+        for hops_done in range(self.options.max_redirects + 2):
+            response = await self._send(session, url, headers, req)
+            try:
+                hop = redirects.next_hop(
+                    url, response.status, response.headers, headers,
+                    hops_done=hops_done, follow=req.allow_redirects,
+                    max_redirects=self.options.max_redirects, policy=self.options.policy,
+                )
+            except BaseException:
+                response.release()
+                raise
+            if hop is None:
+                return response
+            response.release()  # a redirect body is never read
+            url, headers = hop.url, hop.headers
+        raise AssertionError("unreachable: next_hop enforces the redirect cap")
+
+    # -- bodies -------------------------------------------------------------------------------
+    async def iter_body(
+        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest
+    ) -> AsyncIterator[bytes]:
+        """Stream decoded chunks as they arrive, each accounted by the meter."""
+        safe = redact_url(str(response.url))
+        try:
+            async for chunk in response.content.iter_any():
+                meter.feed(chunk)
+                req.deadline.check(safe)
+                yield chunk
+        except FetchError:
+            raise
+        except Exception as exc:
+            raise map_error(exc, str(response.url)) from exc
+        meter.finish()
+
+    async def checked_response(
+        self, session: aiohttp.ClientSession, req: FetchRequest
+    ) -> tuple[aiohttp.ClientResponse, BodyMeter]:
+        response = await self.open(session, req)
+        try:
+            url = redact_url(str(response.url))
+            check_status(response.status, url, reason=response.reason or "",
+                         headers=dict(response.headers))
+            length = parse_content_length(response.headers, url)
+            meter = BodyMeter(
+                url,
+                expected_length=None if is_encoded(response.headers) else length,
+                max_bytes=req.max_bytes,
+                expected_size=req.expected_size,
+                expected_sha256=req.expected_sha256,
+                hash_body=req.hash_body,
+            )
+        except BaseException:
+            response.release()
+            raise
+        return response, meter
+
+    async def fetch_body(self, req: FetchRequest) -> AsyncBody:
+        async with self.call_session() as session:
+            response, meter = await self.checked_response(session, req)
+            async with response:
+                parts = [chunk async for chunk in self.iter_body(response, meter, req)]
+                return AsyncBody(b"".join(parts), response.status, dict(response.headers),
+                                 str(response.url), meter.sha256)
+
+    async def download(
+        self, req: FetchRequest, target: Path, *, on_chunk: Callable[[int], None] | None = None
+    ) -> str | None:
+        """Stream to a temp file beside the target (aiofiles), verify, then publish atomically."""
+        async with self.call_session() as session:
+            response, meter = await self.checked_response(session, req)
+            async with response:
+                fd, temp = await asyncio.to_thread(create_temp, target)
+                os.close(fd)
+                try:
+                    await self._stream_to(temp, response, meter, req, on_chunk)
+                    await asyncio.to_thread(publish, temp, target)
+                except BaseException:
+                    remove_quietly(temp)
+                    raise
+        return meter.sha256
+
+    async def _stream_to(
+        self, temp: Path, response: aiohttp.ClientResponse, meter: BodyMeter,
+        req: FetchRequest, on_chunk: Callable[[int], None] | None,
+    ) -> None:
+        batch: list[bytes] = []
+        batched = 0
+        try:
+            async with aiofiles.open(temp, "wb") as out:
+                async for chunk in self.iter_body(response, meter, req):
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if on_chunk is not None:
+                        on_chunk(len(chunk))
+                    if batched >= WRITE_BATCH:
+                        await out.write(b"".join(batch))
+                        batch, batched = [], 0
+                if batch:
+                    await out.write(b"".join(batch))
+                await asyncio.to_thread(fsync_fd, out.fileno(), temp)
+        except OSError as exc:
+            if isinstance(exc, FetchError):
+                raise
+            raise disk_error(exc, temp) from exc

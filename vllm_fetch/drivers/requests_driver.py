@@ -1,0 +1,239 @@
+"""The sync driver: opens connections with requests, streams bytes, asks the core what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import urllib3.exceptions as u3
+
+from ..core import redirects
+from ..core.body import BodyMeter, is_encoded, parse_content_length
+from ..core.request import FetchRequest, TransportOptions
+from ..core.responses import check_status
+from ..core.urls import redact_url
+from ..errors import (
+    FetchConnectionError,
+    FetchError,
+    FetchTimeoutError,
+    IdleTimeoutError,
+    IntegrityError,
+    InvalidURLError,
+    TruncatedBodyError,
+)
+from ..files import create_temp, fsync_fd, publish, remove_quietly, write_all
+from .requests_adapter import FetchAdapter, verbatim_target
+
+
+@dataclass(frozen=True)
+class SyncBody:
+    """A complete, checked body."""
+
+    content: bytes
+    status: int
+    headers: dict[str, str]
+    url: str
+    sha256: str | None
+
+
+def map_error(exc: BaseException, url: str) -> FetchError:
+    """Translate requests/urllib3 exceptions into the vllm_fetch hierarchy."""
+    safe = redact_url(url)
+    if isinstance(exc, FetchError):
+        return exc
+    if isinstance(exc, (requests.ConnectTimeout, u3.ConnectTimeoutError)):
+        return FetchTimeoutError(f"timed out connecting to {safe}", url=safe)
+    if isinstance(exc, (requests.ReadTimeout, u3.ReadTimeoutError)):
+        return IdleTimeoutError(f"no data from {safe} within the idle timeout", url=safe)
+    if isinstance(exc, requests.ConnectionError) and exc.args:
+        inner = exc.args[0]
+        if isinstance(inner, u3.ReadTimeoutError):
+            return IdleTimeoutError(f"no data from {safe} within the idle timeout", url=safe)
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, u3.ProtocolError)):
+        return TruncatedBodyError(f"connection to {safe} broke mid-body", url=safe)
+    if isinstance(exc, (requests.exceptions.ContentDecodingError, u3.DecodeError)):
+        return IntegrityError(f"cannot decode the body of {safe}", url=safe)
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                        u3.LocationParseError)):
+        return InvalidURLError(f"Invalid HTTP URL: {safe}", url=safe)
+    if isinstance(exc, (requests.RequestException, OSError, u3.HTTPError)):
+        return FetchConnectionError(f"cannot fetch {safe}: {type(exc).__name__}", url=safe)
+    raise exc
+
+
+class RequestsDriver:
+    """Sync transport. Sessions are per thread (requests.Session is not thread-safe)."""
+
+    def __init__(self, options: TransportOptions, *, reuse_client: bool = True) -> None:
+        self.options = options
+        self.reuse_client = reuse_client
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    # -- sessions -----------------------------------------------------------------------------
+    def new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = self.options.trust_env
+        session.max_redirects = self.options.max_redirects
+        adapter = FetchAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def session(self) -> requests.Session:
+        """The calling thread's shared session (or a fresh one when reuse_client=False)."""
+        if not self.reuse_client:
+            return self.new_session()
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self.new_session()
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    @contextlib.contextmanager
+    def call_session(self) -> Iterator[requests.Session]:
+        """A session for one call: the shared one, or a fresh one closed afterwards."""
+        if self.reuse_client:
+            yield self.session()
+            return
+        session = self.new_session()
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
+
+    # -- one request, redirects followed by the core ------------------------------------------
+    def _send(
+        self, session: requests.Session, url: str, headers: dict[str, str], req: FetchRequest
+    ) -> requests.Response:
+        req.deadline.check(redact_url(url))
+        timeouts = req.deadline.attempt_timeouts(
+            idle=self.options.idle_timeout, connect=self.options.connect_timeout
+        )
+        try:
+            prepared = session.prepare_request(requests.Request("GET", url, headers=headers))
+            prepared.url = url  # requests re-quotes (%7e -> ~): signed URLs must go verbatim
+            settings = session.merge_environment_settings(url, {}, True, None, None)
+            with verbatim_target(url):
+                return session.send(
+                    prepared, allow_redirects=False, timeout=(timeouts.connect, timeouts.read),
+                    **settings,
+                )
+        except Exception as exc:
+            raise map_error(exc, url) from exc
+
+    def open(self, session: requests.Session, req: FetchRequest) -> requests.Response:
+        """Send the request and follow redirects; the body of the final response is unread."""
+        url, headers = req.url, req.headers
+        for hops_done in range(self.options.max_redirects + 2):
+            response = self._send(session, url, headers, req)
+            try:
+                hop = redirects.next_hop(
+                    url, response.status_code, response.headers, headers,
+                    hops_done=hops_done, follow=req.allow_redirects,
+                    max_redirects=self.options.max_redirects, policy=self.options.policy,
+                )
+            except BaseException:
+                response.close()
+                raise
+            if hop is None:
+                return response
+            response.close()  # a redirect body is never read
+            url, headers = hop.url, hop.headers
+        raise AssertionError("unreachable: next_hop enforces the redirect cap")
+
+    # -- bodies -------------------------------------------------------------------------------
+    def iter_body(
+        self, response: requests.Response, meter: BodyMeter, req: FetchRequest
+    ) -> Iterator[bytes]:
+        """Stream decoded chunks as they arrive, each accounted by the meter."""
+        raw = response.raw
+        safe = redact_url(response.url or req.url)
+        try:
+            while True:
+                chunk = raw.read1(req.chunk_size, decode_content=True)
+                if not chunk:
+                    break
+                meter.feed(chunk)
+                req.deadline.check(safe)
+                yield chunk
+        except FetchError:
+            raise
+        except Exception as exc:
+            raise map_error(exc, response.url or req.url) from exc
+        meter.finish()
+
+    def checked_response(self, session: requests.Session, req: FetchRequest) -> tuple[
+        requests.Response, BodyMeter
+    ]:
+        """Open, check the status and announced length; return the response and its meter."""
+        response = self.open(session, req)
+        try:
+            url = redact_url(response.url or req.url)
+            check_status(response.status_code, url, reason=response.reason or "",
+                         headers=dict(response.headers))
+            length = parse_content_length(response.headers, url)
+            meter = BodyMeter(
+                url,
+                expected_length=None if is_encoded(response.headers) else length,
+                max_bytes=req.max_bytes,
+                expected_size=req.expected_size,
+                expected_sha256=req.expected_sha256,
+                hash_body=req.hash_body,
+            )
+        except BaseException:
+            response.close()
+            raise
+        return response, meter
+
+    def fetch_body(self, req: FetchRequest) -> SyncBody:
+        """The whole body in memory, checked against every limit."""
+        with self.call_session() as session:
+            response, meter = self.checked_response(session, req)
+            with response:
+                content = b"".join(self.iter_body(response, meter, req))
+                return SyncBody(content, response.status_code, dict(response.headers),
+                                response.url or req.url, meter.sha256)
+
+    def download(
+        self, req: FetchRequest, target: Path, *, on_chunk: Callable[[int], None] | None = None
+    ) -> str | None:
+        """Stream to a temp file beside the target, verify, then publish atomically.
+
+        Returns the body's sha256 when it was computed. On any failure (KeyboardInterrupt
+        included) the temp file is removed and the target is untouched.
+        """
+        with self.call_session() as session:
+            response, meter = self.checked_response(session, req)
+            with response:
+                fd, temp = create_temp(target)
+                try:
+                    for chunk in self.iter_body(response, meter, req):
+                        write_all(fd, chunk, temp)
+                        if on_chunk is not None:
+                            on_chunk(len(chunk))
+                    fsync_fd(fd, temp)
+                    os.close(fd)
+                    fd = -1
+                    publish(temp, target)
+                except BaseException:
+                    if fd >= 0:
+                        os.close(fd)
+                    remove_quietly(temp)
+                    raise
+        return meter.sha256

@@ -1,0 +1,82 @@
+"""Crash-safe file publishing: unique temp file beside the target, fsync, rename, fsync dir."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import DiskError
+
+logger = logging.getLogger(__name__)
+
+#: Errors that mean the local disk, not the network, failed: never retried.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                         errno.EFBIG, errno.EIO})
+
+
+def disk_error(exc: OSError, path: Path) -> DiskError:
+    """A typed, non-retryable error for a local write failure."""
+    err = DiskError(f"cannot write {path}: {exc.strerror or exc}")
+    err.errno = exc.errno
+    return err
+
+
+def create_temp(target: Path) -> tuple[int, Path]:
+    """A uniquely named temp file in the target's directory (same filesystem: rename is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise disk_error(exc, target) from exc
+    return fd, Path(name)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable. Some filesystems cannot fsync a directory: that is not an error."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish(temp: Path, target: Path) -> Path:
+    """Atomically move a complete, fsynced temp file to the target, then fsync the directory."""
+    try:
+        os.replace(temp, target)
+    except OSError as exc:
+        raise disk_error(exc, target) from exc
+    fsync_dir(target.parent)
+    return target
+
+
+def remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def write_all(fd: int, data: bytes | memoryview, path: Path) -> None:
+    """os.write until everything is written; disk errors become DiskError."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    except OSError as exc:
+        raise disk_error(exc, path) from exc
+
+
+def fsync_fd(fd: int, path: Path) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise disk_error(exc, path) from exc
