@@ -23,10 +23,11 @@ from .core.address_policy import URLPolicy
 from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
+from .core.results import Body
 from .core.retry import RetryPolicy
 from .core.urls import redact_url
-from .drivers.aiohttp_driver import AiohttpDriver, AsyncBody
-from .drivers.requests_driver import RequestsDriver, SyncBody
+from .drivers.aiohttp_driver import AiohttpDriver
+from .drivers.requests_driver import RequestsDriver
 from .errors import HTTPStatusError
 from .retry_loop import async_retrying, sync_retrying
 
@@ -199,10 +200,10 @@ class HTTPConnection:
         return AsyncResponseContext(run())
 
     # -- bodies ---------------------------------------------------------------------------------
-    def _fetch(self, req: FetchRequest) -> SyncBody:
+    def _fetch(self, req: FetchRequest) -> Body:
         return sync_retrying(self.retry, req.deadline, "GET", req.url)(self._sync.fetch_body, req)
 
-    async def _afetch(self, req: FetchRequest) -> AsyncBody:
+    async def _afetch(self, req: FetchRequest) -> Body:
         return await async_retrying(self.retry, req.deadline, "GET", req.url)(
             self._async.fetch_body, req)
 

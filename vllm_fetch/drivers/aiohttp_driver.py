@@ -8,7 +8,6 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiofiles
@@ -19,6 +18,7 @@ from ..core import redirects
 from ..core.body import BodyMeter, is_encoded, parse_content_length
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import check_status
+from ..core.results import Body, DownloadResult
 from ..core.urls import redact_url
 from ..errors import (
     FetchConnectionError,
@@ -36,17 +36,6 @@ from ..files import create_temp, disk_error, fsync_fd, publish, remove_quietly
 WRITE_BATCH = 4 * 1024 * 1024
 #: aiohttp's read buffer; its 64 KiB default makes many tiny chunks on fast links.
 READ_BUFSIZE = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class AsyncBody:
-    """A complete, checked body."""
-
-    content: bytes
-    status: int
-    headers: dict[str, str]
-    url: str
-    sha256: str | None
 
 
 def map_error(exc: BaseException, url: str) -> FetchError:
@@ -234,17 +223,17 @@ class AiohttpDriver:
             raise
         return response, meter
 
-    async def fetch_body(self, req: FetchRequest) -> AsyncBody:
+    async def fetch_body(self, req: FetchRequest) -> Body:
         async with self.call_session() as session:
             response, meter = await self.checked_response(session, req)
             async with response:
                 parts = [chunk async for chunk in self.iter_body(response, meter, req)]
-                return AsyncBody(b"".join(parts), response.status, dict(response.headers),
+                return Body(b"".join(parts), response.status, dict(response.headers),
                                  str(response.url), meter.sha256)
 
     async def download(
         self, req: FetchRequest, target: Path, *, on_chunk: Callable[[int], None] | None = None
-    ) -> str | None:
+    ) -> DownloadResult:
         """Stream to a temp file beside the target (aiofiles), verify, then publish atomically."""
         async with self.call_session() as session:
             response, meter = await self.checked_response(session, req)
@@ -257,7 +246,8 @@ class AiohttpDriver:
                 except BaseException:
                     remove_quietly(temp)
                     raise
-        return meter.sha256
+        return DownloadResult(target, meter.received, meter.sha256, response.status,
+                              dict(response.headers), str(response.url))
 
     async def _stream_to(
         self, temp: Path, response: aiohttp.ClientResponse, meter: BodyMeter,

@@ -6,7 +6,6 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -16,6 +15,7 @@ from ..core import redirects
 from ..core.body import BodyMeter, is_encoded, parse_content_length
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import check_status
+from ..core.results import Body, DownloadResult
 from ..core.urls import redact_url
 from ..errors import (
     FetchConnectionError,
@@ -28,17 +28,6 @@ from ..errors import (
 )
 from ..files import create_temp, fsync_fd, publish, remove_quietly, write_all
 from .requests_adapter import FetchAdapter, verbatim_target
-
-
-@dataclass(frozen=True)
-class SyncBody:
-    """A complete, checked body."""
-
-    content: bytes
-    status: int
-    headers: dict[str, str]
-    url: str
-    sha256: str | None
 
 
 def map_error(exc: BaseException, url: str) -> FetchError:
@@ -201,18 +190,18 @@ class RequestsDriver:
             raise
         return response, meter
 
-    def fetch_body(self, req: FetchRequest) -> SyncBody:
+    def fetch_body(self, req: FetchRequest) -> Body:
         """The whole body in memory, checked against every limit."""
         with self.call_session() as session:
             response, meter = self.checked_response(session, req)
             with response:
                 content = b"".join(self.iter_body(response, meter, req))
-                return SyncBody(content, response.status_code, dict(response.headers),
+                return Body(content, response.status_code, dict(response.headers),
                                 response.url or req.url, meter.sha256)
 
     def download(
         self, req: FetchRequest, target: Path, *, on_chunk: Callable[[int], None] | None = None
-    ) -> str | None:
+    ) -> DownloadResult:
         """Stream to a temp file beside the target, verify, then publish atomically.
 
         Returns the body's sha256 when it was computed. On any failure (KeyboardInterrupt
@@ -236,4 +225,5 @@ class RequestsDriver:
                         os.close(fd)
                     remove_quietly(temp)
                     raise
-        return meter.sha256
+        return DownloadResult(target, meter.received, meter.sha256, response.status_code,
+                              dict(response.headers), response.url or req.url)
