@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +14,12 @@ from tests.origin import Origin
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_var, None)
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+# A bare HTTPConnection() caches by default: point it at a session temp dir, never the user's.
+_CACHE_DIR = tempfile.mkdtemp(prefix="vllm-fetch-test-cache-")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+os.environ["VLLM_FETCH_CACHE_DIR"] = _CACHE_DIR
+for _var in ("VLLM_FETCH_OFFLINE", "VLLM_FETCH_DISABLE_CACHE", "VLLM_FETCH_CACHE_SIZE"):
+    os.environ.pop(_var, None)
 
 
 @pytest.fixture

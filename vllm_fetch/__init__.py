@@ -1,10 +1,12 @@
 """vllm_fetch: a resilient download manager for ML serving and training.
 
 A drop-in for ``vllm.connections.HTTPConnection`` whose every call runs under a retry policy,
-follows redirects under a URL policy and streams downloads crash-safely.
+follows redirects under a URL policy and streams downloads crash-safely, with a shared
+content-addressed disk cache (``FetchCache``).
 """
 
 from ._version import __version__
+from .cache.fetch_cache import FetchCache
 from .connections import HTTPConnection, global_http_connection
 from .core.address_policy import URLPolicy
 from .core.retry import RetryPolicy
@@ -31,6 +33,7 @@ __all__ = [
     "ChecksumMismatchError",
     "DiskError",
     "FetchConnectionError",
+    "FetchCache",
     "FetchError",
     "FetchTimeoutError",
     "HTTPConnection",

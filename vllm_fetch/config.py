@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -34,3 +35,32 @@ def env_float(name: str, default: float, environ: Mapping[str, str] | None = Non
     if not number > 0:
         raise ValueError(f"{name}={value!r} must be positive")
     return number
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+    "t": 10**12, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(text: str) -> int:
+    """A byte count such as ``"10GB"`` (10**9 each), ``"512MiB"`` (2**20 each) or ``"1000"``."""
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size (use e.g. 10GB, 512MiB, 1000000)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def env_size(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
+    """A byte count from the environment, e.g. ``VLLM_FETCH_CACHE_SIZE=20GB``."""
+    value = (environ if environ is not None else os.environ).get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None

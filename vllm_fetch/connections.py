@@ -1,7 +1,8 @@
 """The vLLM-compatible façade: ``HTTPConnection`` and ``global_http_connection``.
 
 Same methods and signatures as ``vllm.connections``; every call runs under the retry policy,
-follows redirects under the URL policy, and streams downloads crash-safely.
+follows redirects under the URL policy, and streams downloads crash-safely. Bodies and downloads
+go through the disk cache (``vllm_fetch.cache``) unless it is off; raw responses never do.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import requests
 
 from ._version import DEFAULT_USER_AGENT
 from .async_response import AsyncResponseContext
+from .cache.fetch_cache import FetchCache
+from .cache.flows import Probed, offline_error
+from .cache.runner import AsyncIO, CachedCalls, SyncIO
+from .cache.settings import CacheArg, CacheSetting
 from .config import env_flag, env_float
 from .core.address_policy import URLPolicy
 from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
-from .core.results import Body
+from .core.results import Body, DownloadResult
 from .core.retry import RetryPolicy
 from .core.urls import redact_url
 from .drivers.aiohttp_driver import AiohttpDriver
@@ -41,6 +46,11 @@ class HTTPConnection:
     A drop-in for ``vllm.connections.HTTPConnection``. ``timeout`` on every method is a total
     deadline for the call (retries, redirects and backoff included); an idle timeout
     (``idle_timeout``, default 30 s or ``$VLLM_FETCH_IDLE_TIMEOUT``) ends any stalled attempt.
+
+    ``cache``: None for the default cache (``$VLLM_FETCH_CACHE_DIR``, else the user cache dir)
+    unless ``VLLM_FETCH_DISABLE_CACHE=1``; False for none; a path or a ``FetchCache``.
+    ``offline`` (None: ``$VLLM_FETCH_OFFLINE``): only the cache answers; a miss raises
+    ``OfflineError`` and no connection is ever opened.
     """
 
     def __init__(
@@ -48,6 +58,8 @@ class HTTPConnection:
         *,
         reuse_client: bool = True,
         retry: RetryPolicy | None = None,
+        cache: CacheArg = None,
+        offline: bool | None = None,
         allowed_domains: Iterable[str] | None = None,
         block_private_ips: bool = False,
         max_bytes: int | None = None,
@@ -75,6 +87,23 @@ class HTTPConnection:
         self.options = options
         self._sync = RequestsDriver(options, reuse_client=reuse_client)
         self._async = AiohttpDriver(options, reuse_client=reuse_client)
+        self._cache = CacheSetting(cache)
+        self.offline = env_flag("VLLM_FETCH_OFFLINE") if offline is None else offline
+        self._cached = CachedCalls()
+        self._sync_io = SyncIO(self._fetch, self._probe, self._download)
+        self._async_io = AsyncIO(self._afetch, self._aprobe, self._adownload)
+
+    @property
+    def cache(self) -> FetchCache | None:
+        """The disk cache this connection uses (opened on first use), or None."""
+        return self._cache.get()
+
+    def _cache_for(self, req: FetchRequest, use_cache: bool) -> FetchCache | None:
+        """The cache for this call; offline with no cache to ask is an OfflineError."""
+        cache = self._cache.get() if use_cache and req.allow_redirects else None
+        if cache is None and self.offline:
+            raise offline_error(req.url, "not available: the cache is off for this call")
+        return cache
 
     # -- clients --------------------------------------------------------------------------------
     def get_sync_client(self) -> requests.Session:
@@ -147,6 +176,8 @@ class HTTPConnection:
         """The raw ``requests.Response`` (uncached). Retryable statuses are retried first."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             allow_redirects=allow_redirects)
+        if self.offline:
+            raise offline_error(url, "not available: raw responses are never cached")
 
         def attempt() -> requests.Response:
             session = self._sync.session()
@@ -176,6 +207,8 @@ class HTTPConnection:
         """Use as ``async with await conn.get_async_response(url) as r`` (as in vLLM)."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             allow_redirects=allow_redirects)
+        if self.offline:
+            raise offline_error(url, "not available: raw responses are never cached")
 
         async def attempt(session: aiohttp.ClientSession) -> aiohttp.ClientResponse:
             response = await self._async.open(session, req)
@@ -207,6 +240,37 @@ class HTTPConnection:
         return await async_retrying(self.retry, req.deadline, "GET", req.url)(
             self._async.fetch_body, req)
 
+    def _body(self, req: FetchRequest, use_cache: bool) -> Body:
+        cache = self._cache_for(req, use_cache)
+        if cache is None:
+            return self._fetch(req)
+        return self._cached.body(cache, req, self._sync_io, offline=self.offline)
+
+    async def _abody(self, req: FetchRequest, use_cache: bool) -> Body:
+        cache = self._cache_for(req, use_cache)
+        if cache is None:
+            return await self._afetch(req)
+        return await self._cached.abody(cache, req, self._async_io, offline=self.offline)
+
+    def _probe(self, req: FetchRequest) -> Probed:
+        """A (conditional) request whose body is never read: its status and headers."""
+        def attempt() -> Probed:
+            with self._sync.call_session() as session, self._sync.open(session, req) as r:
+                self._raise_if_retryable(r.status_code, r.url, r.headers)
+                return Probed(r.status_code, dict(r.headers), r.url or req.url)
+
+        return sync_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
+
+    async def _aprobe(self, req: FetchRequest) -> Probed:
+        async def attempt() -> Probed:
+            async with self._async.call_session() as session:
+                r = await self._async.open(session, req)
+                async with r:
+                    self._raise_if_retryable(r.status, str(r.url), r.headers)
+                    return Probed(r.status, dict(r.headers), str(r.url))
+
+        return await async_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
+
     def get_bytes(
         self,
         url: str,
@@ -215,11 +279,12 @@ class HTTPConnection:
         allow_redirects: bool = True,
         extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        use_cache: bool = True,
     ) -> bytes:
         """The body as bytes; any non-2xx status raises ``HTTPStatusError``."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             allow_redirects=allow_redirects, max_bytes=max_bytes)
-        return self._fetch(req).content
+        return self._body(req, use_cache).content
 
     async def async_get_bytes(
         self,
@@ -229,11 +294,12 @@ class HTTPConnection:
         allow_redirects: bool = True,
         extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        use_cache: bool = True,
     ) -> bytes:
         """The body as bytes; any non-2xx status raises ``HTTPStatusError``."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             allow_redirects=allow_redirects, max_bytes=max_bytes)
-        return (await self._afetch(req)).content
+        return (await self._abody(req, use_cache)).content
 
     def get_text(
         self,
@@ -242,11 +308,12 @@ class HTTPConnection:
         timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        use_cache: bool = True,
     ) -> str:
         """The body decoded by its declared charset (UTF-8, then Latin-1, when none)."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             max_bytes=max_bytes)
-        body = self._fetch(req)
+        body = self._body(req, use_cache)
         return decode_text(body.content, body.headers)
 
     async def async_get_text(
@@ -256,11 +323,12 @@ class HTTPConnection:
         timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        use_cache: bool = True,
     ) -> str:
         """The body decoded by its declared charset (UTF-8, then Latin-1, when none)."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             max_bytes=max_bytes)
-        body = await self._afetch(req)
+        body = await self._abody(req, use_cache)
         return decode_text(body.content, body.headers)
 
     def get_json(
@@ -270,10 +338,11 @@ class HTTPConnection:
         timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        use_cache: bool = True,
     ) -> Any:
         """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
         return json.loads(self.get_bytes(url, timeout=timeout, extra_headers=extra_headers,
-                                         max_bytes=max_bytes))
+                                         max_bytes=max_bytes, use_cache=use_cache))
 
     async def async_get_json(
         self,
@@ -282,10 +351,12 @@ class HTTPConnection:
         timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        use_cache: bool = True,
     ) -> Any:
         """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
         return json.loads(await self.async_get_bytes(
-            url, timeout=timeout, extra_headers=extra_headers, max_bytes=max_bytes))
+            url, timeout=timeout, extra_headers=extra_headers, max_bytes=max_bytes,
+            use_cache=use_cache))
 
     # -- files ----------------------------------------------------------------------------------
     def download_file(
@@ -298,6 +369,7 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None = None,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        use_cache: bool = True,
     ) -> Path:
         """Stream to a temp file beside ``save_path``, verify, fsync and rename into place.
 
@@ -307,8 +379,21 @@ class HTTPConnection:
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             chunk_size=chunk_size, expected_sha256=expected_sha256,
                             expected_size=expected_size)
-        sync_retrying(self.retry, req.deadline, "download", url)(self._sync.download, req, target)
+        cache = self._cache_for(req, use_cache)
+        if cache is None:
+            self._download(req, target)
+        else:
+            self._cached.download(cache, req, target, self._sync_io, offline=self.offline)
         return target
+
+    def _download(self, req: FetchRequest, target: Path) -> DownloadResult:
+        """The download engine under the retry policy."""
+        return sync_retrying(self.retry, req.deadline, "download", req.url)(
+            self._sync.download, req, target)
+
+    async def _adownload(self, req: FetchRequest, target: Path) -> DownloadResult:
+        return await async_retrying(self.retry, req.deadline, "download", req.url)(
+            self._async.download, req, target)
 
     async def async_download_file(
         self,
@@ -320,14 +405,18 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None = None,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        use_cache: bool = True,
     ) -> Path:
         """Async twin of :meth:`download_file` (file writes go through aiofiles)."""
         target = Path(save_path)
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             chunk_size=chunk_size, expected_sha256=expected_sha256,
                             expected_size=expected_size)
-        await async_retrying(self.retry, req.deadline, "download", url)(
-            self._async.download, req, target)
+        cache = self._cache_for(req, use_cache)
+        if cache is None:
+            await self._adownload(req, target)
+        else:
+            await self._cached.adownload(cache, req, target, self._async_io, offline=self.offline)
         return target
 
 

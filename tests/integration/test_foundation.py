@@ -30,7 +30,9 @@ BODY = os.urandom(3 * 1024 * 1024 + 17)
 
 @pytest.fixture
 def conn() -> HTTPConnection:
-    return HTTPConnection(retry=RetryPolicy.none())
+    # These tests count requests at the origin: the cache (tests/integration/test_cache*.py)
+    # would answer some of them.
+    return HTTPConnection(retry=RetryPolicy.none(), cache=False)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -203,7 +205,7 @@ def test_one_session_per_loop_in_threads(origin: Origin) -> None:
 
 def test_sync_side_from_16_threads(origin: Origin) -> None:
     url = origin.serve_bytes("/many", BODY)
-    conn = HTTPConnection()
+    conn = HTTPConnection(cache=False)  # 64 transfers: no single-flight, no cache
     with ThreadPoolExecutor(16) as pool:
         digests = list(pool.map(lambda _: sha256(conn.get_bytes(url)), range(64)))
     conn.close()

@@ -40,4 +40,6 @@ class FetchRequest:
     expected_sha256: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     hash_body: bool = False
+    #: A conditional request from the cache: a 304 is an answer (headers, empty body), not an error.
+    accept_not_modified: bool = False
     extra: dict[str, str] = field(default_factory=dict)

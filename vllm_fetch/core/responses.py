@@ -6,7 +6,8 @@ import codecs
 from collections.abc import Mapping
 
 from ..errors import HTTPStatusError
-from .body import header
+from .body import BodyMeter, header, is_encoded, parse_content_length
+from .request import FetchRequest
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -25,6 +26,29 @@ def check_status(
     """
     if not 200 <= status < 300:
         raise HTTPStatusError(status, url, reason=reason, headers=headers)
+
+
+def response_meter(
+    req: FetchRequest, status: int, headers: Mapping[str, str], url: str, *, reason: str = ""
+) -> BodyMeter:
+    """Check a final response's status and announced length; the meter for its body.
+
+    A 304 answering a conditional request of the cache (``req.accept_not_modified``) is not an
+    error: it has no body, so its meter expects nothing (its Content-Length, if any, describes
+    the stored representation, RFC 9110 §15.4.5).
+    """
+    if status == 304 and req.accept_not_modified:
+        return BodyMeter(url)
+    check_status(status, url, reason=reason, headers=headers)
+    length = parse_content_length(headers, url)
+    return BodyMeter(
+        url,
+        expected_length=None if is_encoded(headers) else length,
+        max_bytes=req.max_bytes,
+        expected_size=req.expected_size,
+        expected_sha256=req.expected_sha256,
+        hash_body=req.hash_body,
+    )
 
 
 def charset_of(content_type: str | None) -> str | None:

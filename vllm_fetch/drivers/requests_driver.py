@@ -12,9 +12,9 @@ import requests
 import urllib3.exceptions as u3
 
 from ..core import redirects
-from ..core.body import BodyMeter, is_encoded, parse_content_length
+from ..core.body import BodyMeter
 from ..core.request import FetchRequest, TransportOptions
-from ..core.responses import check_status
+from ..core.responses import response_meter
 from ..core.results import Body, DownloadResult
 from ..core.urls import redact_url
 from ..errors import (
@@ -174,17 +174,8 @@ class RequestsDriver:
         response = self.open(session, req)
         try:
             url = redact_url(response.url or req.url)
-            check_status(response.status_code, url, reason=response.reason or "",
-                         headers=dict(response.headers))
-            length = parse_content_length(response.headers, url)
-            meter = BodyMeter(
-                url,
-                expected_length=None if is_encoded(response.headers) else length,
-                max_bytes=req.max_bytes,
-                expected_size=req.expected_size,
-                expected_sha256=req.expected_sha256,
-                hash_body=req.hash_body,
-            )
+            meter = response_meter(req, response.status_code, response.headers, url,
+                                   reason=response.reason or "")
         except BaseException:
             response.close()
             raise

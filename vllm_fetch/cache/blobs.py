@@ -1,0 +1,240 @@
+"""The content-addressed blob store: one immutable file per body, named by its sha256.
+
+``<root>/ab/cdef…`` holds the body whose sha256 is ``abcdef…``. A blob is written to a temp
+file in ``<root>/tmp``, fsynced, then linked into place with ``os.link``, which fails if the
+name exists: exactly one writer creates a blob, identical bodies from any URL or process share
+it (dedup for free), and a reader never sees a partial blob.
+
+Removing a blob that another thread or process is reading is safe on POSIX: an open file keeps
+its data until closed. Readers in this process also *pin* blobs so eviction skips them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..files import create_temp, fsync_dir, fsync_fd, publish, remove_quietly
+
+_HEX = frozenset("0123456789abcdef")
+_COPY_CHUNK = 1 << 30
+
+
+def is_sha256(text: str) -> bool:
+    return len(text) == 64 and set(text) <= _HEX
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha256: str
+    size: int
+    path: Path
+    mtime: float
+
+
+class BlobStore:
+    """Immutable sha256-named files under ``root``. Thread- and process-safe."""
+
+    def __init__(self, root: Path, *, link_files: bool = False) -> None:
+        self.root = root
+        self.link_files = link_files
+        self._tmp = root / "tmp"
+        self._pins: Counter[str] = Counter()
+        self._pin_lock = threading.Lock()
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:]
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    # -- writing ---------------------------------------------------------------------------
+    def put_bytes(self, data: bytes | memoryview, sha256: str | None = None) -> tuple[str, bool]:
+        """Store ``data``; return (sha256, created). ``sha256`` is the digest computed while
+        streaming, when the caller has it; otherwise it is computed here."""
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        if self.exists(digest):
+            return digest, False
+        fd, temp = self._temp()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temp, 0o444)
+            return digest, self._link_into_place(temp, digest)
+        finally:
+            remove_quietly(temp)
+
+    def put_file(self, source: Path, sha256: str, size: int) -> tuple[str, bool]:
+        """Store an existing, already-hashed file (never re-read over the network or re-hashed).
+
+        Hardlinked when ``link_files`` is set and the file is on the same filesystem; otherwise
+        copied in the kernel (``copy_file_range``: a reflink on copy-on-write filesystems).
+        """
+        if self.exists(sha256):
+            return sha256, False
+        if self.link_files and self._try_link(source, sha256):
+            return sha256, True
+        fd, temp = self._temp()
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                copy_fileobj(src.fileno(), out.fileno())
+                out.flush()
+                os.fsync(out.fileno())
+            if temp.stat().st_size != size:
+                raise OSError(errno.EIO, f"{source} changed while it was being cached")
+            os.chmod(temp, 0o444)
+            return sha256, self._link_into_place(temp, sha256)
+        finally:
+            remove_quietly(temp)
+
+    def _temp(self) -> tuple[int, Path]:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
+        return fd, Path(name)
+
+    def _try_link(self, source: Path, sha256: str) -> bool:
+        final = self.path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, final)
+        except FileExistsError:
+            return False
+        except OSError:
+            return False  # another filesystem, or links unsupported: copy instead
+        fsync_dir(final.parent)
+        return True
+
+    def _link_into_place(self, temp: Path, sha256: str) -> bool:
+        final = self.path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            return False  # another writer won: same content, nothing to do
+        fsync_dir(final.parent)
+        return True
+
+    # -- reading ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def pinned(self, sha256: str) -> Iterator[Path]:
+        """Mark a blob as being read by this process, so eviction leaves it alone."""
+        with self._pin_lock:
+            self._pins[sha256] += 1
+        try:
+            yield self.path(sha256)
+        finally:
+            with self._pin_lock:
+                self._pins[sha256] -= 1
+                if self._pins[sha256] <= 0:
+                    del self._pins[sha256]
+
+    def is_pinned(self, sha256: str) -> bool:
+        with self._pin_lock:
+            return self._pins[sha256] > 0
+
+    def read(self, sha256: str, size: int) -> bytes | None:
+        """The blob's bytes, or None when it is gone or not ``size`` bytes long."""
+        with self.pinned(sha256) as path:
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    data = f.read(size + 1)
+            except FileNotFoundError:
+                return None
+        return data if len(data) == size else None
+
+    def copy_to(self, sha256: str, target: Path) -> bool:
+        """Publish a copy (or hardlink, with ``link_files``) of the blob at ``target``.
+
+        Crash-safe like a download: temp file beside the target, fsync, rename, fsync dir.
+        False when the blob is gone (the caller falls back to the network).
+        """
+        with self.pinned(sha256) as path:
+            fd, temp = create_temp(target)
+            try:
+                if self.link_files and _replace_with_link(path, temp):
+                    os.close(fd)
+                    fd = -1
+                else:
+                    with open(path, "rb") as src:
+                        copy_fileobj(src.fileno(), fd)
+                    fsync_fd(fd, temp)
+                    os.close(fd)
+                    fd = -1
+                publish(temp, target)
+            except FileNotFoundError:
+                return False
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+                remove_quietly(temp)
+        return True
+
+    # -- housekeeping ----------------------------------------------------------------------
+    def remove(self, sha256: str) -> int:
+        """Delete a blob; the bytes freed (0 when it was already gone)."""
+        path = self.path(sha256)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """Every complete blob (temp files excluded)."""
+        if not self.root.is_dir():
+            return
+        for sub in os.scandir(self.root):
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for item in os.scandir(sub.path):
+                sha = sub.name + item.name
+                if not is_sha256(sha):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    st = item.stat()
+                    yield BlobInfo(sha, st.st_size, Path(item.path), st.st_mtime)
+
+    def clear(self) -> None:
+        """Remove every blob and temp file."""
+        if self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def copy_fileobj(src_fd: int, dst_fd: int) -> None:
+    """Copy a whole file in the kernel when possible (reflink on btrfs/xfs), else by reads."""
+    try:
+        while os.copy_file_range(src_fd, dst_fd, _COPY_CHUNK):
+            pass
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    except AttributeError:  # pragma: no cover - no copy_file_range on this platform
+        pass
+    with open(src_fd, "rb", closefd=False) as src, open(dst_fd, "wb", closefd=False) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _replace_with_link(blob: Path, temp: Path) -> bool:
+    """Make ``temp`` (an empty file we own) a hardlink to ``blob``; False if links fail."""
+    link = temp.with_name(temp.name + ".lnk")
+    try:
+        os.link(blob, link)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return False
+    os.replace(link, temp)
+    return True

@@ -1,0 +1,219 @@
+"""``FetchCache``: the on-disk HTTP cache shared by the sync side, the async side and processes.
+
+Layout under ``directory``: ``index/`` (diskcache: URL key → entry), ``blobs/ab/cdef…``
+(immutable bodies named by sha256) and ``lock`` (serialises eviction across processes).
+HTTP decisions live in ``core.cache_policy``; this class only stores, reads and evicts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from ..config import env_size, parse_size
+from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
+from .blobs import BlobStore, is_sha256
+from .housekeeping import PruneReport, VerifyReport, prune, verify
+from .index import Index
+
+logger = logging.getLogger("vllm_fetch.cache")
+
+DEFAULT_SIZE_LIMIT = 10 * 10**9  # 10 GB
+
+
+def default_cache_dir() -> Path:
+    """``$VLLM_FETCH_CACHE_DIR``, else the platform's user cache dir + ``vllm_fetch``."""
+    env = os.environ.get("VLLM_FETCH_CACHE_DIR", "").strip()
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("vllm_fetch"))
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """Totals for ``vllm-fetch cache info``."""
+
+    directory: Path
+    entries: int
+    blobs: int
+    bytes: int
+    size_limit: int
+
+
+@dataclass(frozen=True)
+class CachedItem:
+    """One index entry for ``vllm-fetch cache ls``. ``url`` is redacted (no query, no userinfo)."""
+
+    url: str
+    size: int
+    sha256: str
+    stored_at: float
+    last_used: float
+    etag: str | None
+
+
+class FetchCache:
+    """A content-addressed HTTP cache on disk; see the README's "Cache" section.
+
+    ``size_limit`` (bytes; default ``$VLLM_FETCH_CACHE_SIZE`` or 10 GB) bounds the blob bytes:
+    least recently used blobs are evicted past it. ``allow_private`` lets this cache keep and
+    serve responses to requests with credentials (Authorization, Cookie, X-Api-Key) or marked
+    ``private``: only for a cache that one caller owns. ``link_files`` hardlinks downloaded
+    files into the store and back out instead of copying them (no extra space, but editing a
+    downloaded file in place would then change the cached bytes).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        size_limit: int | str | None = None,
+        allow_private: bool = False,
+        link_files: bool = False,
+    ) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.size_limit = _size_limit(size_limit)
+        self.allow_private = allow_private
+        self.blobs = BlobStore(self.directory / "blobs", link_files=link_files)
+        self.index = Index(self.directory / "index")
+        self._lock_path = self.directory / "lock"
+
+    def __repr__(self) -> str:
+        return f"FetchCache({str(self.directory)!r}, size_limit={self.size_limit})"
+
+    # -- what the fetch path uses -------------------------------------------------------------
+    def lookup(
+        self, url: str, request_headers: Mapping[str, str], *, offline: bool, now: float
+    ) -> tuple[str, LookupDecision]:
+        """The key for ``url`` and the core's verdict on what is stored under it."""
+        key = cache_key(url)
+        decision = on_lookup(self.index.get(key), request_headers, now, offline=offline,
+                             caller_private_ok=self.allow_private)
+        return key, decision
+
+    def read(self, key: str, entry: CacheEntry, now: float) -> bytes | None:
+        """The stored body, or None (and the entry dropped) when its blob is gone or damaged."""
+        data = self.blobs.read(entry.sha256, entry.size)
+        if data is None:
+            self._lost(key, entry)
+        else:
+            self.index.touch(key, now)
+        return data
+
+    def copy_to(self, key: str, entry: CacheEntry, target: Path, now: float) -> bool:
+        """Publish the stored body at ``target`` (crash-safe); False when the blob is gone."""
+        if not self.blobs.copy_to(entry.sha256, target):
+            self._lost(key, entry)
+            return False
+        self.index.touch(key, now)
+        return True
+
+    def _lost(self, key: str, entry: CacheEntry) -> None:
+        logger.warning("cache blob for %s is missing or damaged; dropping the entry", entry.url)
+        self.index.delete(key)
+
+    def store_bytes(self, key: str, entry: CacheEntry, content: bytes, sha256: str | None) -> bool:
+        """Store a complete body and its entry. Disk trouble is a WARNING, never an error."""
+        if len(content) > self.size_limit:
+            return False
+        try:
+            digest, created = self.blobs.put_bytes(content, sha256)
+        except OSError as exc:
+            logger.warning("cannot cache %s: %s", entry.url, exc)
+            return False
+        return self._commit(key, entry.with_body(digest, len(content)), created)
+
+    def store_file(self, key: str, entry: CacheEntry, path: Path, sha256: str, size: int) -> bool:
+        """Store a published, already hashed file and its entry (never re-downloaded)."""
+        if size > self.size_limit:
+            return False
+        try:
+            digest, created = self.blobs.put_file(path, sha256, size)
+        except OSError as exc:
+            logger.warning("cannot cache %s: %s", entry.url, exc)
+            return False
+        return self._commit(key, entry.with_body(digest, size), created)
+
+    def _commit(self, key: str, entry: CacheEntry, created: bool) -> bool:
+        stored = self.index.set(key, entry)
+        self.index.touch(key, entry.stored_at)
+        if created and self.index.add_bytes(entry.size) > self.size_limit:
+            self.prune(max_size=self.size_limit)
+        return stored
+
+    def refresh(self, key: str, entry: CacheEntry) -> None:
+        """Write updated metadata (after a 304) for an entry whose blob is unchanged."""
+        self.index.set(key, entry)
+
+    def invalidate(self, key: str) -> None:
+        """Forget the entry for ``key`` (its blob goes at the next prune if unreferenced)."""
+        self.index.delete(key)
+
+    def blob_size(self, sha256: str) -> int | None:
+        """The size of the blob with this sha256, or None when there is none."""
+        sha256 = sha256.lower()
+        if not is_sha256(sha256):
+            return None
+        try:
+            return self.blobs.path(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def copy_blob_to(self, sha256: str, target: Path) -> bool:
+        """Publish the blob with this sha256 at ``target``, whatever URL it came from."""
+        return self.blobs.copy_to(sha256.lower(), target)
+
+    # -- housekeeping (the ``vllm-fetch cache`` commands) ------------------------------------------
+    def info(self) -> CacheInfo:
+        """How many entries and blobs, how many blob bytes, where, and the limit."""
+        entries = sum(1 for _ in self.index.items())
+        blobs = list(self.blobs.iter_blobs())
+        return CacheInfo(self.directory, entries, len(blobs), sum(b.size for b in blobs),
+                         self.size_limit)
+
+    def entries(self) -> list[CachedItem]:
+        """Every entry, most recently used first."""
+        items = [CachedItem(e.url, e.size, e.sha256, e.stored_at, used, e.etag)
+                 for _, e, used in self.index.items()]
+        return sorted(items, key=lambda item: item.last_used, reverse=True)
+
+    def verify(self, remove: bool = True) -> VerifyReport:
+        """Re-hash every blob; corrupt ones (and their entries) are reported and, with
+        ``remove``, deleted so they are fetched again."""
+        return verify(self.index, self.blobs, self._lock_path, remove=remove)
+
+    def prune(
+        self, max_size: int | str | None = None, older_than: float | dt.timedelta | None = None
+    ) -> PruneReport:
+        """Remove blobs unused for ``older_than`` (seconds or a timedelta), then least recently
+        used ones until at most ``max_size`` bytes remain; unreferenced blobs always go."""
+        limit = _size_limit(max_size) if max_size is not None else None
+        age = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
+        return prune(self.index, self.blobs, self._lock_path, max_size=limit, older_than=age,
+                     now=time.time())
+
+    def clear(self) -> None:
+        """Remove every entry and blob."""
+        self.index.clear()
+        self.blobs.clear()
+        self.index.set_bytes(0)
+
+    def close(self) -> None:
+        """Close the index's database connections (the cache reopens nothing afterwards)."""
+        self.index.close()
+
+
+def _size_limit(value: int | str | None) -> int:
+    if value is None:
+        return env_size("VLLM_FETCH_CACHE_SIZE", DEFAULT_SIZE_LIMIT)
+    if isinstance(value, str):
+        return parse_size(value)
+    if value < 0:
+        raise ValueError("size_limit must be >= 0")
+    return value

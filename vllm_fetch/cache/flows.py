@@ -1,0 +1,315 @@
+"""The cached calls, written once for both sides as generators of effects.
+
+A flow asks the cache, then yields what it needs done — ``Fetch`` (a body), ``Probe`` (a
+conditional request whose body is not read), ``Download`` (the download engine) or ``Disk``
+(slow local work such as storing a blob) — and gets the result sent back, or the
+``FetchError`` thrown in. ``runner.py`` performs the effects with requests (sync) or aiohttp
+(async). Every decision comes from ``core.cache_policy``; only plumbing is here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..core.body import header, is_encoded
+from ..core.cache_policy import (
+    CacheEntry,
+    LookupAction,
+    LookupDecision,
+    ResponseAction,
+    is_complete,
+    on_response,
+    stale_if_error_allowed,
+)
+from ..core.request import FetchRequest
+from ..core.responses import check_status
+from ..core.results import Body, DownloadResult
+from ..core.urls import redact_url
+from ..errors import (
+    ChecksumMismatchError,
+    FetchConnectionError,
+    FetchError,
+    FetchTimeoutError,
+    HTTPStatusError,
+    OfflineError,
+    SizeLimitExceededError,
+)
+from .fetch_cache import FetchCache
+
+logger = logging.getLogger("vllm_fetch.cache")
+
+HITS = (LookupAction.HIT, LookupAction.OFFLINE_HIT)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    req: FetchRequest  # -> Body
+
+
+@dataclass(frozen=True)
+class Probe:
+    req: FetchRequest  # -> Probed
+
+
+@dataclass(frozen=True)
+class Download:
+    req: FetchRequest
+    target: Path  # -> DownloadResult
+
+
+@dataclass(frozen=True)
+class Disk:
+    work: Callable[[], Any]  # -> its result; the async side runs it in a thread
+
+
+@dataclass(frozen=True)
+class Probed:
+    status: int
+    headers: dict[str, str]
+    url: str
+
+
+Effect = Fetch | Probe | Download | Disk
+Flow = Generator[Effect, Any, Any]
+
+
+@dataclass(frozen=True)
+class Start:
+    """The outcome of the lookup every cached call begins with."""
+
+    key: str
+    decision: LookupDecision
+    now: float
+
+
+def begin(cache: FetchCache, req: FetchRequest, *, offline: bool) -> Start:
+    now = time.time()
+    key, decision = cache.lookup(req.url, req.headers, offline=offline, now=now)
+    if decision.action is LookupAction.OFFLINE_MISS:
+        raise offline_error(req.url, decision.reason)
+    return Start(key, decision, now)
+
+
+def offline_error(url: str, reason: str = "not in the cache") -> OfflineError:
+    safe = redact_url(url)
+    return OfflineError(f"offline mode: {safe} is {reason or 'not in the cache'}", url=safe)
+
+
+# --- bodies -------------------------------------------------------------------------------------
+
+
+def serve_body(cache: FetchCache, start: Start, req: FetchRequest) -> Body | None:
+    """The stored body for a HIT (None otherwise, or when its blob turned out to be gone)."""
+    entry = start.decision.entry
+    if start.decision.action not in HITS or entry is None:
+        return None
+    _check_cap(entry, req)
+    data = cache.read(start.key, entry, start.now)
+    if data is None and start.decision.action is LookupAction.OFFLINE_HIT:
+        raise offline_error(req.url, "cached, but its stored body is missing")
+    if data is not None and start.decision.stale:
+        logger.warning("offline: serving a stale cached copy of %s", redact_url(req.url))
+    return None if data is None else _body(data, entry, req.url)
+
+
+def _body(data: bytes, entry: CacheEntry, url: str) -> Body:
+    return Body(data, 200, dict(entry.headers), url, entry.sha256)
+
+
+def _check_cap(entry: CacheEntry, req: FetchRequest) -> None:
+    if req.max_bytes is not None and entry.size > req.max_bytes:
+        safe = redact_url(req.url)
+        raise SizeLimitExceededError(
+            f"{safe} is {entry.size} bytes, more than max_bytes={req.max_bytes}", url=safe)
+
+
+def _conditional(req: FetchRequest, decision: LookupDecision) -> FetchRequest:
+    if decision.action is not LookupAction.REVALIDATE:
+        return replace(req, hash_body=True)
+    return replace(req, headers={**req.headers, **decision.headers}, hash_body=True,
+                   accept_not_modified=True)
+
+
+def body_flow(cache: FetchCache, req: FetchRequest, *, offline: bool) -> Flow:
+    """get_bytes/get_text/get_json through the cache."""
+    start = begin(cache, req, offline=offline)
+    served = serve_body(cache, start, req)
+    if served is not None:
+        return served
+    if offline:  # an OFFLINE_HIT whose blob vanished (serve_body raised) never gets here
+        raise offline_error(req.url)
+    entry = start.decision.entry
+    sent_at = time.time()
+    try:
+        body: Body = yield Fetch(_conditional(req, start.decision))
+    except FetchError as exc:
+        stale = _stale_on_error(cache, start, req, exc)
+        if stale is None:
+            raise
+        return stale
+    verdict = _verdict(cache, entry, body.status, body.headers, req, sent_at)
+    if verdict.action in (ResponseAction.REFRESH, ResponseAction.REFETCH):
+        if verdict.action is ResponseAction.REFRESH and verdict.entry is not None:
+            if not verdict.invalidate:
+                cache.refresh(start.key, verdict.entry)
+            data = cache.read(start.key, verdict.entry, time.time())
+            if data is not None:
+                return _body(data, verdict.entry, req.url)
+        cache.invalidate(start.key)
+        return (yield from body_flow(cache, req, offline=offline))  # now an unconditional MISS
+    if verdict.action is ResponseAction.STORE and verdict.entry is not None:
+        length = None if is_encoded(body.headers) else header(body.headers, "Content-Length")
+        if is_complete(None, length, len(body.content)):
+            template = verdict.entry
+            yield Disk(lambda: cache.store_bytes(start.key, template, body.content, body.sha256))
+    elif verdict.invalidate:
+        cache.invalidate(start.key)
+    return body
+
+
+def _verdict(
+    cache: FetchCache, entry: CacheEntry | None, status: int, headers: Mapping[str, str],
+    req: FetchRequest, sent_at: float,
+) -> Any:
+    return on_response(entry, status, headers, req.headers, time.time(), sent_at,
+                       url=redact_url(req.url), store_private=cache.allow_private)
+
+
+def _stale_on_error(
+    cache: FetchCache, start: Start, req: FetchRequest, exc: FetchError
+) -> Body | None:
+    """stale-if-error: the stored copy when the origin is unreachable or answers 5xx."""
+    entry = start.decision.entry
+    if entry is None or not _may_serve_stale(cache, start, req, exc):
+        return None
+    data = cache.read(start.key, entry, start.now)
+    if data is None:
+        return None
+    logger.warning("serving a stale cached copy of %s: %s", redact_url(req.url), exc)
+    return _body(data, entry, req.url)
+
+
+def _may_serve_stale(cache: FetchCache, start: Start, req: FetchRequest, exc: FetchError) -> bool:
+    entry = start.decision.entry
+    assert entry is not None
+    if isinstance(exc, HTTPStatusError):
+        verdict = _verdict(cache, entry, exc.status, exc.headers, req, start.now)
+        if verdict.invalidate:
+            cache.invalidate(start.key)
+        return bool(verdict.action is ResponseAction.SERVE_STALE)
+    unreachable = isinstance(exc, (FetchConnectionError, FetchTimeoutError))
+    return unreachable and stale_if_error_allowed(entry, time.time())
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def _fits(entry: CacheEntry | None, req: FetchRequest) -> bool:
+    """Whether a stored body satisfies the caller's expected_sha256 / expected_size."""
+    if entry is None:
+        return False
+    sha_ok = req.expected_sha256 is None or req.expected_sha256.lower() == entry.sha256
+    return sha_ok and (req.expected_size is None or req.expected_size == entry.size)
+
+
+def _published(target: Path, entry: CacheEntry, url: str) -> DownloadResult:
+    return DownloadResult(target, entry.size, entry.sha256, 200, dict(entry.headers), url)
+
+
+def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool) -> Flow:
+    """download_file through the cache: a hit is copied to the target, zero requests."""
+    wanted = req.expected_sha256.lower() if req.expected_sha256 else None
+    size = cache.blob_size(wanted) if wanted else None
+    if wanted and size is not None and req.expected_size in (None, size) and (
+        yield Disk(lambda: cache.copy_blob_to(wanted, target))
+    ):
+        return DownloadResult(target, size, wanted, 200, {}, req.url)  # same bytes, any URL
+    start = begin(cache, req, offline=offline)
+    entry = start.decision.entry
+    if _fits(entry, req) and entry is not None:
+        if start.decision.action in HITS and (yield from _copy(cache, start, entry, target)):
+            return _published(target, entry, req.url)
+        if start.decision.action is LookupAction.REVALIDATE:
+            refreshed = yield from _revalidate_file(cache, start, req, target)
+            if refreshed is not None:
+                return refreshed
+    if offline:
+        if entry is not None and not _fits(entry, req):
+            safe = redact_url(req.url)
+            raise ChecksumMismatchError(
+                f"offline mode: the cached copy of {safe} does not match the expected "
+                "sha256/size", url=safe)
+        raise offline_error(req.url)
+    sent_at = time.time()
+    try:
+        result: DownloadResult = yield Download(replace(req, hash_body=True), target)
+    except FetchError as exc:
+        if entry is None or not _fits(entry, req) or not _may_serve_stale(cache, start, req, exc):
+            raise
+        if not (yield from _copy(cache, start, entry, target)):
+            raise
+        logger.warning("serving a stale cached copy of %s: %s", redact_url(req.url), exc)
+        return _published(target, entry, req.url)
+    yield from _store_download(cache, start, req, result, sent_at)
+    return result
+
+
+def _copy(cache: FetchCache, start: Start, entry: CacheEntry, target: Path) -> Flow:
+    copied = yield Disk(lambda: cache.copy_to(start.key, entry, target, time.time()))
+    return bool(copied)
+
+
+def _revalidate_file(
+    cache: FetchCache, start: Start, req: FetchRequest, target: Path
+) -> Flow:
+    """A conditional request without reading a body: 304 → copy the blob; else None."""
+    entry = start.decision.entry
+    assert entry is not None
+    sent_at = time.time()
+    try:
+        probed: Probed = yield Probe(_conditional(req, start.decision))
+    except FetchError as exc:
+        if not _may_serve_stale(cache, start, req, exc):
+            raise
+        if (yield from _copy(cache, start, entry, target)):
+            logger.warning("serving a stale cached copy of %s: %s", redact_url(req.url), exc)
+            return _published(target, entry, req.url)
+        raise
+    if probed.status == 304:
+        verdict = _verdict(cache, entry, 304, probed.headers, req, sent_at)
+        if verdict.action is ResponseAction.REFRESH and verdict.entry is not None:
+            if not verdict.invalidate:
+                cache.refresh(start.key, verdict.entry)
+            if (yield from _copy(cache, start, verdict.entry, target)):
+                return _published(target, verdict.entry, req.url)
+        cache.invalidate(start.key)
+        return None
+    if not 200 <= probed.status < 300:
+        verdict = _verdict(cache, entry, probed.status, probed.headers, req, sent_at)
+        if verdict.invalidate:
+            cache.invalidate(start.key)
+        check_status(probed.status, redact_url(probed.url), headers=probed.headers)
+    return None  # changed: the caller downloads it (a second request)
+
+
+def _store_download(
+    cache: FetchCache, start: Start, req: FetchRequest, result: DownloadResult, sent_at: float
+) -> Flow:
+    status, headers = result.status, dict(result.headers)
+    if status == 206:  # resumed: the whole file is what counts, not the last part
+        status = 200
+        headers = {k: v for k, v in headers.items()
+                   if k.lower() not in ("content-range", "content-length")}
+        headers["Content-Length"] = str(result.size)
+    entry = start.decision.entry if _fits(start.decision.entry, req) else None
+    verdict = _verdict(cache, entry, status, headers, req, sent_at)
+    if verdict.action is ResponseAction.STORE and verdict.entry is not None and result.sha256:
+        template, sha = verdict.entry, result.sha256
+        yield Disk(lambda: cache.store_file(start.key, template, result.path, sha, result.size))
+    elif verdict.invalidate:
+        cache.invalidate(start.key)

@@ -1,0 +1,145 @@
+"""Eviction, pruning and verification: whole-cache passes over the index and the blob store.
+
+Every pass runs under one cross-process file lock, so two processes never evict at once.
+Blob bytes are what count against the size limit; a blob's last use is the latest use of any
+entry pointing at it. Blobs that no entry references (left by a replaced entry, or by a crash
+between writing a blob and its entry) are removed once older than ``ORPHAN_GRACE`` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from .blobs import BlobInfo, BlobStore
+from .index import Index
+
+logger = logging.getLogger("vllm_fetch.cache")
+
+#: A blob younger than this with no entry may be a store in progress in another process.
+ORPHAN_GRACE = 60.0
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What a prune or eviction removed."""
+
+    removed_blobs: int = 0
+    removed_entries: int = 0
+    freed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``FetchCache.verify`` found: blobs checked, corrupt ones, entries dropped."""
+
+    checked: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    removed_entries: int = 0
+
+
+@dataclass
+class _Scan:
+    blobs: dict[str, BlobInfo]
+    keys_by_blob: dict[str, list[str]]
+    last_used: dict[str, float]
+
+
+def _scan(index: Index, blobs: BlobStore) -> _Scan:
+    keys_by_blob: dict[str, list[str]] = defaultdict(list)
+    last_used: dict[str, float] = {}
+    for key, entry, used in index.items():
+        keys_by_blob[entry.sha256].append(key)
+        last_used[entry.sha256] = max(used, last_used.get(entry.sha256, 0.0))
+    return _Scan({b.sha256: b for b in blobs.iter_blobs()}, keys_by_blob, last_used)
+
+
+def _remove_blob(index: Index, blobs: BlobStore, scan: _Scan, sha: str) -> int:
+    """Delete a blob and every entry pointing at it; the bytes freed."""
+    for key in scan.keys_by_blob.pop(sha, []):
+        index.delete(key)
+    scan.blobs.pop(sha, None)
+    return blobs.remove(sha)
+
+
+def prune(
+    index: Index, blobs: BlobStore, lock: Path, *, max_size: int | None,
+    older_than: float | None, now: float | None = None,
+) -> PruneReport:
+    """Drop orphans, blobs unused for ``older_than`` seconds, then least recently used blobs
+    until the total is at most ``max_size``. Blobs being read in this process are kept."""
+    now = time.time() if now is None else now
+    with FileLock(str(lock)):
+        scan = _scan(index, blobs)
+        removed_blobs = removed_entries = freed = 0
+
+        def drop(sha: str) -> None:
+            nonlocal removed_blobs, removed_entries, freed
+            removed_entries += len(scan.keys_by_blob.get(sha, []))
+            freed += _remove_blob(index, blobs, scan, sha)
+            removed_blobs += 1
+
+        for sha, info in list(scan.blobs.items()):
+            orphan = sha not in scan.keys_by_blob and now - info.mtime > ORPHAN_GRACE
+            unused = now - scan.last_used.get(sha, info.mtime)
+            stale = older_than is not None and unused > older_than
+            if (orphan or stale) and not blobs.is_pinned(sha):
+                drop(sha)
+        for key_sha in [s for s in scan.keys_by_blob if s not in scan.blobs]:
+            for key in scan.keys_by_blob.pop(key_sha):  # entries whose blob is gone
+                index.delete(key)
+                removed_entries += 1
+        total = sum(info.size for info in scan.blobs.values())
+        if max_size is not None and total > max_size:
+            by_age = sorted(scan.blobs.values(),
+                            key=lambda b: scan.last_used.get(b.sha256, b.mtime))
+            for info in by_age:
+                if total <= max_size:
+                    break
+                if blobs.is_pinned(info.sha256):
+                    continue
+                drop(info.sha256)
+                total -= info.size
+        index.set_bytes(total)
+    if removed_blobs:
+        logger.info("cache: removed %d blobs (%d bytes) and %d entries",
+                    removed_blobs, freed, removed_entries)
+    return PruneReport(removed_blobs, removed_entries, freed)
+
+
+def hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(index: Index, blobs: BlobStore, lock: Path, *, remove: bool) -> VerifyReport:
+    """Re-hash every blob; report (and with ``remove``, delete) those whose bytes do not match
+    their name, with the entries that point at them."""
+    with FileLock(str(lock)):
+        scan = _scan(index, blobs)
+        corrupt: list[str] = []
+        removed_entries = 0
+        for sha, info in list(scan.blobs.items()):
+            try:
+                ok = hash_file(info.path) == sha
+            except FileNotFoundError:
+                continue
+            if ok:
+                continue
+            logger.warning("cache blob %s is corrupt", sha)
+            corrupt.append(sha)
+            if remove:
+                removed_entries += len(scan.keys_by_blob.get(sha, []))
+                _remove_blob(index, blobs, scan, sha)
+        index.set_bytes(sum(info.size for info in scan.blobs.values()))
+    return VerifyReport(len(scan.blobs) + (len(corrupt) if remove else 0), corrupt,
+                        removed_entries)

@@ -1,0 +1,180 @@
+"""The cache index: diskcache (multi-process safe SQLite) mapping cache keys to entries.
+
+Values are JSON (diskcache's JSONDisk, uncompressed), never pickles: a tampered index can at
+worst lose entries, not run code. Keys:
+
+- ``<64 hex>``: the entry (``CacheEntry.to_dict()``) for ``core.cache_policy.cache_key(url)``;
+- ``u:<64 hex>``: when the entry was last served (unix seconds), written at most once a minute
+  per key and process, so a hit is a read, not a write;
+- ``n:blob-bytes``: a running total of blob bytes, the cheap trigger for eviction.
+
+A corrupt or unreadable index (fault D8) is logged at WARNING, moved aside and rebuilt empty;
+when even that fails the index is bypassed (every lookup a miss), never an error for a fetch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import diskcache
+
+from ..core.cache_policy import CacheEntry
+from .blobs import is_sha256
+
+logger = logging.getLogger("vllm_fetch.cache")
+
+BYTES_KEY = "n:blob-bytes"
+#: Seconds between two last-used writes for one key from one process.
+TOUCH_RESOLUTION = 60.0
+_DB_FILE = "cache.db"
+_T = TypeVar("_T")
+_ERRORS = (sqlite3.Error, OSError, ValueError, TypeError, KeyError)
+
+
+class Index:
+    """diskcache behind a guard: any storage error is a warning and a miss, never a crash."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._touched: dict[str, float] = {}
+        self._db: diskcache.Cache | None = self._open(rebuild=True)
+
+    @property
+    def available(self) -> bool:
+        return self._db is not None
+
+    # -- opening, rebuilding, bypassing -------------------------------------------------------
+    def _connect(self) -> diskcache.Cache:
+        db = diskcache.Cache(
+            str(self.directory), disk=diskcache.JSONDisk, disk_compress_level=0,
+            eviction_policy="none", statistics=False, tag_index=False, timeout=10,
+        )
+        try:
+            db.get("n:probe")  # fail now on a file that is not a database
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open(self, *, rebuild: bool) -> diskcache.Cache | None:
+        try:
+            return self._connect()
+        except _ERRORS as exc:
+            if not rebuild:
+                logger.warning("cache index %s is unusable (%s); bypassing it",
+                               self.directory, exc)
+                return None
+            logger.warning("cache index %s is corrupt or unreadable (%s); rebuilding it",
+                           self.directory, exc)
+            self._quarantine()
+            return self._open(rebuild=False)
+
+    def _quarantine(self) -> None:
+        """Move the damaged database aside (kept for inspection), so a fresh one can be made."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            path = self.directory / (_DB_FILE + suffix)
+            try:
+                path.rename(path.with_name(f"{path.name}.corrupt-{stamp}"))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("cannot move the damaged cache index %s aside: %s", path, exc)
+
+    def _guard(self, what: str, op: Callable[[diskcache.Cache], _T], default: _T) -> _T:
+        db = self._db
+        if db is None:
+            return default
+        try:
+            return op(db)
+        except _ERRORS as exc:
+            self._recover(db, what, exc)
+            return default
+
+    def _recover(self, db: Any, what: str, exc: BaseException) -> None:
+        with self._lock:
+            if self._db is not db or db is None:
+                return  # another thread already recovered
+            logger.warning("cache index %s failed during %s (%s); rebuilding it",
+                           self.directory, what, exc)
+            with contextlib.suppress(*_ERRORS):
+                db.close()
+            self._quarantine()
+            self._db = self._open(rebuild=False)
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    # -- entries ------------------------------------------------------------------------------
+    def get(self, key: str) -> CacheEntry | None:
+        record = self._guard("lookup", lambda db: db.get(key), None)
+        if record is None:
+            return None
+        try:
+            return CacheEntry.from_dict(record)
+        except (ValueError, TypeError, AttributeError):
+            logger.warning("dropping a malformed cache index record")
+            self.delete(key)
+            return None
+
+    def set(self, key: str, entry: CacheEntry) -> bool:
+        return self._guard("store", lambda db: bool(db.set(key, entry.to_dict())), False)
+
+    def delete(self, key: str) -> None:
+        def drop(db: diskcache.Cache) -> None:
+            db.delete(key)
+            db.delete("u:" + key)
+
+        self._guard("delete", drop, None)
+
+    def touch(self, key: str, now: float) -> None:
+        """Record a use; at most one write per key per ``TOUCH_RESOLUTION`` in this process."""
+        if now - self._touched.get(key, 0.0) < TOUCH_RESOLUTION:
+            return
+        self._touched[key] = now
+        self._guard("touch", lambda db: db.set("u:" + key, now), None)
+
+    def items(self) -> Iterator[tuple[str, CacheEntry, float]]:
+        """(key, entry, last used) for every well-formed entry; malformed ones are skipped."""
+        db = self._db
+        if db is None:
+            return
+        try:
+            keys = [k for k in db.iterkeys() if isinstance(k, str) and is_sha256(k)]
+        except _ERRORS as exc:
+            self._recover(db, "listing", exc)
+            return
+        for key in keys:
+            entry = self.get(key)
+            if entry is not None:
+                used = self._last_used(key)
+                yield key, entry, float(used) if isinstance(used, (int, float)) else entry.stored_at
+
+    def _last_used(self, key: str) -> Any:
+        return self._guard("listing", lambda db: db.get("u:" + key), None)
+
+    # -- the blob byte counter ----------------------------------------------------------------
+    def add_bytes(self, delta: int) -> int:
+        """Add to the running blob total (atomic across processes); the new total."""
+        return int(self._guard("count", lambda db: db.incr(BYTES_KEY, delta, default=0), 0))
+
+    def set_bytes(self, total: int) -> None:
+        self._guard("count", lambda db: db.set(BYTES_KEY, total), None)
+
+    def clear(self) -> None:
+        self._touched.clear()
+        self._guard("clear", lambda db: db.clear(), 0)
+
+    def raw(self) -> Any:
+        """The diskcache object (None when bypassed), for tests and diagnostics."""
+        return self._db

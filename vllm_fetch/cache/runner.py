@@ -1,0 +1,156 @@
+"""Runs the cache flows: performs their effects on the sync side (requests) or the async side
+(aiohttp), and makes concurrent identical calls in one process share one transfer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.request import FetchRequest
+from ..core.results import Body, DownloadResult
+from ..errors import FetchError
+from .fetch_cache import FetchCache
+from .flows import (
+    Disk,
+    Download,
+    Effect,
+    Fetch,
+    Flow,
+    Probe,
+    Probed,
+    begin,
+    body_flow,
+    download_flow,
+    serve_body,
+)
+from .single_flight import AsyncSingleFlight, SingleFlight
+
+#: Hits up to this size are read on the event loop itself: a thread hop costs more.
+INLINE_READ_MAX = 1 << 20
+
+
+@dataclass(frozen=True)
+class SyncIO:
+    """How the sync side performs the network effects (each under the retry policy)."""
+
+    fetch: Callable[[FetchRequest], Body]
+    probe: Callable[[FetchRequest], Probed]
+    download: Callable[[FetchRequest, Path], DownloadResult]
+
+
+@dataclass(frozen=True)
+class AsyncIO:
+    fetch: Callable[[FetchRequest], Awaitable[Body]]
+    probe: Callable[[FetchRequest], Awaitable[Probed]]
+    download: Callable[[FetchRequest, Path], Awaitable[DownloadResult]]
+
+
+def _perform(effect: Effect, io: SyncIO) -> Any:
+    if isinstance(effect, Fetch):
+        return io.fetch(effect.req)
+    if isinstance(effect, Probe):
+        return io.probe(effect.req)
+    if isinstance(effect, Download):
+        return io.download(effect.req, effect.target)
+    return effect.work()
+
+
+async def _aperform(effect: Effect, io: AsyncIO) -> Any:
+    if isinstance(effect, Fetch):
+        return await io.fetch(effect.req)
+    if isinstance(effect, Probe):
+        return await io.probe(effect.req)
+    if isinstance(effect, Download):
+        return await io.download(effect.req, effect.target)
+    assert isinstance(effect, Disk)
+    return await asyncio.to_thread(effect.work)
+
+
+def run_sync(flow: Flow, io: SyncIO) -> Any:
+    """Drive a flow to its return value; a FetchError from an effect is thrown into it."""
+    value: Any = None
+    error: FetchError | None = None
+    try:
+        while True:
+            try:
+                effect = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = _perform(effect, io)
+            except FetchError as exc:
+                error = exc
+    finally:
+        flow.close()
+
+
+async def run_async(flow: Flow, io: AsyncIO) -> Any:
+    value: Any = None
+    error: FetchError | None = None
+    try:
+        while True:
+            try:
+                effect = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = await _aperform(effect, io)
+            except FetchError as exc:
+                error = exc
+    finally:
+        flow.close()
+
+
+def _flight_key(kind: str, req: FetchRequest, target: Path | None = None) -> object:
+    return (kind, req.url, tuple(sorted(req.headers.items())), req.max_bytes,
+            req.allow_redirects, req.expected_sha256, req.expected_size, target)
+
+
+class CachedCalls:
+    """The façade's entry points into the cache, sync and async."""
+
+    def __init__(self) -> None:
+        self._flights = SingleFlight()
+        self._aflights = AsyncSingleFlight()
+
+    def body(self, cache: FetchCache, req: FetchRequest, io: SyncIO, *, offline: bool) -> Body:
+        hit = serve_body(cache, begin(cache, req, offline=offline), req)
+        if hit is not None:
+            return hit
+        return self._flights.run(  # type: ignore[no-any-return]
+            _flight_key("body", req),
+            lambda: run_sync(body_flow(cache, req, offline=offline), io))
+
+    async def abody(
+        self, cache: FetchCache, req: FetchRequest, io: AsyncIO, *, offline: bool
+    ) -> Body:
+        start = begin(cache, req, offline=offline)
+        entry = start.decision.entry
+        if entry is not None and entry.size > INLINE_READ_MAX:
+            hit = await asyncio.to_thread(serve_body, cache, start, req)
+        else:
+            hit = serve_body(cache, start, req)
+        if hit is not None:
+            return hit
+        return await self._aflights.run(
+            _flight_key("body", req),
+            lambda: run_async(body_flow(cache, req, offline=offline), io))
+
+    def download(
+        self, cache: FetchCache, req: FetchRequest, target: Path, io: SyncIO, *, offline: bool
+    ) -> DownloadResult:
+        return self._flights.run(  # type: ignore[no-any-return]
+            _flight_key("file", req), share=False,
+            work=lambda: run_sync(download_flow(cache, req, target, offline=offline), io))
+
+    async def adownload(
+        self, cache: FetchCache, req: FetchRequest, target: Path, io: AsyncIO, *, offline: bool
+    ) -> DownloadResult:
+        return await self._aflights.run(
+            _flight_key("file", req), share=False,
+            work=lambda: run_async(download_flow(cache, req, target, offline=offline), io))
