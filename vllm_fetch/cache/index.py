@@ -95,9 +95,11 @@ class Index:
             return default
         try:
             return op(db)
-        except _ERRORS as exc:
+        except sqlite3.DatabaseError as exc:  # a damaged file: rebuild
             self._recover(db, what, exc)
-            return default
+        except _ERRORS as exc:  # anything else (locked, I/O): this operation is skipped
+            logger.warning("cache index %s: %s failed (%s)", self.directory, what, exc)
+        return default
 
     def _recover(self, db: Any, what: str, exc: BaseException) -> None:
         with self._lock:
@@ -146,14 +148,11 @@ class Index:
 
     def items(self) -> Iterator[tuple[str, CacheEntry, float]]:
         """(key, entry, last used) for every well-formed entry; malformed ones are skipped."""
-        db = self._db
-        if db is None:
-            return
-        try:
-            keys = [k for k in db.iterkeys() if isinstance(k, str) and is_sha256(k)]
-        except _ERRORS as exc:
-            self._recover(db, "listing", exc)
-            return
+        def entry_keys(db: diskcache.Cache) -> list[str]:
+            return [k for k in db.iterkeys() if isinstance(k, str) and is_sha256(k)]
+
+        none: list[str] = []
+        keys = self._guard("listing", entry_keys, none)
         for key in keys:
             entry = self.get(key)
             if entry is not None:
@@ -166,7 +165,13 @@ class Index:
     # -- the blob byte counter ----------------------------------------------------------------
     def add_bytes(self, delta: int) -> int:
         """Add to the running blob total (atomic across processes); the new total."""
-        return int(self._guard("count", lambda db: db.incr(BYTES_KEY, delta, default=0), 0))
+        def add(db: diskcache.Cache) -> int:
+            with db.transact():  # diskcache's incr assumes pickled ints; this index holds JSON
+                total = int(db.get(BYTES_KEY, 0)) + delta
+                db.set(BYTES_KEY, total)
+            return total
+
+        return self._guard("count", add, 0)
 
     def set_bytes(self, total: int) -> None:
         self._guard("count", lambda db: db.set(BYTES_KEY, total), None)

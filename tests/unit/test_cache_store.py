@@ -1,0 +1,228 @@
+"""The cache's storage without a network: blob store, index, housekeeping, single-flight."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vllm_fetch import FetchCache, HTTPStatusError
+from vllm_fetch.cache.blobs import BlobStore
+from vllm_fetch.cache.single_flight import AsyncSingleFlight, SingleFlight
+from vllm_fetch.config import parse_size
+from vllm_fetch.core.cache_policy import CacheEntry, cache_key
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def entry(url: str, *, max_age: int = 600) -> CacheEntry:
+    now = time.time()
+    return CacheEntry(url=url, headers={"cache-control": f"max-age={max_age}"}, stored_at=now,
+                      request_time=now, response_time=now)
+
+
+def store(cache: FetchCache, url: str, data: bytes) -> str:
+    key = cache_key(url)
+    assert cache.store_bytes(key, entry(url), data, None)
+    return key
+
+
+# --- blobs --------------------------------------------------------------------------------------
+
+
+def test_blob_store_dedups_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    data = os.urandom(1000)
+    assert blobs.put_bytes(data) == (sha(data), True)
+    assert blobs.put_bytes(data, sha(data)) == (sha(data), False)
+    assert blobs.path(sha(data)) == tmp_path / "blobs" / sha(data)[:2] / sha(data)[2:]
+    assert blobs.read(sha(data), len(data)) == data
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+    assert [b.sha256 for b in blobs.iter_blobs()] == [sha(data)]
+
+
+def test_blob_store_put_file_copies_and_survives_edits_of_the_source(tmp_path: Path) -> None:
+    source = tmp_path / "model.bin"
+    data = os.urandom(300_000)
+    source.write_bytes(data)
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.put_file(source, sha(data), len(data))
+    with open(source, "r+b") as f:  # the user edits the downloaded file in place
+        f.write(b"edited")
+    assert blobs.read(sha(data), len(data)) == data
+
+
+def test_blob_store_links_when_asked(tmp_path: Path) -> None:
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"weights")
+    blobs = BlobStore(tmp_path / "blobs", link_files=True)
+    blobs.put_file(source, sha(b"weights"), 7)
+    assert blobs.path(sha(b"weights")).stat().st_ino == source.stat().st_ino
+    assert blobs.copy_to(sha(b"weights"), tmp_path / "again.bin")
+    assert (tmp_path / "again.bin").read_bytes() == b"weights"
+
+
+def test_read_of_a_short_or_missing_blob_is_none(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    digest, _ = blobs.put_bytes(b"abc")
+    assert blobs.read(digest, 4) is None
+    blobs.remove(digest)
+    assert blobs.read(digest, 3) is None
+    assert not blobs.copy_to(digest, tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+def test_blob_size_refuses_names_that_are_not_sha256(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path / "c")
+    assert cache.blob_size("../../../etc/passwd") is None
+    assert cache.blob_size("zz" * 32) is None
+    cache.close()
+
+
+# --- FetchCache housekeeping --------------------------------------------------------------------
+
+
+def test_info_entries_and_clear(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path / "c", size_limit="1MB")
+    store(cache, "https://example.com/a?sig=secret", b"one")
+    store(cache, "https://example.com/b", b"two")
+    store(cache, "https://example.com/c", b"one")
+    info = cache.info()
+    assert (info.entries, info.blobs, info.bytes, info.size_limit) == (3, 2, 6, 1_000_000)
+    assert info.directory == tmp_path / "c"
+    urls = {item.url for item in cache.entries()}
+    assert urls == {"https://example.com/a?sig=secret", "https://example.com/b",
+                    "https://example.com/c"}
+    cache.clear()
+    assert (cache.info().entries, cache.info().blobs) == (0, 0)
+    cache.close()
+
+
+def test_verify_removes_corrupt_blobs_and_their_entries(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path / "c")
+    good = store(cache, "https://example.com/good", b"good bytes")
+    bad = store(cache, "https://example.com/bad", b"bad bytes")
+    bad_path = cache.blobs.path(sha(b"bad bytes"))
+    os.chmod(bad_path, 0o644)
+    bad_path.write_bytes(b"rotten")
+    report = cache.verify(remove=False)
+    assert report.corrupt == [sha(b"bad bytes")] and report.checked == 2
+    assert cache.index.get(bad) is not None
+    report = cache.verify()
+    assert report.corrupt == [sha(b"bad bytes")] and report.removed_entries == 1
+    assert cache.index.get(bad) is None and cache.index.get(good) is not None
+    assert not bad_path.exists()
+    cache.close()
+
+
+def test_prune_by_age_and_size_keeps_pinned_blobs(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path / "c")
+    keys = [store(cache, f"https://example.com/{i}", bytes([i]) * 1000) for i in range(4)]
+    with cache.blobs.pinned(sha(bytes([0]) * 1000)):
+        report = cache.prune(max_size=2000)
+    assert report.removed_blobs == 2 and report.freed_bytes == 2000
+    remaining = {e.sha256 for e in cache.entries()}
+    assert sha(bytes([0]) * 1000) in remaining  # being read: kept although least recent
+    assert cache.index.get(keys[3]) is not None
+    report = cache.prune(older_than=-1)  # everything is older than "-1 s ago"
+    assert cache.info().blobs == 0 and report.removed_entries == 2
+    cache.close()
+
+
+def test_unreferenced_blobs_are_collected_after_a_grace_period(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path / "c")
+    digest, _ = cache.blobs.put_bytes(b"orphan")
+    assert cache.prune().removed_blobs == 0  # might be a store in progress
+    old = time.time() - 3600
+    os.utime(cache.blobs.path(digest), (old, old))
+    assert cache.prune().removed_blobs == 1
+    cache.close()
+
+
+def test_malformed_record_is_a_miss(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path / "c")
+    key = cache_key("https://example.com/x")
+    cache.index.raw().set(key, {"url": 5})
+    assert cache.index.get(key) is None
+    assert cache.info().entries == 0
+    cache.close()
+
+
+def test_size_limit_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VLLM_FETCH_CACHE_SIZE", "2GiB")
+    assert FetchCache(tmp_path / "c").size_limit == 2 * 2**30
+    monkeypatch.setenv("VLLM_FETCH_CACHE_SIZE", "lots")
+    with pytest.raises(ValueError, match="VLLM_FETCH_CACHE_SIZE"):
+        FetchCache(tmp_path / "d")
+
+
+@pytest.mark.parametrize(("text", "size"), [("10GB", 10**10), ("512MiB", 512 * 2**20),
+                                            ("1000", 1000), ("1.5 kb", 1500), ("3b", 3)])
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "GB", "-1GB", "10 parsecs", "1e9"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+# --- single flight ------------------------------------------------------------------------------
+
+
+def test_single_flight_threads_share_result_and_error() -> None:
+    flights = SingleFlight()
+    calls = 0
+    gate = threading.Event()
+
+    def work() -> int:
+        nonlocal calls
+        calls += 1
+        gate.wait(5)
+        return 42
+
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(flights.run("k", work)))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert results == [42] * 6 and calls == 1
+
+    def fail() -> int:
+        raise HTTPStatusError(404, "https://example.com/")
+
+    with pytest.raises(HTTPStatusError):
+        flights.run("k", fail)
+
+
+def test_async_single_flight_followers_rerun_after_a_cancelled_leader() -> None:
+    flights = AsyncSingleFlight()
+    calls = 0
+
+    async def work() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return calls
+
+    async def main() -> list[int]:
+        leader = asyncio.create_task(flights.run("k", work))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(flights.run("k", work))
+        await asyncio.sleep(0.01)
+        leader.cancel()
+        return [await follower]
+
+    assert asyncio.run(main()) == [2]
