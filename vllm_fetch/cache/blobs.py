@@ -15,15 +15,15 @@ import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import create_temp, fsync_dir, fsync_fd, publish, remove_quietly
+from ..files import create_temp, fsync_fd, publish, remove_quietly, write_all
 
 _HEX = frozenset("0123456789abcdef")
 _COPY_CHUNK = 1 << 30
@@ -62,16 +62,17 @@ class BlobStore:
         """Store ``data``; return (sha256, created). ``sha256`` is the digest computed while
         streaming, when the caller has it; otherwise it is computed here."""
         digest = sha256 or hashlib.sha256(data).hexdigest()
-        if self.exists(digest):
+        final = self.path(digest)
+        if final.exists():
             return digest, False
         fd, temp = self._temp()
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(temp, 0o444)
-            return digest, self._link_into_place(temp, digest)
+            try:
+                write_all(fd, data, temp)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return digest, self._link_into_place(temp, final)
         finally:
             remove_quietly(temp)
 
@@ -81,48 +82,55 @@ class BlobStore:
         Hardlinked when ``link_files`` is set and the file is on the same filesystem; otherwise
         copied in the kernel (``copy_file_range``: a reflink on copy-on-write filesystems).
         """
-        if self.exists(sha256):
+        final = self.path(sha256)
+        if final.exists():
             return sha256, False
-        if self.link_files and self._try_link(source, sha256):
-            return sha256, True
+        if self.link_files:
+            with contextlib.suppress(OSError):  # another filesystem: copy instead
+                return sha256, self._link_into_place(source, final)
         fd, temp = self._temp()
         try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                copy_fileobj(src.fileno(), out.fileno())
-                out.flush()
-                os.fsync(out.fileno())
-            if temp.stat().st_size != size:
+            try:
+                with open(source, "rb") as src:
+                    copy_fileobj(src.fileno(), fd)
+                os.fsync(fd)
+                copied = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if copied != size:
                 raise OSError(errno.EIO, f"{source} changed while it was being cached")
-            os.chmod(temp, 0o444)
-            return sha256, self._link_into_place(temp, sha256)
+            return sha256, self._link_into_place(temp, final)
         finally:
             remove_quietly(temp)
 
     def _temp(self) -> tuple[int, Path]:
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
-        return fd, Path(name)
+        """A new read-only-to-others temp file (the fd can write it) in ``root/tmp``."""
+        for _ in range(100):
+            temp = self._tmp / f"{secrets.token_hex(8)}.part"
+            try:
+                return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444), temp
+            except FileNotFoundError:
+                self._tmp.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "no unique temp name", str(self._tmp))
 
-    def _try_link(self, source: Path, sha256: str) -> bool:
-        final = self.path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
+    @staticmethod
+    def _link_into_place(source: Path, final: Path) -> bool:
+        """Give the complete file its sha256 name; False when another writer did first.
+
+        The directory is not fsynced: a link lost in a crash is only a cache miss (the entry
+        whose blob is missing is dropped and fetched again), never a wrong body.
+        """
         try:
             os.link(source, final)
+        except FileNotFoundError:
+            if not source.exists():
+                raise
+            final.parent.mkdir(parents=True, exist_ok=True)
+            return BlobStore._link_into_place(source, final)
         except FileExistsError:
-            return False
-        except OSError:
-            return False  # another filesystem, or links unsupported: copy instead
-        fsync_dir(final.parent)
-        return True
-
-    def _link_into_place(self, temp: Path, sha256: str) -> bool:
-        final = self.path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(temp, final)
-        except FileExistsError:
-            return False  # another writer won: same content, nothing to do
-        fsync_dir(final.parent)
+            return False  # same name, same content: nothing to do
         return True
 
     # -- reading ---------------------------------------------------------------------------

@@ -141,11 +141,10 @@ class FetchCache:
         return self._commit(key, entry.with_body(digest, size), created)
 
     def _commit(self, key: str, entry: CacheEntry, created: bool) -> bool:
-        stored = self.index.set(key, entry)
-        self.index.touch(key, entry.stored_at)
-        if created and self.index.add_bytes(entry.size) > self.size_limit:
+        total = self.index.commit(key, entry, entry.size if created else 0)
+        if total is not None and total > self.size_limit:
             self.prune(max_size=self.size_limit)
-        return stored
+        return total is not None
 
     def refresh(self, key: str, entry: CacheEntry) -> None:
         """Write updated metadata (after a 304) for an entry whose blob is unchanged."""

@@ -135,12 +135,15 @@ def _conditional(req: FetchRequest, decision: LookupDecision) -> FetchRequest:
                    accept_not_modified=True)
 
 
-def body_flow(cache: FetchCache, req: FetchRequest, *, offline: bool) -> Flow:
-    """get_bytes/get_text/get_json through the cache."""
-    start = begin(cache, req, offline=offline)
-    served = serve_body(cache, start, req)
-    if served is not None:
-        return served
+def body_flow(
+    cache: FetchCache, req: FetchRequest, *, offline: bool, start: Start | None = None
+) -> Flow:
+    """get_bytes/get_text/get_json through the cache. ``start``: a lookup already made."""
+    if start is None:
+        start = begin(cache, req, offline=offline)
+        served = serve_body(cache, start, req)
+        if served is not None:
+            return served
     if offline:  # an OFFLINE_HIT whose blob vanished (serve_body raised) never gets here
         raise offline_error(req.url)
     entry = start.decision.entry

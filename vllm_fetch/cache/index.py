@@ -129,6 +129,22 @@ class Index:
             self.delete(key)
             return None
 
+    def commit(self, key: str, entry: CacheEntry, added_bytes: int) -> int | None:
+        """Write a new entry, its last use and the blob total in one transaction; the new total
+        (None when the index is unavailable)."""
+        self._touched[key] = entry.stored_at
+
+        def write(db: diskcache.Cache) -> int:
+            with db.transact():
+                db.set(key, entry.to_dict())
+                db.set("u:" + key, entry.stored_at)
+                total = int(db.get(BYTES_KEY, 0)) + added_bytes
+                if added_bytes:
+                    db.set(BYTES_KEY, total)
+            return total
+
+        return self._guard("store", write, None)
+
     def set(self, key: str, entry: CacheEntry) -> bool:
         return self._guard("store", lambda db: bool(db.set(key, entry.to_dict())), False)
 

@@ -119,12 +119,13 @@ class CachedCalls:
         self._aflights = AsyncSingleFlight()
 
     def body(self, cache: FetchCache, req: FetchRequest, io: SyncIO, *, offline: bool) -> Body:
-        hit = serve_body(cache, begin(cache, req, offline=offline), req)
+        start = begin(cache, req, offline=offline)
+        hit = serve_body(cache, start, req)
         if hit is not None:
             return hit
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("body", req),
-            lambda: run_sync(body_flow(cache, req, offline=offline), io))
+            lambda: run_sync(body_flow(cache, req, offline=offline, start=start), io))
 
     async def abody(
         self, cache: FetchCache, req: FetchRequest, io: AsyncIO, *, offline: bool
@@ -139,7 +140,7 @@ class CachedCalls:
             return hit
         return await self._aflights.run(
             _flight_key("body", req),
-            lambda: run_async(body_flow(cache, req, offline=offline), io))
+            lambda: run_async(body_flow(cache, req, offline=offline, start=start), io))
 
     def download(
         self, cache: FetchCache, req: FetchRequest, target: Path, io: SyncIO, *, offline: bool

@@ -1,0 +1,171 @@
+"""Cache benchmarks (not run by the tests). Usage: ``python benchmarks/bench_cache.py``.
+
+1. A fresh hit of a 100 KB object, in-process: median microseconds per ``get_bytes`` (target
+   < 100 µs), next to requests-cache's hit in the same run when it is installed
+   (``pip install requests-cache``; never a dependency of vllm_fetch).
+2. 1000 distinct 100 KB objects fetched with ``async_get_bytes`` at concurrency 64 into a cold
+   cache, against raw aiohttp (target ≤ 1.25x), and vllm_fetch with the cache off.
+
+The origin runs in a separate process (aiohttp.web on 127.0.0.1) so it does not share the
+client's GIL. Each timed section is repeated ``--rounds`` times; the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy
+
+SIZE = 100 * 1024
+
+
+def serve() -> None:
+    """The origin: ``/obj/N`` is a distinct, cacheable 100 KB body."""
+    from aiohttp import web
+
+    base = os.urandom(SIZE)
+
+    async def obj(request: web.Request) -> web.Response:
+        n = request.match_info["n"]
+        body = n.encode().ljust(16, b"-") + base[16:]
+        return web.Response(body=body, headers={"Cache-Control": "max-age=600",
+                                                "ETag": f'"{n}"'})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/obj/{n}", obj)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        assert site._server is not None
+        print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[attr-defined]
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def bench_hit(base: str, samples: int, rounds: int) -> None:
+    url = f"{base}/obj/hit"
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FetchCache(tmp)
+        conn = HTTPConnection(cache=cache, retry=RetryPolicy.none())
+        conn.get_bytes(url)
+        ours = [_median_us(lambda: conn.get_bytes(url), samples) for _ in range(rounds)]
+        print(f"vllm_fetch hit, 100 KB:     median {statistics.median(ours):7.1f} µs "
+              f"(rounds: {', '.join(f'{x:.1f}' for x in ours)})")
+        conn.close()
+        cache.close()
+    try:
+        import requests_cache
+    except ImportError:
+        print("requests-cache not installed: no comparison")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        session = requests_cache.CachedSession(str(Path(tmp) / "rc"), backend="sqlite")
+        session.get(url)
+        assert session.get(url).from_cache
+
+        def hit() -> bytes:
+            return session.get(url).content
+
+        theirs = [_median_us(hit, samples) for _ in range(rounds)]
+        print(f"requests-cache hit, 100 KB: median {statistics.median(theirs):7.1f} µs "
+              f"(rounds: {', '.join(f'{x:.1f}' for x in theirs)})")
+        session.close()
+
+
+def _median_us(fn: object, samples: int) -> float:
+    assert callable(fn)
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - start)
+    return statistics.median(times) / 1000
+
+
+async def _gather(fetch: object, urls: list[str], concurrency: int) -> float:
+    assert callable(fetch)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(url: str) -> None:
+        async with gate:
+            data = await fetch(url)
+            assert len(data) == SIZE
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(u) for u in urls))
+    return time.perf_counter() - start
+
+
+async def _raw(urls: list[str], concurrency: int) -> float:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        async def fetch(url: str) -> bytes:
+            async with session.get(url) as response:
+                response.raise_for_status()
+                return await response.read()
+
+        return await _gather(fetch, urls, concurrency)
+
+
+async def _ours(urls: list[str], concurrency: int, cache: FetchCache | bool) -> float:
+    async with HTTPConnection(cache=cache, retry=RetryPolicy.none()) as conn:
+        return await _gather(conn.async_get_bytes, urls, concurrency)
+
+
+def bench_cold(base: str, count: int, concurrency: int, rounds: int) -> None:
+    results: dict[str, list[float]] = {"raw aiohttp": [], "vllm_fetch, cache off": [],
+                                       "vllm_fetch, cold cache": []}
+    for r in range(rounds):
+        urls = [f"{base}/obj/{r}-{i}" for i in range(count)]
+        results["raw aiohttp"].append(asyncio.run(_raw(urls, concurrency)))
+        results["vllm_fetch, cache off"].append(asyncio.run(_ours(urls, concurrency, False)))
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = FetchCache(tmp)
+            results["vllm_fetch, cold cache"].append(
+                asyncio.run(_ours(urls, concurrency, cache)))
+            assert cache.info().entries == count
+            cache.close()
+    raw = statistics.median(results["raw aiohttp"])
+    for name, times in results.items():
+        median = statistics.median(times)
+        print(f"{count} x 100 KB, concurrency {concurrency}, {name:22s}: {median:6.3f} s "
+              f"({median / raw:4.2f}x raw; rounds: {', '.join(f'{t:.3f}' for t in times)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return
+    origin = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert origin.stdout is not None
+        base = f"http://127.0.0.1:{int(origin.stdout.readline())}"
+        bench_hit(base, args.samples, args.rounds)
+        bench_cold(base, args.count, args.concurrency, args.rounds)
+    finally:
+        origin.terminate()
+        origin.wait(10)
+
+
+if __name__ == "__main__":
+    main()
