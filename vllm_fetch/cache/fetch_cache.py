@@ -8,10 +8,13 @@ HTTP decisions live in ``core.cache_policy``; this class only stores, reads and 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
 from .blobs import BlobStore, is_sha256
 from .housekeeping import PruneReport, VerifyReport, prune, verify
 from .index import Index
+from .writer import StoreJob, StoreWriter
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -82,6 +86,11 @@ class FetchCache:
         self.allow_private = allow_private
         self.blobs = BlobStore(self.directory / "blobs", link_files=link_files)
         self.index = Index(self.directory / "index")
+        self._pending: dict[str, StoreJob] = {}
+        self._guard = threading.Lock()
+        self._writer = StoreWriter(self.blobs, self.index, guard=self._guard,
+                                   is_current=self._is_current, finished=self._finished,
+                                   on_total=self._over_limit)
         self._lock_path = self.directory / "lock"
 
     def __repr__(self) -> str:
@@ -91,14 +100,19 @@ class FetchCache:
     def lookup(
         self, url: str, request_headers: Mapping[str, str], *, offline: bool, now: float
     ) -> tuple[str, LookupDecision]:
-        """The key for ``url`` and the core's verdict on what is stored under it."""
+        """The key for ``url`` and the core's verdict on what is stored (or queued) under it."""
         key = cache_key(url)
-        decision = on_lookup(self.index.get(key), request_headers, now, offline=offline,
+        job = self._pending.get(key)
+        stored = job.entry if job is not None else self.index.get(key)
+        decision = on_lookup(stored, request_headers, now, offline=offline,
                              caller_private_ok=self.allow_private)
         return key, decision
 
     def read(self, key: str, entry: CacheEntry, now: float) -> bytes | None:
         """The stored body, or None (and the entry dropped) when its blob is gone or damaged."""
+        job = self._pending.get(key)
+        if job is not None and job.entry.sha256 == entry.sha256:
+            return job.content  # queued for the writer: served from memory
         data = self.blobs.read(entry.sha256, entry.size)
         if data is None:
             self._lost(key, entry)
@@ -108,6 +122,7 @@ class FetchCache:
 
     def copy_to(self, key: str, entry: CacheEntry, target: Path, now: float) -> bool:
         """Publish the stored body at ``target`` (crash-safe); False when the blob is gone."""
+        self.flush()  # a body still queued for the writer has no blob yet
         if not self.blobs.copy_to(entry.sha256, target):
             self._lost(key, entry)
             return False
@@ -116,18 +131,57 @@ class FetchCache:
 
     def _lost(self, key: str, entry: CacheEntry) -> None:
         logger.warning("cache blob for %s is missing or damaged; dropping the entry", entry.url)
-        self.index.delete(key)
+        self.invalidate(key)
+
+    def submit_bytes(
+        self, key: str, entry: CacheEntry, content: bytes, sha256: str | None
+    ) -> Future[int | None] | None:
+        """Queue a complete body and its entry for the background writer and return at once
+        (the body is served from memory until written). Returns the job's future when the
+        caller should wait for it (too many bytes queued), else None."""
+        job, wait = self._submit(key, entry, content, sha256)
+        return job.done if job is not None and wait else None
+
+    def _submit(
+        self, key: str, entry: CacheEntry, content: bytes, sha256: str | None
+    ) -> tuple[StoreJob | None, bool]:
+        if len(content) > self.size_limit:
+            return None, False
+        digest = sha256 or hashlib.sha256(content).hexdigest()
+        job = StoreJob(key, entry.with_body(digest, len(content)), content)
+        with self._guard:
+            self._pending[key] = job
+        return job, self._writer.submit(job)
 
     def store_bytes(self, key: str, entry: CacheEntry, content: bytes, sha256: str | None) -> bool:
-        """Store a complete body and its entry. Disk trouble is a WARNING, never an error."""
-        if len(content) > self.size_limit:
+        """Store a complete body and its entry and wait until it is committed; False (and a
+        WARNING, never an error) when it could not be."""
+        job, _ = self._submit(key, entry, content, sha256)
+        if job is None:
             return False
         try:
-            digest, created = self.blobs.put_bytes(content, sha256)
-        except OSError as exc:
-            logger.warning("cannot cache %s: %s", entry.url, exc)
-            return False
-        return self._commit(key, entry.with_body(digest, len(content)), created)
+            return job.done.result() is not None
+        except OSError:
+            return False  # the writer has logged it
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued body is written and committed."""
+        if self._pending:
+            self._writer.flush(timeout)
+
+    def _is_current(self, job: StoreJob) -> bool:
+        return self._pending.get(job.key) is job
+
+    def _finished(self, job: StoreJob) -> None:
+        with self._guard:
+            if self._pending.get(job.key) is job:
+                del self._pending[job.key]
+
+    def _over_limit(self, total: int) -> None:
+        # Runs on the writer thread too: never flush (wait for the writer) from here.
+        if total > self.size_limit:
+            prune(self.index, self.blobs, self._lock_path, max_size=self.size_limit,
+                  older_than=None, now=time.time())
 
     def store_file(self, key: str, entry: CacheEntry, path: Path, sha256: str, size: int) -> bool:
         """Store a published, already hashed file and its entry (never re-downloaded)."""
@@ -138,21 +192,23 @@ class FetchCache:
         except OSError as exc:
             logger.warning("cannot cache %s: %s", entry.url, exc)
             return False
-        return self._commit(key, entry.with_body(digest, size), created)
-
-    def _commit(self, key: str, entry: CacheEntry, created: bool) -> bool:
-        total = self.index.commit(key, entry, entry.size if created else 0)
-        if total is not None and total > self.size_limit:
-            self.prune(max_size=self.size_limit)
+        with self._guard:
+            self._pending.pop(key, None)
+            total = self.index.commit(key, entry.with_body(digest, size), size if created else 0)
+        if total is not None:
+            self._over_limit(total)
         return total is not None
 
     def refresh(self, key: str, entry: CacheEntry) -> None:
         """Write updated metadata (after a 304) for an entry whose blob is unchanged."""
+        self.flush()
         self.index.set(key, entry)
 
     def invalidate(self, key: str) -> None:
         """Forget the entry for ``key`` (its blob goes at the next prune if unreferenced)."""
-        self.index.delete(key)
+        with self._guard:
+            self._pending.pop(key, None)
+            self.index.delete(key)
 
     def blob_size(self, sha256: str) -> int | None:
         """The size of the blob with this sha256, or None when there is none."""
@@ -171,6 +227,7 @@ class FetchCache:
     # -- housekeeping (the ``vllm-fetch cache`` commands) ------------------------------------------
     def info(self) -> CacheInfo:
         """How many entries and blobs, how many blob bytes, where, and the limit."""
+        self.flush()
         entries = sum(1 for _ in self.index.items())
         blobs = list(self.blobs.iter_blobs())
         return CacheInfo(self.directory, entries, len(blobs), sum(b.size for b in blobs),
@@ -178,6 +235,7 @@ class FetchCache:
 
     def entries(self) -> list[CachedItem]:
         """Every entry, most recently used first."""
+        self.flush()
         items = [CachedItem(e.url, e.size, e.sha256, e.stored_at, used, e.etag)
                  for _, e, used in self.index.items()]
         return sorted(items, key=lambda item: item.last_used, reverse=True)
@@ -185,6 +243,7 @@ class FetchCache:
     def verify(self, remove: bool = True) -> VerifyReport:
         """Re-hash every blob; corrupt ones (and their entries) are reported and, with
         ``remove``, deleted so they are fetched again."""
+        self.flush()
         return verify(self.index, self.blobs, self._lock_path, remove=remove)
 
     def prune(
@@ -192,6 +251,7 @@ class FetchCache:
     ) -> PruneReport:
         """Remove blobs unused for ``older_than`` (seconds or a timedelta), then least recently
         used ones until at most ``max_size`` bytes remain; unreferenced blobs always go."""
+        self.flush()
         limit = _size_limit(max_size) if max_size is not None else None
         age = older_than.total_seconds() if isinstance(older_than, dt.timedelta) else older_than
         return prune(self.index, self.blobs, self._lock_path, max_size=limit, older_than=age,
@@ -199,12 +259,14 @@ class FetchCache:
 
     def clear(self) -> None:
         """Remove every entry and blob."""
+        self.flush()
         self.index.clear()
         self.blobs.clear()
         self.index.set_bytes(0)
 
     def close(self) -> None:
-        """Close the index's database connections (the cache reopens nothing afterwards)."""
+        """Finish queued stores and close the index's database connections."""
+        self._writer.close()
         self.index.close()
 
 

@@ -2,13 +2,15 @@
 
 A flow asks the cache, then yields what it needs done — ``Fetch`` (a body), ``Probe`` (a
 conditional request whose body is not read), ``Download`` (the download engine) or ``Disk``
-(slow local work such as storing a blob) — and gets the result sent back, or the
+(slow local work such as copying a file) or ``Wait`` (for the cache's background writer) —
+and gets the result sent back, or the
 ``FetchError`` thrown in. ``runner.py`` performs the effects with requests (sync) or aiohttp
 (async). Every decision comes from ``core.cache_policy``; only plumbing is here.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -68,13 +70,18 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class Wait:
+    future: concurrent.futures.Future[Any]  # -> the settled future
+
+
+@dataclass(frozen=True)
 class Probed:
     status: int
     headers: dict[str, str]
     url: str
 
 
-Effect = Fetch | Probe | Download | Disk
+Effect = Fetch | Probe | Download | Disk | Wait
 Flow = Generator[Effect, Any, Any]
 
 
@@ -169,7 +176,9 @@ def body_flow(
         length = None if is_encoded(body.headers) else header(body.headers, "Content-Length")
         if is_complete(None, length, len(body.content)):
             template = verdict.entry
-            yield Disk(lambda: cache.store_bytes(start.key, template, body.content, body.sha256))
+            backlog = cache.submit_bytes(start.key, template, body.content, body.sha256)
+            if backlog is not None:
+                yield Wait(backlog)  # the writer is behind: let it catch up
     elif verdict.invalidate:
         cache.invalidate(start.key)
     return body

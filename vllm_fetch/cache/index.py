@@ -129,21 +129,30 @@ class Index:
             self.delete(key)
             return None
 
-    def commit(self, key: str, entry: CacheEntry, added_bytes: int) -> int | None:
-        """Write a new entry, its last use and the blob total in one transaction; the new total
-        (None when the index is unavailable)."""
-        self._touched[key] = entry.stored_at
+    def commit_many(
+        self, items: list[tuple[str, CacheEntry, int]], *, extra_bytes: int = 0
+    ) -> int | None:
+        """Write new entries (key, entry, blob bytes they added), their last use and the blob
+        total in one transaction; the new total (None when the index is unavailable)."""
+        for key, entry, _ in items:
+            self._touched[key] = entry.stored_at
 
         def write(db: diskcache.Cache) -> int:
             with db.transact():
-                db.set(key, entry.to_dict())
-                db.set("u:" + key, entry.stored_at)
-                total = int(db.get(BYTES_KEY, 0)) + added_bytes
-                if added_bytes:
+                for key, entry, _ in items:
+                    db.set(key, entry.to_dict())
+                    db.set("u:" + key, entry.stored_at)
+                added = sum(n for *_, n in items) + extra_bytes
+                total = int(db.get(BYTES_KEY, 0)) + added
+                if added:
                     db.set(BYTES_KEY, total)
             return total
 
         return self._guard("store", write, None)
+
+    def commit(self, key: str, entry: CacheEntry, added_bytes: int) -> int | None:
+        """``commit_many`` for one entry."""
+        return self.commit_many([(key, entry, added_bytes)])
 
     def set(self, key: str, entry: CacheEntry) -> bool:
         return self._guard("store", lambda db: bool(db.set(key, entry.to_dict())), False)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .flows import (
     Flow,
     Probe,
     Probed,
+    Wait,
     begin,
     body_flow,
     download_flow,
@@ -55,6 +57,9 @@ def _perform(effect: Effect, io: SyncIO) -> Any:
         return io.probe(effect.req)
     if isinstance(effect, Download):
         return io.download(effect.req, effect.target)
+    if isinstance(effect, Wait):
+        concurrent.futures.wait([effect.future])
+        return effect.future
     return effect.work()
 
 
@@ -65,6 +70,9 @@ async def _aperform(effect: Effect, io: AsyncIO) -> Any:
         return await io.probe(effect.req)
     if isinstance(effect, Download):
         return await io.download(effect.req, effect.target)
+    if isinstance(effect, Wait):
+        await asyncio.wait([asyncio.wrap_future(effect.future)])
+        return effect.future
     assert isinstance(effect, Disk)
     return await asyncio.to_thread(effect.work)
 

@@ -1,0 +1,180 @@
+"""Write-behind with group commit for stored bodies.
+
+A fetched body is queued here and the call returns at once; until the job is committed the
+cache serves the body from memory (``FetchCache`` keeps the pending jobs by key), so a second
+fetch is still not a second transfer. One background thread per cache takes whatever is queued
+as one group — blobs written, fsynced together, linked — and commits their entries in one index
+transaction: one durable commit for many bodies, and fetch latency never waits for a disk flush.
+
+Queued bytes are bounded (``MAX_PENDING_BYTES``): past that a caller waits for its own job.
+Queued jobs are flushed at interpreter exit, so another process sees them afterwards.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from ..core.cache_policy import CacheEntry
+from .blobs import BlobStore
+from .index import Index
+
+logger = logging.getLogger("vllm_fetch.cache")
+
+#: Most stores committed as one group.
+MAX_GROUP = 128
+#: Bytes queued before callers start waiting for their own store.
+MAX_PENDING_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class StoreJob:
+    key: str
+    entry: CacheEntry  # complete: sha256 and size filled in
+    content: bytes
+    done: Future[int | None] = field(default_factory=Future)  # blob total after the commit
+
+
+_Item = StoreJob | threading.Event | None  # a job, a flush barrier, or "stop"
+_live: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for writer in list(_live):
+        writer.flush(timeout=30.0)
+
+
+class StoreWriter:
+    """The background writer. Restarts itself in a forked child (threads do not survive fork).
+
+    ``is_current(job)`` tells whether a job is still the latest for its key (an invalidation
+    or a newer store drops it); ``finished(job)`` is called once it is committed or failed.
+    """
+
+    def __init__(self, blobs: BlobStore, index: Index, *, guard: threading.Lock,
+                 is_current: Callable[[StoreJob], bool],
+                 finished: Callable[[StoreJob], None],
+                 on_total: Callable[[int], None]) -> None:
+        self._blobs = blobs
+        self._index = index
+        self._guard = guard
+        self._is_current = is_current
+        self._finished = finished
+        self._on_total = on_total
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self.pending_bytes = 0
+
+    def submit(self, job: StoreJob) -> bool:
+        """Queue a job; True when the caller should wait for it (too much is queued)."""
+        with self._lock:
+            self._ensure_thread()
+            self.pending_bytes += len(job.content)
+            self._queue.put(job)
+            return self.pending_bytes > MAX_PENDING_BYTES
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        self._queue = queue.SimpleQueue()
+        self.pending_bytes = 0
+        self._thread = threading.Thread(target=self._run, args=(self._queue,),
+                                        name="vllm-fetch-cache-writer", daemon=True)
+        self._pid = os.getpid()
+        self._thread.start()
+        _live.add(self)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything queued so far is committed."""
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                return
+            barrier = threading.Event()
+            self._queue.put(barrier)
+        barrier.wait(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then stop the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None or self._pid != os.getpid():
+                return
+            self._queue.put(None)
+        _live.discard(self)
+        thread.join(timeout)
+
+    def _run(self, items: queue.SimpleQueue[_Item]) -> None:
+        while True:
+            group: list[StoreJob] = []
+            barriers: list[threading.Event] = []
+            item: _Item = items.get()
+            while True:
+                if item is None:
+                    self._commit(group)
+                    _release(barriers)
+                    return
+                if isinstance(item, threading.Event):
+                    barriers.append(item)
+                else:
+                    group.append(item)
+                if len(group) >= MAX_GROUP:
+                    break
+                try:
+                    item = items.get_nowait()
+                except queue.Empty:
+                    break
+            self._commit(group)
+            _release(barriers)
+
+    def _commit(self, group: list[StoreJob]) -> None:
+        if not group:
+            return
+        try:
+            self._write(group)
+        except BaseException as exc:  # never leave a caller waiting, never let the thread die
+            logger.warning("cache writer failed: %s", exc)
+            for job in group:
+                if not job.done.done():
+                    job.done.set_exception(exc if isinstance(exc, Exception) else
+                                           RuntimeError(str(exc)))
+        finally:
+            with self._lock:
+                self.pending_bytes -= sum(len(job.content) for job in group)
+            for job in group:
+                self._finished(job)
+
+    def _write(self, group: list[StoreJob]) -> None:
+        outcomes = self._blobs.put_many([(job.content, job.entry.sha256) for job in group])
+        written: list[tuple[StoreJob, int]] = []
+        for job, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                logger.warning("cannot cache %s: %s", job.entry.url, outcome)
+                job.done.set_exception(outcome)
+            else:
+                written.append((job, job.entry.size if outcome[1] else 0))
+        # A job superseded meanwhile (invalidated, or a newer store for its key) only adds its
+        # blob; its entry is not written. ``guard`` keeps invalidations out of this window.
+        with self._guard:
+            current = [(job, added, self._is_current(job)) for job, added in written]
+            total = self._index.commit_many(
+                [(job.key, job.entry, added) for job, added, ok in current if ok],
+                extra_bytes=sum(added for _, added, ok in current if not ok))
+        for job, _ in written:
+            job.done.set_result(total)
+        if total is not None:
+            self._on_total(total)
+
+
+def _release(barriers: list[threading.Event]) -> None:
+    for barrier in barriers:
+        barrier.set()
