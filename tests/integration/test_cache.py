@@ -22,6 +22,7 @@ from vllm_fetch import (
     HTTPConnection,
     OfflineError,
     RetryPolicy,
+    SizeLimitExceededError,
 )
 
 MODES = ["sync", "async"]
@@ -411,3 +412,13 @@ def test_concurrent_tasks_make_one_transfer(origin: Origin, cache: FetchCache) -
 
     assert asyncio.run(main()) == {sha256(BODY)}
     assert origin.count("/slow") == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_bytes_applies_to_cached_bodies(mode: str, origin: Origin, cache: FetchCache) -> None:
+    url = serve_resource(origin, "/cap", Resource(BODY, cache_control="max-age=600"))
+    conn = connect(cache)
+    fetch(mode, conn, url)
+    with pytest.raises(SizeLimitExceededError):
+        fetch(mode, conn, url, max_bytes=1000)
+    assert origin.count("/cap") == 1

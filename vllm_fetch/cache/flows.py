@@ -167,6 +167,7 @@ def body_flow(
         if verdict.action is ResponseAction.REFRESH and verdict.entry is not None:
             if not verdict.invalidate:
                 cache.refresh(start.key, verdict.entry)
+            _check_cap(verdict.entry, req)
             data = cache.read(start.key, verdict.entry, time.time())
             if data is not None:
                 return _body(data, verdict.entry, req.url)
@@ -199,6 +200,7 @@ def _stale_on_error(
     entry = start.decision.entry
     if entry is None or not _may_serve_stale(cache, start, req, exc):
         return None
+    _check_cap(entry, req)
     data = cache.read(start.key, entry, start.now)
     if data is None:
         return None
