@@ -140,9 +140,13 @@ def test_unreferenced_blobs_are_collected_after_a_grace_period(tmp_path: Path) -
     cache = FetchCache(tmp_path / "c")
     digest, _ = cache.blobs.put_bytes(b"orphan")
     assert cache.prune().removed_blobs == 0  # might be a store in progress
+    crashed = cache.directory / "blobs" / "tmp" / "dead.part"
+    crashed.write_bytes(b"half a body")
     old = time.time() - 3600
     os.utime(cache.blobs.path(digest), (old, old))
+    os.utime(crashed, (old, old))
     assert cache.prune().removed_blobs == 1
+    assert not crashed.exists()
     cache.close()
 
 

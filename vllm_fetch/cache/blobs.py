@@ -244,6 +244,15 @@ class BlobStore:
                     st = item.stat()
                     yield BlobInfo(sha, st.st_size, Path(item.path), st.st_mtime)
 
+    def remove_stale_temps(self, before: float) -> None:
+        """Remove temp files last written before ``before`` (left by a crashed writer)."""
+        if not self._tmp.is_dir():
+            return
+        for item in os.scandir(self._tmp):
+            with contextlib.suppress(FileNotFoundError):
+                if item.stat().st_mtime < before:
+                    os.unlink(item.path)
+
     def clear(self) -> None:
         """Remove every blob and temp file."""
         if self.root.exists():

@@ -85,6 +85,7 @@ def prune(
             freed += _remove_blob(index, blobs, scan, sha)
             removed_blobs += 1
 
+        blobs.remove_stale_temps(now - ORPHAN_GRACE)
         for sha, info in list(scan.blobs.items()):
             orphan = sha not in scan.keys_by_blob and now - info.mtime > ORPHAN_GRACE
             unused = now - scan.last_used.get(sha, info.mtime)

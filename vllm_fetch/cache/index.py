@@ -33,6 +33,7 @@ logger = logging.getLogger("vllm_fetch.cache")
 BYTES_KEY = "n:blob-bytes"
 #: Seconds between two last-used writes for one key from one process.
 TOUCH_RESOLUTION = 60.0
+MAX_TOUCHED = 100_000
 _DB_FILE = "cache.db"
 _T = TypeVar("_T")
 _ERRORS = (sqlite3.Error, OSError, ValueError, TypeError, KeyError)
@@ -168,6 +169,8 @@ class Index:
         """Record a use; at most one write per key per ``TOUCH_RESOLUTION`` in this process."""
         if now - self._touched.get(key, 0.0) < TOUCH_RESOLUTION:
             return
+        if len(self._touched) > MAX_TOUCHED:
+            self._touched.clear()  # bounded memory; at worst one extra write per key
         self._touched[key] = now
         self._guard("touch", lambda db: db.set("u:" + key, now), None)
 
