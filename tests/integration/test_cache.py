@@ -422,3 +422,16 @@ def test_max_bytes_applies_to_cached_bodies(mode: str, origin: Origin, cache: Fe
     with pytest.raises(SizeLimitExceededError):
         fetch(mode, conn, url, max_bytes=1000)
     assert origin.count("/cap") == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_304_that_forbids_storing_drops_the_entry(mode: str, origin: Origin,
+                                                  cache: FetchCache) -> None:
+    resource = Resource(BODY, cache_control="max-age=0")
+    url = serve_resource(origin, "/gone-private", resource)
+    conn = connect(cache)
+    fetch(mode, conn, url)
+    resource.cache_control = "no-store"
+    assert fetch(mode, conn, url) == BODY  # the 304 still serves the stored body ...
+    assert resource.not_modified == 1
+    assert cache.info().entries == 0  # ... but nothing is kept any more

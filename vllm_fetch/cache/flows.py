@@ -24,6 +24,7 @@ from ..core.cache_policy import (
     LookupAction,
     LookupDecision,
     ResponseAction,
+    ResponseDecision,
     is_complete,
     on_response,
     stale_if_error_allowed,
@@ -165,11 +166,10 @@ def body_flow(
     verdict = _verdict(cache, entry, body.status, body.headers, req, sent_at)
     if verdict.action in (ResponseAction.REFRESH, ResponseAction.REFETCH):
         if verdict.action is ResponseAction.REFRESH and verdict.entry is not None:
-            if not verdict.invalidate:
-                cache.refresh(start.key, verdict.entry)
             _check_cap(verdict.entry, req)
             data = cache.read(start.key, verdict.entry, time.time())
             if data is not None:
+                _settle_refresh(cache, start.key, verdict)
                 return _body(data, verdict.entry, req.url)
         cache.invalidate(start.key)
         return (yield from body_flow(cache, req, offline=offline))  # now an unconditional MISS
@@ -185,10 +185,19 @@ def body_flow(
     return body
 
 
+def _settle_refresh(cache: FetchCache, key: str, verdict: ResponseDecision) -> None:
+    """After a 304 served the stored body: keep the refreshed entry, or drop it when the
+    response made it unstorable (§4.3.4)."""
+    if verdict.invalidate or verdict.entry is None:
+        cache.invalidate(key)
+    else:
+        cache.refresh(key, verdict.entry)
+
+
 def _verdict(
     cache: FetchCache, entry: CacheEntry | None, status: int, headers: Mapping[str, str],
     req: FetchRequest, sent_at: float,
-) -> Any:
+) -> ResponseDecision:
     return on_response(entry, status, headers, req.headers, time.time(), sent_at,
                        url=redact_url(req.url), store_private=cache.allow_private)
 
@@ -296,11 +305,11 @@ def _revalidate_file(
         raise
     if probed.status == 304:
         verdict = _verdict(cache, entry, 304, probed.headers, req, sent_at)
-        if verdict.action is ResponseAction.REFRESH and verdict.entry is not None:
-            if not verdict.invalidate:
-                cache.refresh(start.key, verdict.entry)
-            if (yield from _copy(cache, start, verdict.entry, target)):
-                return _published(target, verdict.entry, req.url)
+        if verdict.action is ResponseAction.REFRESH and verdict.entry is not None and (
+            yield from _copy(cache, start, verdict.entry, target)
+        ):
+            _settle_refresh(cache, start.key, verdict)
+            return _published(target, verdict.entry, req.url)
         cache.invalidate(start.key)
         return None
     if not 200 <= probed.status < 300:
