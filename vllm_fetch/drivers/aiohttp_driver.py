@@ -31,6 +31,8 @@ from ..errors import (
     TruncatedBodyError,
 )
 from ..files import create_temp, disk_error, fsync_fd, publish, remove_quietly
+from .address_guard import address_guard
+from .aiohttp_resolver import PinnedResolver, literal_check_trace
 
 #: Bytes gathered before one aiofiles write: each write is a thread hop, so batch them.
 WRITE_BATCH = 4 * 1024 * 1024
@@ -115,12 +117,25 @@ class AiohttpDriver:
         self._sessions = _LoopSessions(self.new_session)
 
     def new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=100, limit_per_host=0)
+        """A session whose connector dials only checked addresses when the policy asks for it.
+
+        No cookie jar: a session is shared by every caller of the connection, so a cookie one
+        origin set must never ride along on another caller's request.
+        """
+        guard = address_guard(self.options)
+        connector = aiohttp.TCPConnector(
+            limit=100, limit_per_host=0,
+            resolver=PinnedResolver(guard) if guard is not None else None,
+        )
+        policy = self.options.policy
+        restricted = policy.block_private_ips or policy.allowed_domains is not None
         return aiohttp.ClientSession(
             connector=connector,
             trust_env=self.options.trust_env,
             read_bufsize=READ_BUFSIZE,
             auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=[literal_check_trace(policy)] if restricted else None,
         )
 
     async def session(self) -> aiohttp.ClientSession:

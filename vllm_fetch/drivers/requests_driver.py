@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.cookiejar
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -24,10 +26,32 @@ from ..errors import (
     IdleTimeoutError,
     IntegrityError,
     InvalidURLError,
+    ResponseHeadersError,
     TruncatedBodyError,
 )
 from ..files import create_temp, fsync_fd, publish, remove_quietly, write_all
+from .address_guard import address_guard
 from .requests_adapter import FetchAdapter, verbatim_target
+
+
+def _wrapped(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
+    """``exc`` and the exceptions requests and urllib3 wrapped inside it (args and causes)."""
+    yield exc
+    if depth:
+        inner = [a for a in exc.args if isinstance(a, BaseException)] + [exc.__cause__]
+        for nested in inner:
+            if nested is not None and nested is not exc:
+                yield from _wrapped(nested, depth - 1)
+
+
+def is_header_limit(exc: BaseException) -> bool:
+    """True when http.client refused the response head: a header line over 64 KiB, or more
+    than 100 header fields (fault F20)."""
+    return any(
+        isinstance(e, http.client.LineTooLong)
+        or (type(e) is http.client.HTTPException and "headers" in str(e))
+        for e in _wrapped(exc)
+    )
 
 
 def map_error(exc: BaseException, url: str) -> FetchError:
@@ -35,6 +59,9 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     safe = redact_url(url)
     if isinstance(exc, FetchError):
         return exc
+    if is_header_limit(exc):
+        return ResponseHeadersError(f"oversized or too many response headers from {safe}",
+                                    url=safe)
     if isinstance(exc, (requests.ConnectTimeout, u3.ConnectTimeoutError)):
         return FetchTimeoutError(f"timed out connecting to {safe}", url=safe)
     if isinstance(exc, (requests.ReadTimeout, u3.ReadTimeoutError)):
@@ -67,10 +94,13 @@ class RequestsDriver:
 
     # -- sessions -----------------------------------------------------------------------------
     def new_session(self) -> requests.Session:
+        """A session pinned to checked addresses when the policy asks for it, and keeping no
+        cookies (it is shared by every caller of the connection)."""
         session = requests.Session()
         session.trust_env = self.options.trust_env
         session.max_redirects = self.options.max_redirects
-        adapter = FetchAdapter()
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        adapter = FetchAdapter(address_guard(self.options))
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
