@@ -105,7 +105,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     """
     host = host.strip("[]")
     try:
-        return ipaddress.ip_address(host.split("%", 1)[0] if ":" in host else host)
+        return ipaddress.ip_address(host)  # an IPv6 zone id is kept: scoped addresses are denied
     except ValueError:
         pass
     if ":" in host:
@@ -127,7 +127,7 @@ def normalize_host(host: str) -> str:
     if host.isascii():
         return host
     try:
-        return idna.encode(host, uts46=True).decode("ascii").lower()
+        return idna.encode(host, uts46=True).decode("ascii").lower().rstrip(".")
     except (idna.IDNAError, UnicodeError, ValueError):
         raise InvalidURLError("Invalid HTTP URL: the host is not a valid IDNA name") from None
 
@@ -146,6 +146,8 @@ def dialed_host(url: str) -> str:
     host = urlsplit(url).hostname or ""
     if "%" in host and not bracketed:
         raise InvalidURLError(f"Invalid HTTP URL: a '%' in the host of {redact_url(url)}")
+    if bracketed:
+        return host.replace("%25", "%", 1)  # the zone id as clients decode and dial it
     return normalize_host(host)
 
 
