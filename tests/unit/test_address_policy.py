@@ -45,7 +45,7 @@ REFUSED_HOSTS = [
     "198.18.0.1", "198.51.100.7", "203.0.113.9", "192.88.99.1", "224.0.0.1", "239.255.255.250",
     "[ff02::1]", "[ff05::2]", "240.0.0.1", "255.255.255.255", "[fe80::1]", "[fe80::1%25eth0]",
     "[fec0::1]", "[100::1]", "[2001:db8::1]",
-    "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # fullwidth digits: IDNA maps them to 127.0.0.1, which yarl would dial
+    "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # fullwidth digits: IDNA gives 127.0.0.1
     "ⓛocalhost",  # a circled l: IDNA maps it to localhost
 ]
 
