@@ -101,7 +101,8 @@ class CountingListener:
 class StubResolver:
     """``(host, port) -> addresses`` from a table; a list of lists answers successive lookups.
 
-    Unknown names fail like a real resolver does (socket.gaierror).
+    Names are matched as DNS does: case-insensitive, a trailing dot ignored. Unknown names
+    fail like a real resolver does (socket.gaierror).
     """
 
     def __init__(self, table: dict[str, Sequence[str] | Callable[[int], Sequence[str]]]) -> None:
@@ -110,6 +111,7 @@ class StubResolver:
         self._lock = threading.Lock()
 
     def __call__(self, host: str, port: int) -> list[str]:
+        host = host.lower().rstrip(".")
         with self._lock:
             self.calls.append((host, port))
             nth = sum(1 for h, _ in self.calls if h == host)
