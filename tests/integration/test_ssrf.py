@@ -92,11 +92,11 @@ def test_s1_direct_forms_never_connect(mode: str, index: int, listener: Counting
     assert listener6 is None or listener6.accepted == 0
 
 
+@pytest.mark.usefixtures("off_loopback")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("host", ["169.254.169.254", "100.64.0.1", "[fd00:ec2::254]", "10.0.0.1",
                                   "[fe80::1%25eth0]", "192.168.0.1", "0.0.0.0"])
-def test_s1_off_loopback_forms_never_dial(mode: str, host: str,
-                                          off_loopback: list[object]) -> None:
+def test_s1_off_loopback_forms_never_dial(mode: str, host: str) -> None:
     with pytest.raises(BlockedURLError):
         call(mode, guarded(), "get_bytes", f"http://{host}/latest/meta-data/")
 
