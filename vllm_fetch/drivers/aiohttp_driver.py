@@ -62,6 +62,8 @@ def map_error(exc: BaseException, url: str) -> FetchError:
         return ResponseHeadersError(f"malformed response headers from {safe}", url=safe)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return FetchConnectionError(f"cannot fetch {safe}: {type(exc).__name__}", url=safe)
+    if isinstance(exc, ValueError):  # e.g. an Authorization header and userinfo in the URL
+        return InvalidURLError(f"cannot send {safe}: {type(exc).__name__}", url=safe)
     raise exc
 
 
@@ -175,7 +177,8 @@ class AiohttpDriver:
                 URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=timeout
             )
         except Exception as exc:
-            raise map_error(exc, url) from exc
+            # not chained: aiohttp's own exceptions quote the full URL, query string included
+            raise map_error(exc, url) from None
 
     async def open(
         self, session: aiohttp.ClientSession, req: FetchRequest

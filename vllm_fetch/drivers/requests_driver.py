@@ -148,13 +148,18 @@ class RequestsDriver:
             prepared = session.prepare_request(requests.Request("GET", url, headers=headers))
             prepared.url = url  # requests re-quotes (%7e -> ~): signed URLs must go verbatim
             settings = session.merge_environment_settings(url, {}, True, None, None)
+            # The adapter, not Session.send: even with allow_redirects=False, Session.send reads
+            # a redirect's whole body (to precompute response.next), and keeps cookies.
+            verify = settings["verify"]
             with verbatim_target(url):
-                return session.send(
-                    prepared, allow_redirects=False, timeout=(timeouts.connect, timeouts.read),
-                    **settings,
+                return session.get_adapter(url).send(
+                    prepared, stream=True, timeout=(timeouts.connect, timeouts.read),
+                    verify=True if verify is None else verify, cert=settings["cert"],
+                    proxies=settings["proxies"],
                 )
         except Exception as exc:
-            raise map_error(exc, url) from exc
+            # not chained: requests' own exceptions quote the full URL, query string included
+            raise map_error(exc, url) from None
 
     def open(self, session: requests.Session, req: FetchRequest) -> requests.Response:
         """Send the request and follow redirects; the body of the final response is unread."""
