@@ -7,6 +7,7 @@ it writes is exactly what the client sees, headers included.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -26,8 +27,10 @@ def read_head(conn: socket.socket) -> bytes:
 class RawServer:
     """Serve every connection on 127.0.0.1 with ``handler``; record each request head."""
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
+    def __init__(self, handler: Handler, host: str = "127.0.0.1",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
@@ -43,7 +46,7 @@ class RawServer:
         self._accepter.start()
 
     def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{path}"
 
     def sent(self, n: int) -> None:
         with self._lock:
@@ -61,13 +64,16 @@ class RawServer:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)
-        with conn:
-            try:
-                head = read_head(conn)
-                self.heads.append(head)
-                self.handler(conn, head)
-            except OSError:
-                pass  # the client went away: expected for refused bodies
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            head = read_head(conn)
+            self.heads.append(head)
+            self.handler(conn, head)
+        except OSError:
+            pass  # the client went away (or refused the certificate): expected
+        finally:
+            conn.close()
 
     def close(self) -> None:
         self._stop.set()

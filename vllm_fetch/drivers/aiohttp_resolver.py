@@ -35,7 +35,7 @@ class PinnedResolver(AbstractResolver):
         )
         return [
             ResolveResult(
-                hostname=host,  # aiohttp uses it for TLS SNI and the certificate check
+                hostname=host,  # SNI and the certificate check use the request's own host
                 host=address,
                 port=port,
                 family=socket.AF_INET6 if ipaddress.ip_address(address).version == 6
