@@ -147,6 +147,18 @@ def test_environment_proxy_used_by_default(mode: str, proxy: RawServer, conn: HT
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_no_proxy_honoured(mode: str, proxy: RawServer, origin: Origin,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "models.test")
+    origin.serve_bytes("/w", b"direct")
+    conn = HTTPConnection(retry=RetryPolicy.none(),
+                          resolver=StubResolver({"models.test": ["127.0.0.1"]}))
+    assert call(mode, conn, "get_bytes", f"http://models.test:{origin.port}/w") == b"direct"
+    assert proxy.heads == []
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_proxy_off_when_the_policy_restricts(mode: str, proxy: RawServer,
                                              origin: Origin) -> None:
     origin.serve_bytes("/w", b"direct")
