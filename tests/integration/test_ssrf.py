@@ -267,9 +267,14 @@ def test_f19_redirect_to_other_schemes_refused(mode: str, location: str, origin:
     assert len(origin.requests) == 1
 
 
-def test_netsafety_refuses_off_loopback() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_netsafety_refuses_off_loopback(mode: str) -> None:
+    """The safety net itself: a dial off loopback fails before any packet leaves, sync or async."""
     from tests.netsafety import OffLoopbackDial, loopback_only
 
-    with loopback_only() as attempts, pytest.raises(OffLoopbackDial):
-        socket.create_connection(("192.0.2.1", 9), timeout=0.1)
-    assert attempts == [("192.0.2.1", 9)]
+    with loopback_only() as attempts:
+        with pytest.raises(OffLoopbackDial):
+            socket.create_connection(("192.0.2.1", 9), timeout=0.1)
+        with pytest.raises(FetchConnectionError):
+            call(mode, HTTPConnection(retry=RetryPolicy.none()), "get_bytes", "http://192.0.2.1:9/")
+    assert attempts == [("192.0.2.1", 9), ("192.0.2.1", 9)]
