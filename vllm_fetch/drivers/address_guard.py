@@ -7,7 +7,9 @@ the TLS SNI / certificate check keep the name: only the socket's destination is 
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..core.address_policy import Resolver, URLPolicy, parse_ip_literal
@@ -35,14 +37,23 @@ class AddressGuard:
         """
         name = host.strip("[]")
         literal = parse_ip_literal(name)
-        if literal is not None:
-            answers = [str(literal)]
-        else:
-            answers = list(dict.fromkeys(str(a) for a in self.resolver(name, port)))
+        answers = [str(literal)] if literal is not None else addresses(self.resolver(name, port))
         self.policy.check_addresses(f"{name}:{port}", answers)
         if not answers:
             raise socket.gaierror(socket.EAI_NONAME, f"no address for {name}")
         return answers
+
+
+def addresses(answers: Iterable[object]) -> list[str]:
+    """A resolver's answers as unique IP address strings, in order.
+
+    Anything that is not an IP address fails the lookup: dialing it would mean a second,
+    unchecked name resolution.
+    """
+    try:
+        return list(dict.fromkeys(str(ipaddress.ip_address(str(a))) for a in answers))
+    except ValueError:
+        raise socket.gaierror(socket.EAI_FAIL, "the resolver returned a non-address") from None
 
 
 def address_guard(options: TransportOptions) -> AddressGuard | None:
