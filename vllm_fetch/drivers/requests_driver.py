@@ -82,6 +82,11 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     raise exc
 
 
+def ca_bundle_from_env() -> str | bool:
+    """``$REQUESTS_CA_BUNDLE`` / ``$CURL_CA_BUNDLE`` as requests reads them, else True."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+
 class RequestsDriver:
     """Sync transport. Sessions are per thread (requests.Session is not thread-safe)."""
 
@@ -150,11 +155,13 @@ class RequestsDriver:
             settings = session.merge_environment_settings(url, {}, True, None, None)
             # The adapter, not Session.send: even with allow_redirects=False, Session.send reads
             # a redirect's whole body (to precompute response.next), and keeps cookies.
-            verify = settings["verify"]
+            verify: bool | str = settings["verify"] if settings["verify"] is not None else True
+            if verify is True and not session.trust_env:
+                verify = ca_bundle_from_env()  # trust_env is about proxies and .netrc only
             with verbatim_target(url):
                 return session.get_adapter(url).send(
                     prepared, stream=True, timeout=(timeouts.connect, timeouts.read),
-                    verify=True if verify is None else verify, cert=settings["cert"],
+                    verify=verify, cert=settings["cert"],
                     proxies=settings["proxies"],
                 )
         except Exception as exc:
