@@ -46,7 +46,7 @@ def proxies_allowed(policy: URLPolicy, trust_env: bool | None) -> bool:
         return trust_env
     if os.environ.get("VLLM_FETCH_TRUST_ENV", "").strip():
         return env_flag("VLLM_FETCH_TRUST_ENV", True)
-    return not (policy.block_private_ips or policy.allowed_domains is not None)
+    return not policy.restricts
 
 
 class HTTPConnection:

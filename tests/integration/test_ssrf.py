@@ -195,21 +195,37 @@ def test_unknown_name_is_a_connection_error(mode: str) -> None:
         call(mode, conn, "get_bytes", "http://nowhere.test/")
 
 
-def test_raw_sync_session_is_guarded(listener: CountingListener) -> None:
-    session = guarded().get_sync_client()
-    for host in ("127.0.0.1", "2130706433", "localhost"):
+@pytest.fixture
+def bouncer(origin2: Origin, listener: CountingListener) -> str:
+    """A URL on the exempt origin that redirects to the loopback listener."""
+    return origin2.serve_bytes("/bounce", b"", status=302,
+                               headers={"Location": f"http://127.0.0.1:{listener.port}/"})
+
+
+def test_raw_sync_session_is_guarded(listener: CountingListener, bouncer: str) -> None:
+    session = guarded(allowed_networks=EXEMPT).get_sync_client()
+    for url in (f"http://127.0.0.1:{listener.port}/", f"http://2130706433:{listener.port}/",
+                f"http://localhost:{listener.port}/", bouncer):
         with pytest.raises(BlockedURLError):
-            session.get(f"http://{host}:{listener.port}/")
+            session.get(url)  # requests follows the redirect itself here: still checked
+    domains = HTTPConnection(allowed_domains=["127.0.0.2"]).get_sync_client()
+    with pytest.raises(BlockedURLError):
+        domains.get(bouncer)
     assert listener.accepted == 0
 
 
-def test_raw_async_session_is_guarded(listener: CountingListener) -> None:
+def test_raw_async_session_is_guarded(listener: CountingListener, bouncer: str) -> None:
     async def main() -> None:
-        async with guarded() as conn:
+        async with guarded(allowed_networks=EXEMPT) as conn:
             session = await conn.get_async_client()
-            for host in ("127.0.0.1", "[::ffff:7f00:1]", "localhost"):
+            for url in (f"http://127.0.0.1:{listener.port}/",
+                        f"http://[::ffff:7f00:1]:{listener.port}/",
+                        f"http://localhost:{listener.port}/", bouncer):
                 with pytest.raises(BlockedURLError):
-                    await session.get(f"http://{host}:{listener.port}/")
+                    await session.get(url)  # aiohttp follows the redirect itself here
+        async with HTTPConnection(allowed_domains=["127.0.0.2"]) as conn:
+            with pytest.raises(BlockedURLError):
+                await (await conn.get_async_client()).get(bouncer)
 
     asyncio.run(main())
     assert listener.accepted == 0

@@ -186,6 +186,12 @@ class URLPolicy:
                    allowed_networks=networks)
 
     @property
+    def restricts(self) -> bool:
+        """True when the policy can refuse a URL: then every request URL is checked (raw
+        sessions too) and environment proxies are off unless the caller allows them."""
+        return self.block_private_ips or self.allowed_domains is not None
+
+    @property
     def guards_addresses(self) -> bool:
         """True when every resolved address must be checked before it is dialed."""
         return self.block_private_ips

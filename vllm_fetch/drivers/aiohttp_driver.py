@@ -130,14 +130,13 @@ class AiohttpDriver:
             resolver=PinnedResolver(guard) if guard is not None else None,
         )
         policy = self.options.policy
-        restricted = policy.block_private_ips or policy.allowed_domains is not None
         return aiohttp.ClientSession(
             connector=connector,
             trust_env=self.options.trust_env,
             read_bufsize=READ_BUFSIZE,
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=[literal_check_trace(policy)] if restricted else None,
+            trace_configs=[literal_check_trace(policy)] if policy.restricts else None,
         )
 
     async def session(self) -> aiohttp.ClientSession:

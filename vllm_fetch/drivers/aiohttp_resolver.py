@@ -1,8 +1,8 @@
 """An aiohttp resolver that answers only with addresses the :class:`AddressGuard` checked.
 
 aiohttp skips the resolver for IP-literal hosts; those are checked before every request by
-``URLPolicy.check_url`` (and by :func:`literal_check_trace` for the raw session), so a
-literal is refused before aiohttp would dial it.
+``URLPolicy.check_url`` (and by :func:`literal_check_trace` for the raw session and the
+redirects aiohttp follows for it), so a literal is refused before aiohttp would dial it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from ..core.address_policy import URLPolicy
+from ..core.address_policy import URLPolicy, redirect_target
 from .address_guard import AddressGuard
 
 _NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
@@ -51,9 +51,10 @@ class PinnedResolver(AbstractResolver):
 
 
 def literal_check_trace(policy: URLPolicy) -> aiohttp.TraceConfig:
-    """A trace hook that refuses each request's URL by ``policy`` before aiohttp connects.
+    """Trace hooks that refuse each request URL, and each redirect aiohttp itself follows, by
+    ``policy`` before aiohttp connects.
 
-    It guards callers who use ``get_async_client()``'s session directly, where aiohttp would
+    They guard callers who use ``get_async_client()``'s session directly, where aiohttp would
     dial an IP literal without asking the resolver.
     """
 
@@ -63,6 +64,20 @@ def literal_check_trace(policy: URLPolicy) -> aiohttp.TraceConfig:
     ) -> None:
         policy.check_url(str(params.url))
 
+    async def on_request_redirect(
+        session: aiohttp.ClientSession, context: SimpleNamespace,
+        params: aiohttp.TraceRequestRedirectParams,
+    ) -> None:
+        location = params.response.headers.get("Location") or params.response.headers.get("URI")
+        if not location:
+            return
+        try:
+            policy.check_url(redirect_target(str(params.url), location))
+        except BaseException:
+            params.response.release()
+            raise
+
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_request_start)
+    trace.on_request_redirect.append(on_request_redirect)
     return trace

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import urlsplit
 
+from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -27,6 +28,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util import connection
 from urllib3.util.url import _encode_target
 
+from ..core.address_policy import URLPolicy
 from .address_guard import AddressGuard
 
 _Pool = TypeVar("_Pool", bound=HTTPConnectionPool)
@@ -118,13 +120,17 @@ class FetchAdapter(HTTPAdapter):
 
     With a ``guard``, direct connections are pinned to checked addresses. Connections through
     a proxy are not (the proxy resolves the name), which is why proxies are off by default
-    whenever the URL policy restricts anything.
+    whenever the URL policy restricts anything. With a restricting ``policy``, every request
+    URL is checked before it is sent, also for callers using ``get_sync_client()`` directly
+    (and the redirects requests follows for them).
     """
 
-    __attrs__ = [*HTTPAdapter.__attrs__, "guard"]  # noqa: RUF012 - a pickled adapter keeps it
+    __attrs__ = [*HTTPAdapter.__attrs__, "guard", "policy"]  # noqa: RUF012 - pickles keep them
 
-    def __init__(self, guard: AddressGuard | None = None, **kwargs: Any) -> None:
+    def __init__(self, guard: AddressGuard | None = None, policy: URLPolicy | None = None,
+                 **kwargs: Any) -> None:
         self.guard = guard  # init_poolmanager (called by HTTPAdapter.__init__) reads it
+        self.policy = policy
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -135,3 +141,8 @@ class FetchAdapter(HTTPAdapter):
         if guard is not None:
             http, https = _pinned_pool(http, guard), _pinned_pool(https, guard)
         self.poolmanager.pool_classes_by_scheme = {"http": http, "https": https}
+
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        if self.policy is not None and request.url is not None:
+            self.policy.check_url(request.url)
+        return super().send(request, *args, **kwargs)

@@ -105,7 +105,8 @@ class RequestsDriver:
         session.trust_env = self.options.trust_env
         session.max_redirects = self.options.max_redirects
         session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        adapter = FetchAdapter(address_guard(self.options))
+        policy = self.options.policy
+        adapter = FetchAdapter(address_guard(self.options), policy if policy.restricts else None)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
