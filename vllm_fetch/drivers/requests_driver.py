@@ -198,7 +198,7 @@ class RequestsDriver:
         safe = redact_url(response.url or req.url)
         try:
             while True:
-                chunk = raw.read1(req.chunk_size, decode_content=True)
+                chunk = raw.read1(meter.read_size(req.chunk_size), decode_content=True)
                 if not chunk:
                     break
                 meter.feed(chunk)
