@@ -242,6 +242,22 @@ def test_env_switch(monkeypatch: pytest.MonkeyPatch, listener: CountingListener)
     assert listener.accepted == 1
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_s6_the_checked_host_is_the_resolved_host(mode: str, listener: CountingListener) -> None:
+    """``127.0.0.1%2f@x``: the client dials x (the rest is userinfo), so x is what is checked."""
+    resolver = StubResolver({"x": ["127.0.0.1"], "good.test": ["127.0.0.1"]})
+    conn = guarded(resolver=resolver)
+    with pytest.raises(BlockedURLError):
+        call(mode, conn, "get_bytes", f"http://127.0.0.1%2f@x:{listener.port}/")
+    assert resolver.calls == [("x", listener.port)]
+    for url in (f"http://evil.test\\@good.test:{listener.port}/",
+                f"http://good.test%00.evil:{listener.port}/",
+                f"http://good.test\t:{listener.port}/"):
+        with pytest.raises(InvalidURLError):
+            call(mode, conn, "get_bytes", url)
+    assert len(resolver.calls) == 1 and listener.accepted == 0
+
+
 # -- allowed_domains and redirects -------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_s5_redirect_leaving_allowed_domains_refused(mode: str, origin: Origin,
