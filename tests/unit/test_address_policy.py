@@ -77,7 +77,7 @@ def test_public_hosts_are_allowed(host: str) -> None:
     ("2130706433", "127.0.0.1"), ("0x7f000001", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"),
     ("127.1", "127.0.0.1"), ("10.1", "10.0.0.1"), ("[::1]", "::1"),
     ("fe80::1%eth0", "fe80::1%eth0"), ("example.com", None), ("1.2.3.4.5", None),
-    ("0x1g", None), ("", None),
+    ("0x1g", None), ("", None), ("a\x00b", None), ("b\u00fccher.example", None),
 ])
 def test_parse_ip_literal_reads_legacy_forms(literal: str, address: str | None) -> None:
     parsed = parse_ip_literal(literal)

@@ -112,7 +112,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
         return None
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
 
 
