@@ -38,9 +38,10 @@ class ManifestEntry:
 
 
 def default_name(url: str) -> str:
-    """The last path segment of a URL, or ``index.html``."""
+    """The last path segment of a URL, if it is a usable file name, else ``index.html``."""
     name = PurePosixPath(unquote(urlsplit(url).path)).name
-    return name or "index.html"
+    unusable = name in ("", ".", "..") or "\x00" in name or "/" in name or "\\" in name
+    return "index.html" if unusable else name
 
 
 def safe_relative_path(raw: str, where: str) -> PurePosixPath:

@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from vllm_fetch.manifest import ManifestError, parse_manifest
+from vllm_fetch.manifest import ManifestError, default_name, parse_manifest
 
 SHA = "a" * 64
 
@@ -60,3 +60,19 @@ def test_bad_manifests_name_the_problem(text: str, fragment: str) -> None:
         parse_manifest(text)
     assert fragment in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("http://h.test/a/model.bin?sig=1", "model.bin"),
+        ("http://h.test/", "index.html"),
+        ("http://h.test/a/..", "index.html"),
+        ("http://h.test/a/%2e%2e", "index.html"),
+        ("http://h.test/a%2f..", "index.html"),
+        ("http://h.test/x%00y", "index.html"),
+        ("http://h.test/a%5c..%5cb", "index.html"),
+    ],
+)
+def test_default_name_is_always_a_plain_file_name(url: str, name: str) -> None:
+    assert default_name(url) == name
