@@ -435,3 +435,38 @@ def test_304_that_forbids_storing_drops_the_entry(mode: str, origin: Origin,
     assert fetch(mode, conn, url) == BODY  # the 304 still serves the stored body ...
     assert resource.not_modified == 1
     assert cache.info().entries == 0  # ... but nothing is kept any more
+
+
+def _slow_cacheable(origin: Origin, body: bytes) -> str:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.3)
+        origin.count_sent(len(body))
+        return web.Response(body=body, headers={"Cache-Control": "max-age=600"})
+
+    return origin.route("/weights", handler)
+
+
+def test_concurrent_downloads_make_one_transfer(origin: Origin, cache: FetchCache,
+                                                tmp_path: Path) -> None:
+    url = _slow_cacheable(origin, BODY)
+    conn = connect(cache)
+    targets = [tmp_path / f"w{i}.bin" for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda t: conn.download_file(url, t), targets))
+    conn.close()
+    assert {sha256(t.read_bytes()) for t in targets} == {sha256(BODY)}
+    assert origin.count("/weights") == 1
+
+
+def test_concurrent_async_downloads_make_one_transfer(origin: Origin, cache: FetchCache,
+                                                      tmp_path: Path) -> None:
+    url = _slow_cacheable(origin, BODY)
+    targets = [tmp_path / f"w{i}.bin" for i in range(4)]
+
+    async def main() -> None:
+        async with connect(cache) as conn:
+            await asyncio.gather(*(conn.async_download_file(url, t) for t in targets))
+
+    asyncio.run(main())
+    assert {sha256(t.read_bytes()) for t in targets} == {sha256(BODY)}
+    assert origin.count("/weights") == 1
