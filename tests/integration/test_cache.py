@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -470,3 +471,14 @@ def test_concurrent_async_downloads_make_one_transfer(origin: Origin, cache: Fet
     asyncio.run(main())
     assert {sha256(t.read_bytes()) for t in targets} == {sha256(BODY)}
     assert origin.count("/weights") == 1
+
+
+def test_cache_argument_forms(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"x")
+    with pytest.raises(OSError):
+        HTTPConnection(cache=not_a_dir / "cache")  # fails now, not at the first fetch
+    with pytest.raises(TypeError):
+        HTTPConnection(cache=cast(Any, 42))
+    default = HTTPConnection(cache=True).cache
+    assert default is not None and default.directory == Path(os.environ["VLLM_FETCH_CACHE_DIR"])

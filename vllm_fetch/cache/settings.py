@@ -3,7 +3,8 @@
 ``None``: the default cache (``$VLLM_FETCH_CACHE_DIR`` or the user cache dir) unless
 ``VLLM_FETCH_DISABLE_CACHE=1``; ``True``: the default cache; ``False``: none; a path: a cache
 there; a ``FetchCache``: that one. Default caches are opened on first use (importing vllm_fetch
-touches no disk) and shared by every connection in the process that uses the same directory.
+touches no disk) and shared by every connection in the process that uses the same directory;
+an explicit directory is opened at once, so a bad one fails the constructor.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class CacheSetting:
         self._cache: FetchCache | None = cache if isinstance(cache, FetchCache) else None
         self._resolved = isinstance(cache, FetchCache) or cache is False
         self._lock = threading.Lock()
+        if isinstance(cache, (str, os.PathLike)):
+            self.get()  # an explicit directory that cannot be used is an error here, not later
 
     def get(self) -> FetchCache | None:
         if self._resolved:
