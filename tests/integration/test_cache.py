@@ -217,15 +217,21 @@ def test_origin_stopped_stale_if_error(mode: str, origin: Origin, cache: FetchCa
 
 @pytest.mark.parametrize("mode", MODES)
 def test_5xx_serves_stale_with_a_warning(mode: str, origin: Origin, cache: FetchCache,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+                                         caplog: pytest.LogCaptureFixture,
+                                         tmp_path: Path) -> None:
     resource = Resource(BODY, cache_control="max-age=0")
     url = serve_resource(origin, "/flaky", resource)
     conn = connect(cache)
     fetch(mode, conn, url)
     origin.serve_bytes("/flaky", b"down", status=503)
+    never_retry_503 = HTTPConnection(cache=cache, retry=RetryPolicy(
+        max_attempts=1, retry_statuses=frozenset()))
     with caplog.at_level(logging.WARNING, logger="vllm_fetch"):
         assert fetch(mode, conn, url) == BODY
-    assert any("HTTP 503" in r.getMessage() for r in caplog.records)
+        for i, client in enumerate((conn, never_retry_503)):
+            call(mode, client, "download_file", url, tmp_path / f"f{i}")
+            assert (tmp_path / f"f{i}").read_bytes() == BODY
+    assert sum("HTTP 503" in r.getMessage() for r in caplog.records) == 3
 
 
 # --- privacy and switches -----------------------------------------------------------------------

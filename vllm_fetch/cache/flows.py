@@ -314,6 +314,12 @@ def _revalidate_file(
         return None
     if not 200 <= probed.status < 300:
         verdict = _verdict(cache, entry, probed.status, probed.headers, req, sent_at)
+        if verdict.action is ResponseAction.SERVE_STALE and (
+            yield from _copy(cache, start, entry, target)
+        ):
+            logger.warning("serving a stale cached copy of %s: HTTP %d", redact_url(req.url),
+                           probed.status)
+            return _published(target, entry, req.url)
         if verdict.invalidate:
             cache.invalidate(start.key)
         check_status(probed.status, redact_url(probed.url), headers=probed.headers)
