@@ -65,6 +65,9 @@ def bench_hit(base: str, samples: int, rounds: int) -> None:
         ours = [_median_us(lambda: conn.get_bytes(url), samples) for _ in range(rounds)]
         print(f"vllm_fetch hit, 100 KB:     median {statistics.median(ours):7.1f} µs "
               f"(rounds: {', '.join(f'{x:.1f}' for x in ours)})")
+        ahits = [asyncio.run(_async_hit_us(conn, url, samples)) for _ in range(rounds)]
+        print(f"vllm_fetch async hit:       median {statistics.median(ahits):7.1f} µs "
+              f"(rounds: {', '.join(f'{x:.1f}' for x in ahits)})")
         conn.close()
         cache.close()
     try:
@@ -84,6 +87,15 @@ def bench_hit(base: str, samples: int, rounds: int) -> None:
         print(f"requests-cache hit, 100 KB: median {statistics.median(theirs):7.1f} µs "
               f"(rounds: {', '.join(f'{x:.1f}' for x in theirs)})")
         session.close()
+
+
+async def _async_hit_us(conn: HTTPConnection, url: str, samples: int) -> float:
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter_ns()
+        await conn.async_get_bytes(url)
+        times.append(time.perf_counter_ns() - start)
+    return statistics.median(times) / 1000
 
 
 def _median_us(fn: object, samples: int) -> float:

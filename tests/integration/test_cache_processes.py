@@ -112,3 +112,32 @@ def test_no_socket_guard_really_blocks(origin: Origin, tmp_path: Path) -> None:
     )
     assert done.returncode != 0 and "offline test: socket" in done.stderr
     assert origin.requests == []
+
+
+def test_processes_storing_at_once_share_one_consistent_cache(origin: Origin,
+                                                              tmp_path: Path) -> None:
+    bodies = [os.urandom(30_000) for _ in range(4)]
+    urls = [serve_resource(origin, f"/p{i}", Resource(b, cache_control="max-age=600"))
+            for i, b in enumerate(bodies)]
+    shared = serve_resource(origin, "/same", Resource(BODY, cache_control="max-age=600"))
+    environ = {**os.environ, "VLLM_FETCH_CACHE_DIR": str(tmp_path / "cache")}
+    workers = []
+    for i, url in enumerate(urls):
+        out = tmp_path / f"w{i}"
+        out.mkdir()
+        workers.append(subprocess.Popen(
+            [sys.executable, "-c", FETCHER, "sync" if i % 2 else "async", str(out), url, shared],
+            env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [w.communicate(timeout=60) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    for i, (stdout, _) in enumerate(outputs):
+        first, second = (json.loads(line) for line in stdout.splitlines())
+        assert first == {"sha256": sha256(bodies[i]), "file": sha256(bodies[i])}
+        assert second == {"sha256": sha256(BODY), "file": sha256(BODY)}
+    again = run(FETCHER, tmp_path / "cache", tmp_path / "again", "sync", [*urls, shared])
+    assert [json.loads(line)["sha256"] for line in again] == [sha256(b) for b in
+                                                               [*bodies, BODY]]
+    assert all(origin.count(f"/p{i}") == 1 for i in range(4))
+    blobs = [p for p in (tmp_path / "cache" / "blobs").rglob("*")
+             if p.is_file() and p.parent.name != "tmp"]
+    assert len(blobs) == 5  # one per distinct body, however many processes stored it
