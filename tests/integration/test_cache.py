@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -402,8 +403,14 @@ def _slow(origin: Origin, body: bytes) -> str:
 def test_concurrent_threads_make_one_transfer(origin: Origin, cache: FetchCache) -> None:
     url = _slow(origin, BODY)
     conn = connect(cache)
+    together = threading.Barrier(8)  # all eight ask while the first transfer is under way
+
+    def get(_: int) -> str:
+        together.wait(10)
+        return sha256(conn.get_bytes(url))
+
     with ThreadPoolExecutor(8) as pool:
-        digests = set(pool.map(lambda _: sha256(conn.get_bytes(url)), range(8)))
+        digests = set(pool.map(get, range(8)))
     conn.close()
     assert digests == {sha256(BODY)}
     assert origin.count("/slow") == 1
@@ -458,8 +465,14 @@ def test_concurrent_downloads_make_one_transfer(origin: Origin, cache: FetchCach
     url = _slow_cacheable(origin, BODY)
     conn = connect(cache)
     targets = [tmp_path / f"w{i}.bin" for i in range(4)]
+    together = threading.Barrier(4)
+
+    def download(target: Path) -> Path:
+        together.wait(10)
+        return conn.download_file(url, target)
+
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda t: conn.download_file(url, t), targets))
+        list(pool.map(download, targets))
     conn.close()
     assert {sha256(t.read_bytes()) for t in targets} == {sha256(BODY)}
     assert origin.count("/weights") == 1
