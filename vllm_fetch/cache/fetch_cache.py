@@ -30,6 +30,8 @@ from .writer import StoreJob, StoreWriter
 logger = logging.getLogger("vllm_fetch.cache")
 
 DEFAULT_SIZE_LIMIT = 10 * 10**9  # 10 GB
+#: Past the limit, evict down to this fraction of it.
+EVICT_TO = 0.9
 
 
 def default_cache_dir() -> Path:
@@ -178,10 +180,11 @@ class FetchCache:
                 del self._pending[job.key]
 
     def _over_limit(self, total: int) -> None:
-        # Runs on the writer thread too: never flush (wait for the writer) from here.
+        # Runs on the writer thread too: never flush (wait for the writer) from here. Evicting
+        # down to a low-water mark makes the full scan rare, not one per store at capacity.
         if total > self.size_limit:
-            prune(self.index, self.blobs, self._lock_path, max_size=self.size_limit,
-                  older_than=None, now=time.time())
+            prune(self.index, self.blobs, self._lock_path,
+                  max_size=int(self.size_limit * EVICT_TO), older_than=None, now=time.time())
 
     def store_file(self, key: str, entry: CacheEntry, path: Path, sha256: str, size: int) -> bool:
         """Store a published, already hashed file and its entry (never re-downloaded)."""
