@@ -23,7 +23,10 @@ STEPS = [
 def run_demo() -> int:
     """Run every step, print what happened, return the exit status."""
     with DemoOrigin(stall_seconds=30) as origin, tempfile.TemporaryDirectory() as tmp:
-        conn = HTTPConnection(idle_timeout=1.0, retry=RetryPolicy(backoff_base=0.1))
+        # No cache: the demo is about surviving the network (its three bodies are identical,
+        # so the cache would answer the second and third step from disk).
+        conn = HTTPConnection(idle_timeout=1.0, retry=RetryPolicy(backoff_base=0.1),
+                              cache=False)
         try:
             for path, story in STEPS:
                 print(f"\n== {path}: {story}")

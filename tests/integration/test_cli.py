@@ -115,3 +115,4 @@ def test_demo_shows_each_behaviour(tmp_path: Path) -> None:
         assert step in result.stdout
     assert "All downloads complete and verified" in result.stdout
     assert "retrying" in result.stderr  # the retry WARNING lines
+    assert result.stdout.count(", 2 requests,") == 3  # each step really met its fault
