@@ -112,20 +112,30 @@ class HTTPConnection:
         self._sync = RequestsDriver(options, reuse_client=reuse_client)
         self._async = AiohttpDriver(options, reuse_client=reuse_client)
         self._cache = CacheSetting(cache)
-        self.offline = env_flag("VLLM_FETCH_OFFLINE") if offline is None else offline
+        self._offline = offline
         self._cached = CachedCalls()
         self._sync_io = SyncIO(self._fetch, self._probe, self._download)
         self._async_io = AsyncIO(self._afetch, self._aprobe, self._adownload)
+
+    @property
+    def offline(self) -> bool:
+        """Offline mode: the constructor's ``offline``, else ``$VLLM_FETCH_OFFLINE`` as it is
+        now (read per call, so a test suite may set it after import)."""
+        if self._offline is not None:
+            return self._offline
+        return env_flag("VLLM_FETCH_OFFLINE")
 
     @property
     def cache(self) -> FetchCache | None:
         """The disk cache this connection uses (opened on first use), or None."""
         return self._cache.get()
 
-    def _cache_for(self, req: FetchRequest, use_cache: bool) -> FetchCache | None:
+    def _cache_for(
+        self, req: FetchRequest, use_cache: bool, offline: bool
+    ) -> FetchCache | None:
         """The cache for this call; offline with no cache to ask is an OfflineError."""
         cache = self._cache.get() if use_cache and req.allow_redirects else None
-        if cache is None and self.offline:
+        if cache is None and offline:
             raise offline_error(req.url, "not available: the cache is off for this call")
         return cache
 
@@ -265,16 +275,18 @@ class HTTPConnection:
             self._async.fetch_body, req)
 
     def _body(self, req: FetchRequest, use_cache: bool) -> Body:
-        cache = self._cache_for(req, use_cache)
+        offline = self.offline
+        cache = self._cache_for(req, use_cache, offline)
         if cache is None:
             return self._fetch(req)
-        return self._cached.body(cache, req, self._sync_io, offline=self.offline)
+        return self._cached.body(cache, req, self._sync_io, offline=offline)
 
     async def _abody(self, req: FetchRequest, use_cache: bool) -> Body:
-        cache = self._cache_for(req, use_cache)
+        offline = self.offline
+        cache = self._cache_for(req, use_cache, offline)
         if cache is None:
             return await self._afetch(req)
-        return await self._cached.abody(cache, req, self._async_io, offline=self.offline)
+        return await self._cached.abody(cache, req, self._async_io, offline=offline)
 
     def _probe(self, req: FetchRequest) -> Probed:
         """A (conditional) request whose body is never read: its status and headers."""
@@ -403,11 +415,12 @@ class HTTPConnection:
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             chunk_size=chunk_size, expected_sha256=expected_sha256,
                             expected_size=expected_size)
-        cache = self._cache_for(req, use_cache)
+        offline = self.offline
+        cache = self._cache_for(req, use_cache, offline)
         if cache is None:
             self._download(req, target)
         else:
-            self._cached.download(cache, req, target, self._sync_io, offline=self.offline)
+            self._cached.download(cache, req, target, self._sync_io, offline=offline)
         return target
 
     def _download(self, req: FetchRequest, target: Path) -> DownloadResult:
@@ -436,11 +449,12 @@ class HTTPConnection:
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             chunk_size=chunk_size, expected_sha256=expected_sha256,
                             expected_size=expected_size)
-        cache = self._cache_for(req, use_cache)
+        offline = self.offline
+        cache = self._cache_for(req, use_cache, offline)
         if cache is None:
             await self._adownload(req, target)
         else:
-            await self._cached.adownload(cache, req, target, self._async_io, offline=self.offline)
+            await self._cached.adownload(cache, req, target, self._async_io, offline=offline)
         return target
 
 

@@ -501,3 +501,16 @@ def test_cache_argument_forms(tmp_path: Path) -> None:
         HTTPConnection(cache=cast(Any, 42))
     default = HTTPConnection(cache=True).cache
     assert default is not None and default.directory == Path(os.environ["VLLM_FETCH_CACHE_DIR"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_offline_env_is_read_at_call_time(mode: str, origin: Origin, cache: FetchCache,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    url = serve_resource(origin, "/late", Resource(b"late", cache_control="max-age=0"))
+    conn = connect(cache)  # created before the test suite turns offline mode on
+    fetch(mode, conn, url)
+    monkeypatch.setenv("VLLM_FETCH_OFFLINE", "1")
+    assert fetch(mode, conn, url) == b"late"
+    with pytest.raises(OfflineError):
+        fetch(mode, conn, origin.url("/other"))
+    assert origin.count("/late") == 1 and origin.count("/other") == 0
