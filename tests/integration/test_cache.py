@@ -19,6 +19,7 @@ from tests.cache_origin import Resource, serve_resource
 from tests.helpers import call, leftovers
 from tests.origin import Origin, sha256
 from vllm_fetch import (
+    DiskError,
     FetchCache,
     FetchConnectionError,
     HTTPConnection,
@@ -514,3 +515,25 @@ def test_offline_env_is_read_at_call_time(mode: str, origin: Origin, cache: Fetc
     with pytest.raises(OfflineError):
         fetch(mode, conn, origin.url("/other"))
     assert origin.count("/late") == 1 and origin.count("/other") == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_disk_full_while_copying_a_hit_is_a_disk_error(mode: str, origin: Origin,
+                                                       cache: FetchCache, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    url = serve_resource(origin, "/full", Resource(BODY, cache_control="max-age=600"))
+    conn = connect(cache)
+    fetch(mode, conn, url)
+    out = tmp_path / "out"
+    out.mkdir()
+    temp = out / ".full.tmp"
+
+    def dev_full_temp(target: Path) -> tuple[int, Path]:  # the target's disk is full
+        temp.write_bytes(b"")
+        return os.open("/dev/full", os.O_WRONLY), temp
+
+    monkeypatch.setattr("vllm_fetch.cache.blobs.create_temp", dev_full_temp)
+    with pytest.raises(DiskError):
+        call(mode, conn, "download_file", url, out / "model.bin")
+    assert leftovers(out) == []
+    assert origin.count("/full") == 1  # not retried over the network either

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -23,7 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import create_temp, fsync_fd, publish, remove_quietly, write_all
+from ..errors import DiskError
+from ..files import create_temp, disk_error, fsync_fd, publish, remove_quietly, write_all
+
+logger = logging.getLogger("vllm_fetch.cache")
 
 _HEX = frozenset("0123456789abcdef")
 _COPY_CHUNK = 1 << 30
@@ -182,12 +186,14 @@ class BlobStore:
             return self._pins[sha256] > 0
 
     def read(self, sha256: str, size: int) -> bytes | None:
-        """The blob's bytes, or None when it is gone or not ``size`` bytes long."""
+        """The blob's bytes, or None when it is gone, unreadable or not ``size`` bytes long."""
         with self.pinned(sha256) as path:
             try:
                 with open(path, "rb", buffering=0) as f:
                     data = f.read(size + 1)
-            except FileNotFoundError:
+            except OSError as exc:
+                if not isinstance(exc, FileNotFoundError):
+                    logger.warning("cannot read cache blob %s: %s", path, exc)
                 return None
         return data if len(data) == size else None
 
@@ -195,27 +201,31 @@ class BlobStore:
         """Publish a copy (or hardlink, with ``link_files``) of the blob at ``target``.
 
         Crash-safe like a download: temp file beside the target, fsync, rename, fsync dir.
-        False when the blob is gone (the caller falls back to the network).
+        False when the blob is gone or unreadable (the caller falls back to the network);
+        a failure to write the target (disk full) is a ``DiskError``, and leaves no temp file.
         """
         with self.pinned(sha256) as path:
-            fd, temp = create_temp(target)
             try:
-                if self.link_files and _replace_with_link(path, temp):
-                    os.close(fd)
-                    fd = -1
-                else:
-                    with open(path, "rb") as src:
-                        copy_fileobj(src.fileno(), fd)
-                    fsync_fd(fd, temp)
-                    os.close(fd)
-                    fd = -1
-                publish(temp, target)
-            except FileNotFoundError:
+                src = open(path, "rb")  # noqa: SIM115 - closed below; open first: a miss is cheap
+            except OSError:
                 return False
-            finally:
-                if fd >= 0:
+            with src:
+                fd, temp = create_temp(target)
+                try:
+                    if not (self.link_files and _replace_with_link(path, temp)):
+                        copy_fileobj(src.fileno(), fd)
+                        fsync_fd(fd, temp)
                     os.close(fd)
-                remove_quietly(temp)
+                    fd = -1
+                    publish(temp, target)
+                except DiskError:
+                    raise
+                except OSError as exc:
+                    raise disk_error(exc, target) from exc
+                finally:
+                    if fd >= 0:
+                        os.close(fd)
+                    remove_quietly(temp)
         return True
 
     # -- housekeeping ----------------------------------------------------------------------
@@ -279,8 +289,6 @@ def _replace_with_link(blob: Path, temp: Path) -> bool:
     link = temp.with_name(temp.name + ".lnk")
     try:
         os.link(blob, link)
-    except FileNotFoundError:
-        raise
     except OSError:
         return False
     os.replace(link, temp)
