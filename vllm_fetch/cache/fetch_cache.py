@@ -182,9 +182,13 @@ class FetchCache:
     def _over_limit(self, total: int) -> None:
         # Runs on the writer thread too: never flush (wait for the writer) from here. Evicting
         # down to a low-water mark makes the full scan rare, not one per store at capacity.
-        if total > self.size_limit:
+        if total <= self.size_limit:
+            return
+        try:
             prune(self.index, self.blobs, self._lock_path,
                   max_size=int(self.size_limit * EVICT_TO), older_than=None, now=time.time())
+        except OSError as exc:  # eviction trouble must not fail the fetch that triggered it
+            logger.warning("cache eviction in %s failed: %s", self.directory, exc)
 
     def store_file(self, key: str, entry: CacheEntry, path: Path, sha256: str, size: int) -> bool:
         """Store a published, already hashed file and its entry (never re-downloaded)."""
