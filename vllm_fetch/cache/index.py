@@ -1,6 +1,6 @@
 """The cache index: diskcache (multi-process safe SQLite) mapping cache keys to entries.
 
-Values are JSON (diskcache's JSONDisk, uncompressed), never pickles: a tampered index can at
+Values are JSON (uncompressed), never pickles: a tampered index can at
 worst lose entries, not run code. Keys:
 
 - ``<64 hex>``: the entry (``CacheEntry.to_dict()``) for ``core.cache_policy.cache_key(url)``;
@@ -15,6 +15,7 @@ when even that fails the index is bypassed (every lookup a miss), never an error
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -39,6 +40,26 @@ _T = TypeVar("_T")
 _ERRORS = (sqlite3.Error, OSError, ValueError, TypeError, KeyError)
 
 
+class JSONDisk(diskcache.Disk):  # type: ignore[misc]
+    """Keys and values as plain JSON. diskcache's own JSONDisk always runs them through zlib,
+    which releases the GIL on every lookup: costly on an event loop shared with other threads."""
+
+    def put(self, key: Any) -> Any:
+        return super().put(json.dumps(key).encode())
+
+    def get(self, key: Any, raw: bool) -> Any:
+        return json.loads(super().get(key, raw))
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not read:
+            value = json.dumps(value).encode()
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: str, value: Any, read: bool) -> Any:
+        data = super().fetch(mode, filename, value, read)
+        return data if read else json.loads(data)
+
+
 class Index:
     """diskcache behind a guard: any storage error is a warning and a miss, never a crash."""
 
@@ -55,7 +76,7 @@ class Index:
     # -- opening, rebuilding, bypassing -------------------------------------------------------
     def _connect(self) -> diskcache.Cache:
         db = diskcache.Cache(
-            str(self.directory), disk=diskcache.JSONDisk, disk_compress_level=0,
+            str(self.directory), disk=JSONDisk,
             eviction_policy="none", statistics=False, tag_index=False, timeout=10,
         )
         try:
