@@ -537,3 +537,27 @@ def test_disk_full_while_copying_a_hit_is_a_disk_error(mode: str, origin: Origin
         call(mode, conn, "download_file", url, out / "model.bin")
     assert leftovers(out) == []
     assert origin.count("/full") == 1  # not retried over the network either
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_304_for_another_version_refetches(mode: str, origin: Origin, cache: FetchCache,
+                                           tmp_path: Path) -> None:
+    """A 304 whose ETag matches nothing stored updates nothing (RFC 9111 §4.3.4): fetch again."""
+    state = {"version": "a"}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        headers = {"ETag": f'"{state["version"]}"', "Cache-Control": "max-age=0"}
+        if request.headers.get("If-None-Match"):
+            return web.Response(status=304, headers=headers)  # whatever was asked for
+        return web.Response(body=f"body {state['version']}".encode(), headers=headers)
+
+    url = origin.route("/odd", handler)
+    conn = connect(cache)
+    assert fetch(mode, conn, url) == b"body a"
+    state["version"] = "b"
+    assert fetch(mode, conn, url) == b"body b"
+    state["version"] = "c"
+    call(mode, conn, "download_file", url, tmp_path / "odd")
+    assert (tmp_path / "odd").read_bytes() == b"body c"
+    conditional = [s.headers.get("If-None-Match") for s in origin.seen("/odd")]
+    assert conditional == [None, '"a"', None, '"b"', None]
