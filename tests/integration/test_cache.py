@@ -561,3 +561,21 @@ def test_304_for_another_version_refetches(mode: str, origin: Origin, cache: Fet
     assert (tmp_path / "odd").read_bytes() == b"body c"
     conditional = [s.headers.get("If-None-Match") for s in origin.seen("/odd")]
     assert conditional == [None, '"a"', None, '"b"', None]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_vary_selects_the_stored_variant(mode: str, origin: Origin, cache: FetchCache) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        language = request.headers.get("Accept-Language", "")
+        return web.Response(body=f"hello in {language}".encode(),
+                            headers={"Vary": "Accept-Language", "Cache-Control": "max-age=600"})
+
+    url = origin.route("/hello", handler)
+    conn = connect(cache)
+    en, fr = {"Accept-Language": "en"}, {"Accept-Language": "fr"}
+    assert fetch(mode, conn, url, extra_headers=en) == b"hello in en"
+    assert fetch(mode, conn, url, extra_headers=en) == b"hello in en"
+    assert origin.count("/hello") == 1
+    assert fetch(mode, conn, url, extra_headers=fr) == b"hello in fr"  # never the en variant
+    assert fetch(mode, conn, url, extra_headers=fr) == b"hello in fr"
+    assert origin.count("/hello") == 2
