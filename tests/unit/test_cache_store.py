@@ -230,3 +230,15 @@ def test_async_single_flight_followers_rerun_after_a_cancelled_leader() -> None:
         return [await follower]
 
     assert asyncio.run(main()) == [2]
+
+
+def test_unusable_index_is_bypassed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "index").write_bytes(b"a file where the index directory should be")
+    cache = FetchCache(tmp_path / "c")
+    assert not cache.index.available
+    assert any("bypassing" in r.getMessage() for r in caplog.records)
+    key = cache_key("https://example.com/x")
+    assert not cache.store_bytes(key, entry("https://example.com/x"), b"x", None)
+    assert cache.index.get(key) is None and cache.info().entries == 0
+    cache.close()
