@@ -24,12 +24,11 @@ from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadli
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
 from .core.results import Body
-from .core.retry import RetryPolicy
+from .core.retry import RetryPolicy, status_failure
 from .core.urls import redact_url
 from .drivers.aiohttp_driver import AiohttpDriver
 from .drivers.requests_driver import RequestsDriver
-from .errors import HTTPStatusError
-from .retry_loop import async_retrying, sync_retrying
+from .retry_loop import ResultRetry, async_retrying, sync_retrying
 
 #: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
 DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
@@ -131,10 +130,6 @@ class HTTPConnection:
             **limits,
         )
 
-    def _raise_if_retryable(self, status: int, url: str, headers: Mapping[str, str]) -> None:
-        if status in self.retry.retry_statuses:
-            raise HTTPStatusError(status, redact_url(url), headers=dict(headers))
-
     def get_response(
         self,
         url: str,
@@ -144,7 +139,8 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None = None,
         allow_redirects: bool = True,
     ) -> requests.Response:
-        """The raw ``requests.Response`` (uncached). Retryable statuses are retried first."""
+        """The raw ``requests.Response`` (uncached), any status. Statuses the retry policy
+        retries (503, 429...) are retried first; when it gives up, the last one is returned."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             allow_redirects=allow_redirects)
 
@@ -152,7 +148,6 @@ class HTTPConnection:
             session = self._sync.session()
             response = self._sync.open(session, req)
             try:
-                self._raise_if_retryable(response.status_code, response.url, response.headers)
                 if not stream:
                     _ = response.content
             except BaseException:
@@ -163,7 +158,12 @@ class HTTPConnection:
                     session.close()  # the response keeps its own connection until closed
             return response
 
-        return sync_retrying(self.retry, req.deadline, "GET", url)(attempt)
+        on_result = ResultRetry[requests.Response](
+            failure=lambda r: status_failure(self.retry, r.status_code, redact_url(r.url or url),
+                                             r.headers),
+            discard=lambda r: r.close(),
+        )
+        return sync_retrying(self.retry, req.deadline, "GET", url, on_result)(attempt)
 
     async def get_async_response(
         self,
@@ -177,20 +177,17 @@ class HTTPConnection:
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             allow_redirects=allow_redirects)
 
-        async def attempt(session: aiohttp.ClientSession) -> aiohttp.ClientResponse:
-            response = await self._async.open(session, req)
-            try:
-                self._raise_if_retryable(response.status, str(response.url), response.headers)
-            except BaseException:
-                response.release()
-                raise
-            return response
+        on_result = ResultRetry[aiohttp.ClientResponse](
+            failure=lambda r: status_failure(self.retry, r.status, redact_url(str(r.url)),
+                                             r.headers),
+            discard=lambda r: r.release(),
+        )
 
         async def run() -> tuple[aiohttp.ClientResponse, aiohttp.ClientSession | None]:
             session = await self._async.session()
             try:
-                retrying = async_retrying(self.retry, req.deadline, "GET", url)
-                response: aiohttp.ClientResponse = await retrying(attempt, session)
+                retrying = async_retrying(self.retry, req.deadline, "GET", url, on_result)
+                response: aiohttp.ClientResponse = await retrying(self._async.open, session, req)
             except BaseException:
                 if not self.reuse_client:
                     await session.close()
