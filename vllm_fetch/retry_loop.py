@@ -40,7 +40,6 @@ def _loop_settings(
     rand: Callable[[], float] = random.random,
 ) -> dict[str, Any]:
     """tenacity keyword arguments wired to ``core.retry.decide``; shared by sync and async."""
-    safe = redact_url(url)
     decisions: dict[int, RetryDecision] = {}
 
     def should_retry(state: RetryCallState) -> bool:
@@ -74,7 +73,8 @@ def _loop_settings(
         decision = decisions[state.attempt_number]
         logger.warning(
             "%s %s: attempt %d/%d failed (%s); retrying in %.2f s",
-            what, safe, state.attempt_number, policy.max_attempts, decision.reason, decision.wait,
+            what, redact_url(url), state.attempt_number, policy.max_attempts, decision.reason,
+            decision.wait,
         )
 
     return {"retry": should_retry, "wait": wait, "stop": stop_never,
