@@ -344,3 +344,41 @@ def test_loop_returns_the_last_status_when_it_gives_up() -> None:
         failure=lambda code: status_failure(FAST, code, URL, {}), discard=discarded.append)
     got = sync_retrying(FAST, Deadline(None), "GET", URL, on_result)(answers.pop)
     assert got == 503 and discarded == [503, 503] and len(answers) == 1
+
+
+def test_a_first_success_never_builds_the_tenacity_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vllm_fetch.retry_loop as retry_loop
+
+    def no_loop(**_: object) -> None:
+        raise AssertionError("tenacity loop built for a call that succeeded at once")
+
+    monkeypatch.setattr(retry_loop, "Retrying", no_loop)
+    monkeypatch.setattr(retry_loop, "AsyncRetrying", no_loop)
+    assert sync_retrying(FAST, Deadline(None), "GET", URL)(lambda: "ok") == "ok"
+
+    async def ok() -> str:
+        return "ok"
+
+    assert asyncio.run(retry_loop.async_retrying(FAST, Deadline(None), "GET", URL)(ok)) == "ok"
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), asyncio.CancelledError()])
+def test_an_interrupt_on_the_first_attempt_is_never_retried(interrupt: BaseException) -> None:
+    attempt, calls = flaky([interrupt])
+    with pytest.raises(type(interrupt)):
+        sync_retrying(FAST, Deadline(None), "GET", URL)(attempt)
+    assert len(calls) == 1
+
+
+def test_async_loop_replays_the_first_failure_then_retries() -> None:
+    from vllm_fetch.retry_loop import async_retrying
+
+    failures = [status(503), TruncatedBodyError("cut")]
+
+    async def attempt() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    assert asyncio.run(async_retrying(FAST, Deadline(None), "GET", URL)(attempt)) == "ok"
+    assert failures == []
