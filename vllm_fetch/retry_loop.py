@@ -7,19 +7,20 @@ replayed into tenacity as its attempt 1, and tenacity runs every retry after it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, stop_never
 
 from .core.deadline import Deadline
-from .core.retry import RetryDecision, RetryPolicy, decide
+from .core.retry import RetryDecision, RetryPolicy, deadline_error, decide
 from .core.urls import redact_url
-from .errors import FetchError
+from .errors import FetchError, FetchTimeoutError
 
 logger = logging.getLogger("vllm_fetch")
 
@@ -115,6 +116,19 @@ class _Loop:
     def is_final(self, result: Any) -> bool:
         return self.on_result is None or self.on_result.failure(result) is None
 
+    @contextlib.contextmanager
+    def deadline_says_so(self) -> Iterator[None]:
+        """When the call's deadline is what ended it, raise a timeout that says so."""
+        try:
+            yield
+        except FetchTimeoutError as exc:
+            replacement = deadline_error(exc, timeout=self.deadline.timeout,
+                                         remaining=self.deadline.remaining(),
+                                         url=redact_url(self.url))
+            if replacement is None:
+                raise
+            raise replacement from exc
+
 
 class SyncRetry(_Loop):
     """Call ``fn`` under the policy: once directly, then, after a failure, in tenacity's loop."""
@@ -132,7 +146,8 @@ class SyncRetry(_Loop):
         def attempt(*a: Any, **kw: Any) -> T:
             return cast(T, replay()) if replay.fresh else fn(*a, **kw)
 
-        return Retrying(**self.settings())(attempt, *args, **kwargs)
+        with self.deadline_says_so():
+            return Retrying(**self.settings())(attempt, *args, **kwargs)
 
 
 class AsyncRetry(_Loop):
@@ -151,7 +166,8 @@ class AsyncRetry(_Loop):
         async def attempt(*a: Any, **kw: Any) -> T:
             return cast(T, replay()) if replay.fresh else await fn(*a, **kw)
 
-        return await AsyncRetrying(**self.settings())(attempt, *args, **kwargs)
+        with self.deadline_says_so():
+            return await AsyncRetrying(**self.settings())(attempt, *args, **kwargs)
 
 
 def sync_retrying(

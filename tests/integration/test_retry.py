@@ -252,9 +252,12 @@ def test_silent_origin_is_ended_by_the_total_deadline(mode: str, method: str, or
     url, silent = script(origin, "/silent", hang())
     conn = HTTPConnection(retry=RetryPolicy(max_attempts=10, backoff_base=0.01))
     started = time.monotonic()
-    with pytest.raises(FetchTimeoutError):
+    with pytest.raises(FetchTimeoutError) as info:
         fetched(mode, conn, method, url, tmp_path, timeout=1.0)
     assert time.monotonic() - started < 2.5  # idle timeout is 30 s: only the deadline did it
+    assert type(info.value) is FetchTimeoutError  # not an "idle timeout": that is 30 s
+    assert str(info.value).startswith(f"timed out after 1 s fetching {url}")
+    assert info.value.__cause__ is not None
     assert 1 <= len(silent.arrived) <= 10
     assert leftovers(tmp_path) == []
 

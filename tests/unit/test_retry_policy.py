@@ -16,6 +16,7 @@ from vllm_fetch.core.deadline import Deadline
 from vllm_fetch.core.retry import (
     DEFAULT_RETRY_STATUSES,
     RetryPolicy,
+    deadline_error,
     decide,
     parse_retry_after,
     status_failure,
@@ -213,6 +214,24 @@ def test_no_jittered_wait_reaches_the_deadline(remaining: float) -> None:
             decision = run(FetchConnectionError("reset"), policy=policy, attempt=attempt,
                            remaining=remaining, rand=r / 100)
             assert not decision.retry or 0.0 <= decision.wait < remaining
+
+
+@pytest.mark.parametrize(("error", "timeout", "remaining", "replaced"), [
+    (IdleTimeoutError("no data within the idle timeout", url=URL), 5.0, 0.0, True),
+    (FetchTimeoutError("timed out fetching", url=URL), 5.0, 0.001, True),
+    (IdleTimeoutError("no data within the idle timeout", url=URL), 5.0, 2.0, False),  # real stall
+    (IdleTimeoutError("no data within the idle timeout", url=URL), None, None, False),
+    (FetchTimeoutError(f"timed out after 5 s fetching {URL}", url=URL), 5.0, 0.0, False),
+])
+def test_a_timeout_at_the_deadline_says_so(error: FetchTimeoutError, timeout: float | None,
+                                           remaining: float | None, replaced: bool) -> None:
+    error.attempts = 3
+    got = deadline_error(error, timeout=timeout, remaining=remaining, url=URL)
+    if not replaced:
+        assert got is None
+        return
+    assert type(got) is FetchTimeoutError and got.attempts == 3
+    assert str(got) == f"timed out after 5 s fetching {URL} (after 3 attempts)"
 
 
 # -- status_failure (get_response retries on a returned status) -------------------------------

@@ -173,3 +173,23 @@ def decide(
     if remaining is not None and (remaining <= 0 or wait >= remaining):
         return RetryDecision(False, 0.0, f"{reason}; the deadline leaves no time to retry")
     return RetryDecision(True, wait, reason)
+
+
+#: A read timeout clamped to the deadline fires at (or a hair before) the deadline's end.
+DEADLINE_SLACK = 0.005
+
+
+def deadline_error(
+    error: FetchTimeoutError, *, timeout: float | None, remaining: float | None, url: str
+) -> FetchTimeoutError | None:
+    """The error that should end a call whose last attempt timed out: when the call's own
+    deadline is what ran out, a timeout that says so (the last attempt's read timeout was
+    clamped to the deadline, so calling it an idle stall would mislead); else None (keep it)."""
+    if timeout is None or remaining is None or remaining > DEADLINE_SLACK:
+        return None
+    message = f"timed out after {timeout:g} s fetching {url}"
+    if type(error) is FetchTimeoutError and error.args[:1] == (message,):
+        return None
+    replacement = FetchTimeoutError(message, url=url)
+    replacement.attempts = error.attempts
+    return replacement
