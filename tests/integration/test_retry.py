@@ -318,3 +318,38 @@ def test_final_error_says_how_many_attempts(mode: str, origin: Origin) -> None:
     assert info.value.status == 503 and info.value.attempts == 3
     assert str(info.value).endswith("(after 3 attempts)")
     assert len(down.arrived) == 3
+
+
+# -- the deadline and cancellation during backoff ----------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_backoff_waits_count_against_the_deadline(mode: str, origin: Origin) -> None:
+    url, busy = script(origin, "/busy", answer(503, {"Retry-After": "1"}))
+    started = time.monotonic()
+    with pytest.raises(HTTPStatusError) as info:
+        call(mode, HTTPConnection(retry=RetryPolicy(backoff_base=0.01)), "get_bytes", url,
+             timeout=1.6)
+    elapsed = time.monotonic() - started
+    # waited 1 s once; a second 1 s wait would end past the 1.6 s deadline, so it gave up
+    assert len(busy.arrived) == 2 and busy.gap() >= 1.0
+    assert 1.0 <= elapsed < 1.6
+    assert info.value.attempts == 2
+
+
+def test_cancelling_during_a_retry_wait_leaves_nothing(origin: Origin, tmp_path: Path) -> None:
+    url, busy = script(origin, "/busy", answer(503, {"Retry-After": "30"}))
+
+    async def main() -> float:
+        async with HTTPConnection(retry=RetryPolicy()) as conn:
+            task = asyncio.create_task(conn.async_download_file(url, tmp_path / "out"))
+            while not busy.arrived:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # now inside the 30 s Retry-After wait
+            cancelled = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return time.monotonic() - cancelled
+
+    assert asyncio.run(main()) < 1.0
+    assert len(busy.arrived) == 1
+    assert leftovers(tmp_path) == []
