@@ -92,6 +92,16 @@ def hang(seconds: float = 30.0) -> Step:
     return step
 
 
+def stall_midway(body: bytes = BODY, seconds: float = 30.0) -> Step:
+    """Announce the full length, send half, then nothing until the client goes away."""
+    async def step(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(len(body))})
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        return await hang(seconds)(request)
+    return step
+
+
 def script(origin: Origin, path: str, *steps: Step) -> tuple[str, Script]:
     scripted = Script(list(steps))
     return origin.route(path, scripted), scripted
@@ -231,6 +241,19 @@ def test_body_cut_midway_is_retried(mode: str, method: str, origin: Origin,
     got = fetched(mode, HTTPConnection(retry=FAST), method, url, tmp_path)
     assert sha256(got) == sha256(BODY)
     assert len(flaky.arrived) == 2
+    assert leftovers(tmp_path) == (["out.json"] if method == "download_file" else [])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["get_bytes", "download_file"])
+@pytest.mark.parametrize("first", [hang, stall_midway], ids=["no-headers", "stall-mid-body"])
+def test_an_idle_stall_is_retried(mode: str, method: str, first: Callable[[], Step],
+                                  origin: Origin, tmp_path: Path) -> None:
+    url, stalls = script(origin, "/stall", first(), ok())
+    conn = HTTPConnection(retry=FAST, idle_timeout=0.3)
+    got = fetched(mode, conn, method, url, tmp_path, timeout=10)
+    assert sha256(got) == sha256(BODY)
+    assert len(stalls.arrived) == 2 and stalls.gap() >= 0.3
     assert leftovers(tmp_path) == (["out.json"] if method == "download_file" else [])
 
 
