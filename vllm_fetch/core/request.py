@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 
 if TYPE_CHECKING:
-    from .address_policy import URLPolicy
+    from .address_policy import Resolver, URLPolicy
 
 #: Default read size for streaming bodies, chosen by ``benchmarks/bench_download.py --sweep``
 #: (256 MiB from loopback nginx, alternating rounds, median time vs curl): 120 KiB 1.00x every
@@ -28,6 +28,9 @@ class TransportOptions:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_redirects: int = 10
     trust_env: bool = True
+    #: DNS hook ``(host, port) -> addresses``; when set (or when the policy blocks private
+    #: addresses) connections dial only the addresses it returned, after checking them.
+    resolver: Resolver | None = None
 
 
 @dataclass(frozen=True)
