@@ -161,13 +161,13 @@ def test_429_retry_after_seconds_is_waited(mode: str, origin: Origin) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_retry_after_http_date_is_waited(mode: str, origin: Origin) -> None:
-    not_before = math.ceil(time.time()) + 2  # HTTP-dates have whole seconds
+    not_before = math.ceil(time.time()) + 1  # HTTP-dates have whole seconds: 1-2 s ahead
     when = formatdate(not_before, usegmt=True)
     url, busy = script(origin, "/busy", answer(503, {"Retry-After": when}), ok())
     assert call(mode, HTTPConnection(retry=FAST), "get_bytes", url) == BODY
     assert len(busy.arrived) == 2
     assert busy.arrived_wall[1] >= not_before - 0.01  # 10 ms of clock granularity, no more
-    assert busy.gap() >= 1.0  # a date 1-2 s ahead, not the 40 ms backoff
+    assert busy.gap() >= 0.5  # a date 1-2 s ahead, not the 40 ms backoff
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -323,10 +323,10 @@ def test_silent_origin_is_ended_by_the_total_deadline(mode: str, method: str, or
     conn = HTTPConnection(retry=RetryPolicy(max_attempts=10, backoff_base=0.01))
     started = time.monotonic()
     with pytest.raises(FetchTimeoutError) as info:
-        fetched(mode, conn, method, url, tmp_path, timeout=1.0)
-    assert time.monotonic() - started < 2.5  # idle timeout is 30 s: only the deadline did it
+        fetched(mode, conn, method, url, tmp_path, timeout=0.5)
+    assert time.monotonic() - started < 2.0  # idle timeout is 30 s: only the deadline did it
     assert type(info.value) is FetchTimeoutError  # not an "idle timeout": that is 30 s
-    assert str(info.value).startswith(f"timed out after 1 s fetching {url}")
+    assert str(info.value).startswith(f"timed out after 0.5 s fetching {url}")
     assert info.value.__cause__ is not None
     assert 1 <= len(silent.arrived) <= 10
     assert leftovers(tmp_path) == []
