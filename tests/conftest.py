@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,8 @@ from tests.origin import Origin
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_var, None)
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+# Download locks go to a throwaway directory, never the user's cache dir.
+os.environ["VLLM_FETCH_LOCK_DIR"] = tempfile.mkdtemp(prefix="vllm_fetch-test-locks-")
 
 
 @pytest.fixture
