@@ -104,12 +104,16 @@ def _run_parts(driver: RequestsDriver, transfer: Transfer,
         try:
             if first is not None:
                 _first_part(driver, transfer, *first, stop)
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in done:
-                future.result()
+        except _Stopped:
+            pass  # another part failed: its error is raised below
         except BaseException:
             stop.set()
             raise
+        wait(futures, return_when=FIRST_EXCEPTION)
+        if stop.is_set():
+            wait(futures)
+            errors = [f.exception() for f in futures]
+            raise next(e for e in errors if e is not None and not isinstance(e, _Stopped))
     return transfer.finish(parts_done(transfer))
 
 
