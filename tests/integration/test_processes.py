@@ -47,7 +47,7 @@ def partial_bytes(directory: Path) -> int:
 @pytest.mark.parametrize("mode", MODES)
 def test_sigkill_mid_download_then_resume(mode: str, origin: Origin, tmp_path: Path) -> None:
     stall_at = SIZE * 2 // 5
-    url = RangeFile(BODY, stalls={0: stall_at}).mount(origin, "/killed")
+    url = RangeFile(BODY, stalls={0: stall_at}, stall_seconds=1.0).mount(origin, "/killed")
     target = tmp_path / "killed.bin"
     proc = worker(mode, url, target)
     try:

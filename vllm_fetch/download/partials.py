@@ -162,6 +162,12 @@ class Partial:
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
 
+    def _size_or_zero(self) -> int:
+        try:
+            return self.size()
+        except OSError:
+            return 0
+
     def contiguous(self) -> int:
         """Bytes valid from 0 of a sequential partial (its size, never past the total)."""
         if self.state is None or self.state.parts is not None:
@@ -238,14 +244,19 @@ class Partial:
         """After a failure: keep the bytes for a later resume, or remove them."""
         self._close()
         resumable = self.state is not None and validator_for(self.state) is not None
-        if not self.keep or not resumable or _discards(error) or self.size() == 0:
+        if not self.keep or not resumable or _discards(error) or self._size_or_zero() == 0:
             self.discard()  # nothing a later call could safely continue
         self._release()
 
     def discard(self) -> None:
+        """Remove the partial and its sidecar; a failure to do so is logged, never raised
+        (it must not hide the error that ended the download)."""
         self._close()
-        remove_quietly(self.path)
-        remove_quietly(_sidecar(self.path))
+        for path in (self.path, _sidecar(self.path)):
+            try:
+                remove_quietly(path)
+            except OSError as exc:
+                logger.warning("cannot remove %s: %s", path, exc)
         self.state = None
         self.hashed = None
 
