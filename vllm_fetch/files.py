@@ -108,3 +108,19 @@ def preallocate(fd: int, size: int, path: Path) -> None:
             os.ftruncate(fd, size)  # no fallocate here (some network filesystems): sparse file
         except OSError as inner:
             raise disk_error(inner, path) from inner
+
+
+def pwritev_all(fd: int, buffers: list[bytes], offset: int, path: Path) -> None:
+    """Write several buffers at ``offset`` in one call, without joining them first."""
+    views = [memoryview(b) for b in buffers if b]
+    try:
+        while views:
+            written = os.pwritev(fd, views, offset)
+            offset += written
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+    except OSError as exc:
+        raise disk_error(exc, path) from exc

@@ -1,6 +1,6 @@
 """Disk faults (D4): a full disk or a read-only target is a DiskError, never retried, no temp left.
 
-ENOSPC is produced two ways: by making ``os.pwrite`` / ``os.posix_fallocate`` fail in this
+ENOSPC is produced two ways: by making ``os.pwrite(v)`` / ``os.posix_fallocate`` fail in this
 process (portable), and, when the tests run as root, by a real 1 MiB tmpfs.
 """
 
@@ -39,6 +39,7 @@ def test_enospc_while_writing(mode: str, origin: Origin, conn: HTTPConnection, t
                               monkeypatch: pytest.MonkeyPatch) -> None:
     url = RangeFile(BODY).mount(origin, "/full")
     monkeypatch.setattr(os, "pwrite", _full)
+    monkeypatch.setattr(os, "pwritev", _full)
     with pytest.raises(DiskError) as info:
         call(mode, conn, "download_file", url, tmp_path / "full.bin", connections=1)
     assert info.value.errno == errno.ENOSPC

@@ -27,8 +27,10 @@ from .transfer import RangeRefused, Step, Stream, Transfer, parts_done
 if TYPE_CHECKING:
     from ..drivers.aiohttp_driver import AiohttpDriver
 
-#: Bytes gathered before one positional write in a worker thread.
+#: Bytes gathered before one positional write in a worker thread (one stream, then each part:
+#: smaller, as up to 8 parts buffer at once and peak memory must stay low).
 WRITE_BATCH = 2 * 1024 * 1024
+PART_WRITE_BATCH = 1024 * 1024
 MAX_REQUESTS_PER_ATTEMPT = 4
 T = TypeVar("T")
 
@@ -100,17 +102,19 @@ async def _stream(driver: AiohttpDriver, transfer: Transfer, response: aiohttp.C
     is the index of the part it fills, None for one sequential stream."""
     batch: list[bytes] = []
     batched = 0
+    batch_size = WRITE_BATCH if part is None else PART_WRITE_BATCH
 
     async def flush() -> None:
         nonlocal batch, batched
         if batched:
-            data = b"".join(batch)
+            chunks, size = batch, batched
             batch, batched = [], 0
-            await _off_loop(transfer.partial.write, data, stream.position)
+            await _off_loop(transfer.partial.write_chunks, chunks, stream.position)
             if part is None:
-                transfer.advance(stream, len(data))
+                transfer.advance(stream, size)
             else:
-                transfer.advance_part(part, stream, len(data))
+                transfer.advance_part(part, stream, size)
+                await _off_loop(transfer.hash_ahead)
 
     try:
         async for chunk in driver.iter_body(response, stream.meter, request):
@@ -118,7 +122,7 @@ async def _stream(driver: AiohttpDriver, transfer: Transfer, response: aiohttp.C
                 chunk = chunk[: stream.limit - stream.position - batched]
             batch.append(chunk)
             batched += len(chunk)
-            if batched >= WRITE_BATCH:
+            if batched >= batch_size:
                 await flush()
             if stream.limit is not None and stream.position + batched >= stream.limit:
                 break
@@ -133,13 +137,11 @@ async def _stream(driver: AiohttpDriver, transfer: Transfer, response: aiohttp.C
 
 async def _run_parts(driver: AiohttpDriver, session: aiohttp.ClientSession, transfer: Transfer,
                      first: tuple[aiohttp.ClientResponse, Stream] | None) -> DownloadResult:
-    """Fetch every pending part as a task (part 0 from ``first``'s body), then finish."""
-    tasks = [asyncio.create_task(_part_loop(driver, session, transfer, index))
-             for index in transfer.pending_parts() if not (first and index == 0)]
-    if first is not None:
-        response, stream = first
-        tasks.append(asyncio.create_task(
-            _stream(driver, transfer, response, stream, transfer.req, 0)))
+    """``transfer.workers`` tasks pull parts in file order (one takes part 0 from ``first``'s
+    body when given); then verify and publish."""
+    tasks = [asyncio.create_task(_worker(driver, session, transfer, None))
+             for _ in range(transfer.workers - 1)]
+    tasks.append(asyncio.create_task(_worker(driver, session, transfer, first)))
     try:
         await asyncio.gather(*tasks)
     except BaseException:
@@ -150,11 +152,15 @@ async def _run_parts(driver: AiohttpDriver, session: aiohttp.ClientSession, tran
     return await _off_loop(transfer.finish, parts_done(transfer))
 
 
-async def _part_loop(driver: AiohttpDriver, session: aiohttp.ClientSession, transfer: Transfer,
-                     index: int) -> None:
-    """One part under its own retry loop, resumed from its own progress on each attempt."""
-    await async_retrying(transfer.options.retry, transfer.req.deadline, "download part",
-                         transfer.req.url)(_part_attempt, driver, session, transfer, index)
+async def _worker(driver: AiohttpDriver, session: aiohttp.ClientSession, transfer: Transfer,
+                  first: tuple[aiohttp.ClientResponse, Stream] | None) -> None:
+    """Fetch parts until none is left, each under its own retry loop (resumed on retry)."""
+    if first is not None:
+        response, stream = first
+        await _stream(driver, transfer, response, stream, transfer.req, 0)
+    while (index := transfer.claim_part()) is not None:
+        await async_retrying(transfer.options.retry, transfer.req.deadline, "download part",
+                             transfer.req.url)(_part_attempt, driver, session, transfer, index)
 
 
 async def _part_attempt(driver: AiohttpDriver, session: aiohttp.ClientSession,

@@ -36,7 +36,7 @@ from ..core.resume import (
     validator_for,
 )
 from ..errors import ChecksumMismatchError, DiskError, SizeLimitExceededError
-from ..files import disk_error, fsync_dir, fsync_fd, pwrite_all, remove_quietly
+from ..files import disk_error, fsync_dir, fsync_fd, pwrite_all, pwritev_all, remove_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -203,11 +203,25 @@ class Partial:
     def write(self, data: bytes | memoryview, offset: int) -> None:
         pwrite_all(self.open(), data, offset, self.path)
 
+    def write_chunks(self, chunks: list[bytes], offset: int) -> None:
+        pwritev_all(self.open(), chunks, offset, self.path)
+
     def hasher_at(self, offset: int) -> hashlib._Hash:
         """A sha256 of bytes ``[0, offset)``: kept from this call, else re-read once from disk."""
         if self.hashed is not None and self.hashed[0] == offset:
             return self.hashed[1]
         return self.hash_range(offset)
+
+    def read_into(self, buffer: bytearray, offset: int, size: int) -> memoryview:
+        """Read ``size`` bytes at ``offset`` into ``buffer`` (reused: no allocation per read)."""
+        view = memoryview(buffer)[:size]
+        try:
+            got = os.preadv(self.open(), [view], offset)
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+        if got != size:
+            raise DiskError(f"{self.path} is shorter than expected ({offset + got} bytes)")
+        return view
 
     def hash_range(self, end: int) -> hashlib._Hash:
         """sha256 of the first ``end`` bytes on disk (read in order)."""

@@ -95,15 +95,17 @@ def _stream(driver: RequestsDriver, transfer: Transfer, response: requests.Respo
 
 def _run_parts(driver: RequestsDriver, transfer: Transfer,
                first: tuple[requests.Response, Stream] | None) -> DownloadResult:
-    """Fetch every pending part (part 0 from ``first``'s body when given), then finish."""
+    """``transfer.workers`` threads pull parts in file order (this thread is one of them, and
+    takes part 0 from ``first``'s body when given); then verify and publish."""
     stop = threading.Event()
-    pending = [i for i in transfer.pending_parts() if not (first and i == 0)]
-    with ThreadPoolExecutor(max_workers=max(1, len(pending)),
+    with ThreadPoolExecutor(max_workers=max(1, transfer.workers - 1),
                             thread_name_prefix="vllm_fetch-part") as pool:
-        futures = [pool.submit(_part_loop, driver, transfer, index, stop) for index in pending]
+        futures = [pool.submit(_worker, driver, transfer, stop)
+                   for _ in range(transfer.workers - 1)]
         try:
             if first is not None:
                 _first_part(driver, transfer, *first, stop)
+            _worker(driver, transfer, stop)
         except _Stopped:
             pass  # another part failed: its error is raised below
         except BaseException:
@@ -121,22 +123,22 @@ def _first_part(driver: RequestsDriver, transfer: Transfer, response: requests.R
                 stream: Stream, stop: threading.Event) -> None:
     """Part 0 is the head of the probe's open-ended body: write up to its end, then hang up."""
     assert stream.limit is not None
-    for chunk in driver.iter_body(response, stream.meter, transfer.req):
-        if stop.is_set():
-            raise _Stopped
-        take = chunk[: stream.limit - stream.position]
-        transfer.write_part(0, stream, take)
-        if stream.position >= stream.limit:
-            return
+    with response:
+        for chunk in driver.iter_body(response, stream.meter, transfer.req):
+            if stop.is_set():
+                raise _Stopped
+            transfer.write_part(0, stream, chunk[: stream.limit - stream.position])
+            if stream.position >= stream.limit:
+                return
 
 
-def _part_loop(driver: RequestsDriver, transfer: Transfer, index: int,
-               stop: threading.Event) -> None:
-    """One part under its own retry loop, resumed from its own progress on each attempt."""
+def _worker(driver: RequestsDriver, transfer: Transfer, stop: threading.Event) -> None:
+    """Fetch parts until none is left, each under its own retry loop (resumed on retry)."""
     session = driver.new_session()
     try:
-        sync_retrying(transfer.options.retry, transfer.req.deadline, "download part",
-                      transfer.req.url)(_part_attempt, driver, session, transfer, index, stop)
+        while not stop.is_set() and (index := transfer.claim_part()) is not None:
+            sync_retrying(transfer.options.retry, transfer.req.deadline, "download part",
+                          transfer.req.url)(_part_attempt, driver, session, transfer, index, stop)
     except BaseException:
         stop.set()
         raise

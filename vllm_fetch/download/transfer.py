@@ -6,8 +6,10 @@ pure core: which Range/If-Range to send (``core.resume.plan_request``), what an 
 (``core.ranges``). File work goes through :class:`~vllm_fetch.download.partials.Partial`.
 
 sha256: a sequential stream is hashed as it arrives (a resumed one re-reads its local prefix
-once). A parallel download is hashed once at the end, reading the file in order: the one case
-where the whole file is re-read (from the page cache, typically).
+once). A parallel download is cut into more pieces than connections, pulled in file order, and
+its sha256 follows the contiguous prefix on disk while the download runs (``hash_ahead``): that
+re-reads each byte once from the page cache, overlapped with the transfer, so at the end only
+the last pieces are left to hash.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..core.ranges import (
     PartProgress,
     auto_connections,
     part_response_ok,
+    piece_count,
     range_header,
     split_ranges,
 )
@@ -51,6 +54,10 @@ from .progress import Progress
 MIN_EXPLICIT_PART = 256 * 1024
 #: Parallel part progress is written to the sidecar after this many new bytes (for kill -9).
 CHECKPOINT_BYTES = 32 * 1024 * 1024
+#: aiohttp read buffer of one part's response (its high-water mark is twice this).
+PART_READ_BUFSIZE = 256 * 1024
+#: ``hash_ahead`` waits for this many new contiguous bytes before reading them back.
+HASH_STEP = 1024 * 1024
 
 
 class RangeRefused(Exception):
@@ -89,6 +96,12 @@ class Transfer:
         self.split_allowed = options.connections != 1
         self.parts: list[PartProgress] | None = None
         self.total: int | None = None
+        self.workers = 1  # connections for the parts
+        self._claimed: set[int] = set()
+        self._hasher = hashlib.sha256()
+        self._hashed = 0
+        self._hash_lock = threading.Lock()
+        self._hash_buffer = bytearray()  # allocated on first use (parallel downloads only)
         self._requested = 0
         self._probing = False
         self._lock = threading.Lock()
@@ -121,6 +134,9 @@ class Transfer:
             return False
         self.parts = [PartProgress(*part) for part in state.parts]
         self.total = state.total
+        self.workers = min(len(self.parts), self.options.connections
+                           or auto_connections(state.total, accepts_ranges=True))
+        self._claimed.clear()
         self.progress.start(self.total, sum(p.written for p in self.parts))
         return True
 
@@ -179,9 +195,10 @@ class Transfer:
         total = parsed[2]
         wanted = self.options.connections or auto_connections(total, accepts_ranges=True)
         min_part = MIN_EXPLICIT_PART if self.options.connections else DEFAULT_MIN_PART
-        ranges = split_ranges(total, wanted, min_part)
+        ranges = split_ranges(total, piece_count(total, wanted), min_part)
         if len(ranges) < 2 or parsed[1] != total - 1:
             return None
+        self.workers = min(wanted, len(ranges))
         # The size promises are checked before a byte is fetched.
         BodyMeter(self.safe_url, expected_length=total, max_bytes=self.req.max_bytes,
                   expected_size=self.req.expected_size)
@@ -189,6 +206,7 @@ class Transfer:
         preallocate(self.partial.open(), total, self.partial.path)
         self.total = total
         self.parts = [PartProgress(start, end) for start, end in ranges]
+        self._claimed = {0}  # part 0 is the head of the probe's body
         state = PartialState(0, header_value(headers, "ETag"),
                              header_value(headers, "Last-Modified"), total, self.req.url,
                              tuple((p.start, p.end, 0) for p in self.parts))
@@ -217,6 +235,44 @@ class Transfer:
         assert self.parts is not None
         return [i for i, part in enumerate(self.parts) if part.remaining is not None]
 
+    def claim_part(self) -> int | None:
+        """The first unfinished part nobody works on (parts are taken in file order)."""
+        with self._lock:
+            for index in self.pending_parts():
+                if index not in self._claimed:
+                    self._claimed.add(index)
+                    return index
+        return None
+
+    def _frontier(self) -> int:
+        """Bytes on disk contiguous from 0 (whole parts, then the next part's written head)."""
+        assert self.parts is not None
+        for part in self.parts:
+            if part.remaining is not None:
+                return part.start + part.written
+        return self.total or 0
+
+    def hash_ahead(self, *, final: bool = False) -> None:
+        """Extend the running sha256 over newly contiguous bytes (skipped if another thread is
+        at it, unless ``final``: then wait and hash up to the end)."""
+        if not self._hash_lock.acquire(blocking=final):
+            return
+        try:
+            while True:
+                with self._lock:
+                    frontier = self._frontier()
+                todo = frontier - self._hashed
+                if todo <= 0 or (not final and todo < HASH_STEP):
+                    return
+                if not self._hash_buffer:
+                    self._hash_buffer = bytearray(HASH_STEP)
+                block = self.partial.read_into(self._hash_buffer, self._hashed,
+                                               min(todo, HASH_STEP))
+                self._hasher.update(block)
+                self._hashed += len(block)
+        finally:
+            self._hash_lock.release()
+
     def part_request(self, index: int) -> FetchRequest | None:
         """Range (+ If-Range) for the rest of part ``index``; None when it is complete."""
         assert self.parts is not None
@@ -228,7 +284,7 @@ class Transfer:
         validator = validator_for(state) if state else None
         if validator is not None:
             headers["If-Range"] = validator
-        return self._with(headers)
+        return dataclasses.replace(self._with(headers), read_bufsize=PART_READ_BUFSIZE)
 
     def part_stream(self, index: int, status: int, headers: Mapping[str, str]) -> Stream:
         """Accept an answer only if it is exactly the asked range of the same file."""
@@ -247,6 +303,7 @@ class Transfer:
     def write_part(self, index: int, stream: Stream, data: bytes | memoryview) -> None:
         self.partial.write(data, stream.position)
         self.advance_part(index, stream, len(data))
+        self.hash_ahead()
 
     def advance_part(self, index: int, stream: Stream, nbytes: int) -> None:
         stream.position += nbytes
@@ -272,6 +329,7 @@ class Transfer:
     def fall_back(self) -> None:
         """The origin would not serve the parts: forget them, fetch one stream from zero."""
         self.parts = None
+        self._hasher, self._hashed = hashlib.sha256(), 0
         self.split_allowed = False
         self.partial.reset()
 
@@ -281,9 +339,10 @@ class Transfer:
         meter = stream.meter
         if stream.step is Step.PARALLEL:
             assert self.total is not None
+            self.hash_ahead(final=True)
             meter = BodyMeter(self.safe_url, expected_size=self.req.expected_size,
-                              expected_sha256=self.req.expected_sha256, offset=self.total,
-                              hasher=self.partial.hash_range(self.total))
+                              expected_sha256=self.req.expected_sha256, offset=self._hashed,
+                              hasher=self._hasher)
             meter.finish()
         elif stream.total is not None and meter.received != stream.total:
             raise TruncatedBodyError(

@@ -154,7 +154,8 @@ class AiohttpDriver:
         )
         try:
             return await session.get(
-                URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=timeout
+                URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=timeout,
+                read_bufsize=req.read_bufsize,
             )
         except Exception as exc:
             raise map_error(exc, url) from exc
