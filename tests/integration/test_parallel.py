@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.helpers import call, leftovers
 from tests.origin import Origin, sha256
@@ -72,8 +73,6 @@ def test_falls_back_to_one_stream_without_range_support(mode: str, origin: Origi
 @pytest.mark.parametrize("mode", MODES)
 def test_falls_back_without_length(mode: str, origin: Origin, conn: HTTPConnection,
                                    tmp_path: Path) -> None:
-    from aiohttp import web
-
     async def chunked(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()  # no Content-Length, no ranges: chunked
         response.enable_chunked_encoding()

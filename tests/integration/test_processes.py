@@ -12,11 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.helpers import leftovers
 from tests.origin import Origin, sha256
 from tests.ranged import RangeFile
-from vllm_fetch import HTTPConnection, RetryPolicy
+from vllm_fetch import FetchTimeoutError, HTTPConnection, RetryPolicy
+from vllm_fetch.download.locking import TargetLock
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ["sync", "async"]
@@ -144,3 +146,20 @@ def test_tasks_share_one_transfer(origin: Origin, tmp_path: Path) -> None:
     assert sha256(target.read_bytes()) == sha256(BODY)
     assert origin.count("/tasks") == 1
     assert ticks > 5  # the event loop kept running while the tasks waited for the lock
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_waiting_for_the_lock_respects_the_deadline(mode: str, origin: Origin,
+                                                    tmp_path: Path) -> None:
+    url = RangeFile(BODY).mount(origin, "/held")
+    target = tmp_path / "held.bin"
+    conn = HTTPConnection(retry=RetryPolicy.none())
+    held = TargetLock(target, url).lock_path
+    held.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(held), pytest.raises(FetchTimeoutError):
+        if mode == "sync":
+            conn.download_file(url, target, timeout=0.3)
+        else:
+            asyncio.run(conn.async_download_file(url, target, timeout=0.3))
+    assert origin.count("/held") == 0
+    assert leftovers(tmp_path) == []
