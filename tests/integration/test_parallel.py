@@ -159,3 +159,18 @@ def test_failed_parallel_call_resumes_parts_next_call(mode: str, origin: Origin,
     assert sha256(target.read_bytes()) == sha256(BODY)
     assert origin.bytes_sent - before < SIZE  # the second call did not start over
     assert leftovers(tmp_path) == ["pnext.bin"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reset_of_the_first_part_resumes_the_parts(mode: str, origin: Origin,
+                                                   conn: HTTPConnection, tmp_path: Path) -> None:
+    # request 0 is the probe that also carries part 0: drop it early
+    url = RangeFile(BODY, cuts={0: 100_000}).mount(origin, "/p0cut")
+    target = tmp_path / "p0cut.bin"
+    call(mode, conn, "download_file", url, target, connections=4,
+         expected_sha256=sha256(BODY))
+    assert sha256(target.read_bytes()) == sha256(BODY)
+    ranges = ranges_seen(origin, "/p0cut")
+    assert ranges[0] == "bytes=0-"
+    assert f"bytes=100000-{(SIZE + 3) // 4 - 1}" in ranges  # part 0 resumed where it broke
+    assert leftovers(tmp_path) == ["p0cut.bin"]

@@ -110,17 +110,20 @@ class Transfer:
 
     # -- the next request ------------------------------------------------------------------
     def next_request(self) -> FetchRequest | None:
-        """The whole-file request to send, or None when split parts are pending."""
-        if self.parts is None and not self._resume_parts():
-            offset = self.partial.contiguous()
-            state = self.partial.state
-            headers = plan_request(dataclasses.replace(state, offset=offset)) if state else {}
-            self._requested = offset if headers else 0
-            self._probing = not headers and self.split_allowed
-            if self._probing:
-                headers = {"Range": "bytes=0-"}
-            return self._with(headers)
-        return None
+        """The whole-file request to send, or None when split parts are pending (then every
+        unfinished part is up for grabs again, whoever had it in a failed attempt)."""
+        if self.parts is not None or self._resume_parts():
+            with self._lock:
+                self._claimed.clear()
+            return None
+        offset = self.partial.contiguous()
+        state = self.partial.state
+        headers = plan_request(dataclasses.replace(state, offset=offset)) if state else {}
+        self._requested = offset if headers else 0
+        self._probing = not headers and self.split_allowed
+        if self._probing:
+            headers = {"Range": "bytes=0-"}
+        return self._with(headers)
 
     def _with(self, headers: Mapping[str, str]) -> FetchRequest:
         return dataclasses.replace(self.req, headers={**self.req.headers, **headers})
@@ -166,7 +169,8 @@ class Transfer:
         meter = self._meter(headers, decision.offset, hasher)
         self.partial.save(decision.state_for(self.req.url))
         self.progress.start(decision.total, decision.offset)
-        return Stream(Step.STREAM, decision.offset, meter, hasher=hasher, total=decision.total)
+        total = None if is_encoded(headers) else decision.total  # a coded length is no size
+        return Stream(Step.STREAM, decision.offset, meter, hasher=hasher, total=total)
 
     def _meter(self, headers: Mapping[str, str], offset: int,
                hasher: hashlib._Hash) -> BodyMeter:
@@ -351,7 +355,7 @@ class Transfer:
         path = self.partial.publish()
         status, headers, url = self._final
         return DownloadResult(path, meter.received, meter.sha256,
-                              200 if status == 206 else status, headers, url)
+                              200 if status in (206, 416) else status, headers, url)
 
     def abandon(self, error: BaseException | None) -> None:
         """After the call failed: checkpoint parts, keep the partial for resume or remove it."""
