@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -207,3 +208,30 @@ def test_partial_without_validator_is_not_resumed(mode: str, origin: Origin,
     call(mode, conn, "download_file", url, target, connections=1)
     assert sha256(target.read_bytes()) == sha256(BODY)
     assert ranged_requests(origin, "/nov") == [None, None]  # no If-Range possible: restart
+
+
+def test_cancelled_async_download_is_resumed_later(origin: Origin, tmp_path: Path) -> None:
+    stall_at = SIZE // 2
+    url = RangeFile(BODY, stalls={0: stall_at}, stall_seconds=2.0).mount(origin, "/cancel")
+    target = tmp_path / "c.bin"
+
+    async def cancel_mid_body() -> None:
+        conn = HTTPConnection(retry=RetryPolicy.none())
+        task = asyncio.create_task(conn.async_download_file(url, target, connections=1))
+        while origin.bytes_sent < stall_at:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await conn.aclose()
+
+    asyncio.run(cancel_mid_body())
+    assert not target.exists()
+    kept = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert len(kept) == 1 and 0 < kept[0].stat().st_size <= stall_at
+    resumed_from = kept[0].stat().st_size
+    HTTPConnection(retry=RetryPolicy.none()).download_file(url, target, connections=1,
+                                                           expected_sha256=sha256(BODY))
+    assert sha256(target.read_bytes()) == sha256(BODY)
+    assert ranged_requests(origin, "/cancel")[1] == f"bytes={resumed_from}-"

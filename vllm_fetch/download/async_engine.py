@@ -128,8 +128,8 @@ async def _stream(driver: AiohttpDriver, transfer: Transfer, response: aiohttp.C
                 break
         await flush()
     except BaseException as exc:
-        if not isinstance(exc, (DiskError, asyncio.CancelledError)):
-            await flush()  # the bytes that did arrive are good: keep them for the resume
+        if not isinstance(exc, DiskError):
+            await flush()  # the bytes that did arrive are good (cancelled too): keep them
         raise
     finally:
         transfer.interrupted(stream)
