@@ -299,7 +299,7 @@ class HTTPConnection:
             raise ValueError(f"expected_size must be >= 0, got {expected_size}")
         return self._request(url, timeout=timeout, extra_headers=extra_headers,
                              chunk_size=chunk_size, expected_sha256=expected_sha256,
-                             expected_size=expected_size, hash_body=True)
+                             expected_size=expected_size)
 
     def download_file(
         self,

@@ -88,7 +88,9 @@ class Transfer:
 
     def __init__(self, req: FetchRequest, partial: Partial, options: DownloadOptions,
                  progress: Progress) -> None:
-        self.req = dataclasses.replace(req, hash_body=True)
+        self.req = req
+        #: sha256 only when asked (``hash_body``, e.g. by the cache) or checked (expected_sha256)
+        self.hashing = req.hash_body or req.expected_sha256 is not None
         self.partial = partial
         self.options = options
         self.progress = progress
@@ -165,15 +167,20 @@ class Transfer:
             return self._verify_existing(decision.offset)
         if decision.offset == 0:
             self.partial.reset()
-        hasher = self.partial.hasher_at(decision.offset) if decision.offset else hashlib.sha256()
+        hasher = self._hasher_at(decision.offset)
         meter = self._meter(headers, decision.offset, hasher)
         self.partial.save(decision.state_for(self.req.url))
         self.progress.start(decision.total, decision.offset)
         total = None if is_encoded(headers) else decision.total  # a coded length is no size
         return Stream(Step.STREAM, decision.offset, meter, hasher=hasher, total=total)
 
+    def _hasher_at(self, offset: int) -> hashlib._Hash | None:
+        if not self.hashing:
+            return None
+        return self.partial.hasher_at(offset) if offset else hashlib.sha256()
+
     def _meter(self, headers: Mapping[str, str], offset: int,
-               hasher: hashlib._Hash) -> BodyMeter:
+               hasher: hashlib._Hash | None) -> BodyMeter:
         length = parse_content_length(headers, self.safe_url)
         wire = None if is_encoded(headers) or length is None else offset + length
         return BodyMeter(self.safe_url, expected_length=wire, max_bytes=self.req.max_bytes,
@@ -183,7 +190,7 @@ class Transfer:
     def _verify_existing(self, size: int) -> Stream:
         meter = BodyMeter(self.safe_url, expected_size=self.req.expected_size,
                           expected_sha256=self.req.expected_sha256, offset=size,
-                          hasher=self.partial.hasher_at(size))
+                          hasher=self._hasher_at(size))
         try:
             meter.finish()
         except IntegrityError:
@@ -259,7 +266,7 @@ class Transfer:
     def hash_ahead(self, *, final: bool = False) -> None:
         """Extend the running sha256 over newly contiguous bytes (skipped if another thread is
         at it, unless ``final``: then wait and hash up to the end)."""
-        if not self._hash_lock.acquire(blocking=final):
+        if not self.hashing or not self._hash_lock.acquire(blocking=final):
             return
         try:
             while True:
@@ -345,8 +352,8 @@ class Transfer:
             assert self.total is not None
             self.hash_ahead(final=True)
             meter = BodyMeter(self.safe_url, expected_size=self.req.expected_size,
-                              expected_sha256=self.req.expected_sha256, offset=self._hashed,
-                              hasher=self._hasher)
+                              expected_sha256=self.req.expected_sha256, offset=self.total,
+                              hasher=self._hasher if self.hashing else None)
             meter.finish()
         elif stream.total is not None and meter.received != stream.total:
             raise TruncatedBodyError(
