@@ -17,6 +17,7 @@ Run: ``.venv/bin/python benchmarks/bench_parallel.py [--rounds 3] [--size-mib 25
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -58,14 +59,16 @@ CHILD = textwrap.dedent("""
     import asyncio, json, resource, sys, time
     from vllm_fetch import HTTPConnection
     mode, url, target, connections = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    sha = sys.argv[5] if len(sys.argv) > 5 else None
     conn = HTTPConnection()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if mode == "sync":
-        conn.download_file(url, target, connections=connections, progress=False)
+        conn.download_file(url, target, connections=connections, progress=False,
+                           expected_sha256=sha)
     else:
         asyncio.run(conn.async_download_file(url, target, connections=connections,
-                                             progress=False))
+                                             progress=False, expected_sha256=sha))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "rss_before_kib": before, "rss_peak_kib": peak}))
@@ -101,9 +104,11 @@ def start_nginx(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError(f"nginx did not start: {(root / 'error.log').read_text()}")
 
 
-def run_vllm_fetch(mode: str, url: str, target: Path, connections: int) -> dict[str, float]:
+def run_vllm_fetch(mode: str, url: str, target: Path, connections: int,
+                   sha256: str | None = None) -> dict[str, float]:
     target.unlink(missing_ok=True)
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, url, str(target), str(connections)],
+    args = [sys.executable, "-c", CHILD, mode, url, str(target), str(connections)]
+    out = subprocess.run(args + ([sha256] if sha256 else []),
                          check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
@@ -132,6 +137,7 @@ def main() -> None:
         root = Path(tmp)
         (root / "www").mkdir()
         make_file(root / "www" / "capped.bin", args.size_mib)
+        args.capped_sha256 = file_sha256(root / "www" / "capped.bin")
         make_file(root / "www" / "big.bin", args.rss_mib)
         out = root / "out"
         out.mkdir()
@@ -143,16 +149,28 @@ def main() -> None:
             nginx.wait(10)
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while block := source.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def bench(base: str, out: Path, args: argparse.Namespace) -> None:
     capped = f"{base}/capped/capped.bin"
-    times: dict[str, list[float]] = {"aria2c -x8 -s8": [], "vllm_fetch sync c=8": [],
-                                     "vllm_fetch async c=8": []}
+    sha = args.capped_sha256
     runners = {
         "aria2c -x8 -s8": lambda: run_aria2(capped, out / "a.bin"),
         "vllm_fetch sync c=8": lambda: run_vllm_fetch("sync", capped, out / "s.bin", 8)["seconds"],
         "vllm_fetch async c=8": lambda: run_vllm_fetch("async", capped, out / "s.bin",
                                                        8)["seconds"],
+        "sync c=8 +sha256": lambda: run_vllm_fetch("sync", capped, out / "s.bin", 8,
+                                                   sha)["seconds"],
+        "async c=8 +sha256": lambda: run_vllm_fetch("async", capped, out / "s.bin", 8,
+                                                    sha)["seconds"],
     }
+    times: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for round_number in range(0 if args.rss_only else args.rounds):
         order = names if round_number % 2 == 0 else names[::-1]

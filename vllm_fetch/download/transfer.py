@@ -54,7 +54,8 @@ from .progress import Progress
 MIN_EXPLICIT_PART = 256 * 1024
 #: Parallel part progress is written to the sidecar after this many new bytes (for kill -9).
 CHECKPOINT_BYTES = 32 * 1024 * 1024
-#: aiohttp read buffer of one part's response (its high-water mark is twice this).
+#: Read size of one part's response (aiohttp: its buffer, whose high-water mark is twice this;
+#: requests: its chunk size): up to 8 parts read at once, so this bounds peak memory.
 PART_READ_BUFSIZE = 256 * 1024
 #: ``hash_ahead`` waits for this many new contiguous bytes before reading them back.
 HASH_STEP = 1024 * 1024
@@ -295,7 +296,8 @@ class Transfer:
         validator = validator_for(state) if state else None
         if validator is not None:
             headers["If-Range"] = validator
-        return dataclasses.replace(self._with(headers), read_bufsize=PART_READ_BUFSIZE)
+        return dataclasses.replace(self._with(headers), read_bufsize=PART_READ_BUFSIZE,
+                                   chunk_size=min(self.req.chunk_size, PART_READ_BUFSIZE))
 
     def part_stream(self, index: int, status: int, headers: Mapping[str, str]) -> Stream:
         """Accept an answer only if it is exactly the asked range of the same file."""
