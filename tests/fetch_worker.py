@@ -3,6 +3,7 @@
 ``python -m tests.fetch_worker MODE URL TARGET [SYNC_DIR]``: with SYNC_DIR, announce readiness
 (a file named by the pid) and wait for ``SYNC_DIR/go`` so every worker starts at once. Prints
 the sha256 of the target as this process saw it right after the call returned.
+``FETCH_WORKER_CONNECTIONS`` sets ``connections`` (default 1).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ def main() -> None:
         (sync_dir / str(os.getpid())).touch()
         while not (sync_dir / "go").exists():
             time.sleep(0.01)
+    connections = int(os.environ.get("FETCH_WORKER_CONNECTIONS", "1"))
     conn = HTTPConnection(retry=RetryPolicy(max_attempts=3, backoff_base=0.01))
     if mode == "sync":
-        path = conn.download_file(url, target, connections=1, progress=False)
+        path = conn.download_file(url, target, connections=connections, progress=False)
     else:
-        path = asyncio.run(conn.async_download_file(url, target, connections=1, progress=False))
+        path = asyncio.run(conn.async_download_file(url, target, connections=connections,
+                                                    progress=False))
     print(hashlib.sha256(path.read_bytes()).hexdigest(), flush=True)
 
 

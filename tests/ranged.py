@@ -33,6 +33,8 @@ class RangeFile:
     #: request number -> absolute offset where the origin stalls (sleeps ``stall_seconds``)
     stalls: dict[int, int] = field(default_factory=dict)
     stall_seconds: float = 30.0
+    #: once the origin has sent this many bytes in all, every response stalls
+    stall_total: int | None = None
     #: seconds to sleep after each 64 KiB block (a slow link, so downloads overlap)
     delay: float = 0.0
     #: called with the request number before answering (tests swap versions here)
@@ -101,6 +103,9 @@ class RangeFile:
             if stall is not None and position >= stall:
                 await asyncio.sleep(self.stall_seconds)
                 stall = None
+            assert self.origin is not None
+            if self.stall_total is not None and self.origin.bytes_sent >= self.stall_total:
+                await asyncio.sleep(self.stall_seconds)
             limits = [x for x in (cut, stall) if x is not None and x > position]
             block_end = min([stop, position + SEND_BLOCK, *limits])
             await response.write(self.data[position:block_end])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -163,3 +164,41 @@ def test_waiting_for_the_lock_respects_the_deadline(mode: str, origin: Origin,
             asyncio.run(conn.async_download_file(url, target, timeout=0.3))
     assert origin.count("/held") == 0
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_mid_parallel_download_then_resume_parts(mode: str, origin: Origin,
+                                                         tmp_path: Path) -> None:
+    served = RangeFile(BODY, stall_total=SIZE // 2, stall_seconds=1.0)
+    url = served.mount(origin, "/pkilled")
+    target = tmp_path / "pk.bin"
+    proc = worker(mode, url, target, env={"FETCH_WORKER_CONNECTIONS": "4"})
+
+    def checkpointed() -> bool:
+        sidecars = [p for p in tmp_path.iterdir() if p.name.endswith(".part.json")]
+        try:
+            parts = json.loads(sidecars[0].read_text()).get("parts") if sidecars else None
+        except ValueError:  # caught mid-replace
+            return False
+        return bool(parts) and sum(part[2] for part in parts) >= SIZE // 4
+
+    try:
+        wait_for(checkpointed)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    assert not target.exists()
+    served.stall_total = None
+    first_call = origin.count("/pkilled")
+    sent_before = origin.bytes_sent
+    conn = HTTPConnection(retry=RetryPolicy.none())
+    if mode == "sync":
+        conn.download_file(url, target, connections=4, expected_sha256=sha256(BODY))
+    else:
+        asyncio.run(conn.async_download_file(url, target, connections=4,
+                                             expected_sha256=sha256(BODY)))
+    assert sha256(target.read_bytes()) == sha256(BODY)
+    resumed = [seen.headers.get("Range") for seen in origin.seen("/pkilled")[first_call:]]
+    assert resumed and all(r is not None and not r.endswith("-") for r in resumed)  # no probe
+    assert origin.bytes_sent - sent_before <= SIZE * 3 // 4  # only what was missing
+    assert leftovers(tmp_path) == ["pk.bin"]

@@ -52,8 +52,10 @@ from .progress import Progress
 
 #: With an explicit ``connections=N``, parts may be this small (the automatic choice uses 8 MiB).
 MIN_EXPLICIT_PART = 256 * 1024
-#: Parallel part progress is written to the sidecar after this many new bytes (for kill -9).
+#: Parallel part progress is written to the sidecar after this many new bytes (for kill -9),
+#: or after 1/16 of the file when that is less (but never more often than every 64 KiB).
 CHECKPOINT_BYTES = 32 * 1024 * 1024
+MIN_CHECKPOINT_BYTES = 64 * 1024
 #: Read size of one part's response (aiohttp: its buffer, whose high-water mark is twice this;
 #: requests: its chunk size): up to 8 parts read at once, so this bounds peak memory.
 PART_READ_BUFSIZE = 256 * 1024
@@ -109,6 +111,7 @@ class Transfer:
         self._probing = False
         self._lock = threading.Lock()
         self._unsaved = 0
+        self._checkpoint = CHECKPOINT_BYTES
         self._final: tuple[int, dict[str, str], str] = (200, {}, req.url)
 
     # -- the next request ------------------------------------------------------------------
@@ -140,6 +143,7 @@ class Transfer:
             return False
         self.parts = [PartProgress(*part) for part in state.parts]
         self.total = state.total
+        self._checkpoint = _checkpoint_every(state.total)
         self.workers = min(len(self.parts), self.options.connections
                            or auto_connections(state.total, accepts_ranges=True))
         self._claimed.clear()
@@ -217,6 +221,7 @@ class Transfer:
         self.partial.reset()
         preallocate(self.partial.open(), total, self.partial.path)
         self.total = total
+        self._checkpoint = _checkpoint_every(total)
         self.parts = [PartProgress(start, end) for start, end in ranges]
         self._claimed = {0}  # part 0 is the head of the probe's body
         state = PartialState(0, header_value(headers, "ETag"),
@@ -328,7 +333,7 @@ class Transfer:
         with self._lock:
             self.parts[index] = self.parts[index].advanced(nbytes)
             self._unsaved += nbytes
-            if self._unsaved >= CHECKPOINT_BYTES:
+            if self._unsaved >= self._checkpoint:
                 self._unsaved = 0
                 self._save_parts()
         self.progress.add(nbytes)
@@ -372,6 +377,10 @@ class Transfer:
             with self._lock:
                 self._save_parts()
         self.partial.abandon(error)
+
+
+def _checkpoint_every(total: int | None) -> int:
+    return max(MIN_CHECKPOINT_BYTES, min(CHECKPOINT_BYTES, (total or 0) // 16))
 
 
 def parts_done(transfer: Transfer) -> Stream:
