@@ -89,6 +89,14 @@ class RangeFile:
         await self._send(request, response, number, start, end + 1)
         return response
 
+    async def _stall(self, request: web.Request) -> None:
+        """Send nothing for ``stall_seconds``, or until the client hangs up."""
+        end = asyncio.get_running_loop().time() + self.stall_seconds
+        while asyncio.get_running_loop().time() < end:
+            if request.transport is None or request.transport.is_closing():
+                return
+            await asyncio.sleep(0.02)
+
     async def _send(self, request: web.Request, response: web.StreamResponse, number: int,
                     start: int, stop: int) -> None:
         cut = self.cuts.get(number, self.cut_ranges.pop(start, None))
@@ -101,11 +109,13 @@ class RangeFile:
                 request.transport.close()
                 return
             if stall is not None and position >= stall:
-                await asyncio.sleep(self.stall_seconds)
+                await self._stall(request)
                 stall = None
             assert self.origin is not None
             if self.stall_total is not None and self.origin.bytes_sent >= self.stall_total:
-                await asyncio.sleep(self.stall_seconds)
+                await self._stall(request)
+            if request.transport is None or request.transport.is_closing():
+                return
             limits = [x for x in (cut, stall) if x is not None and x > position]
             block_end = min([stop, position + SEND_BLOCK, *limits])
             await response.write(self.data[position:block_end])
