@@ -53,12 +53,10 @@ async def download(driver: AiohttpDriver, req: FetchRequest, target: Path,
     progress = Progress(options.progress, target.name)
     try:
         async with lock.ahold(req.deadline):
-            reused = await _off_loop(lock.reusable, req.expected_sha256,
-                                             req.expected_size)
+            reused = await _off_loop(lock.reusable, req.expected_sha256, req.expected_size)
             if reused is not None:
                 return reused
-            partial = await _off_loop(Partial.claim, target, req.url,
-                                              resume=options.resume)
+            partial = await _off_loop(Partial.claim, target, req.url, resume=options.resume)
             transfer = Transfer(req, partial, options, progress)
             try:
                 result: DownloadResult = await async_retrying(
@@ -80,7 +78,7 @@ async def _attempt(driver: AiohttpDriver, transfer: Transfer) -> DownloadResult:
                 return await _run_parts(driver, session, transfer, None)
             async with await driver.open(session, request) as response:
                 stream = await _off_loop(transfer.on_response, response.status,
-                                                 response.headers, str(response.url))
+                                         response.headers, str(response.url))
                 if stream.step is Step.AGAIN:
                     continue
                 if stream.step is Step.PARALLEL:
