@@ -174,3 +174,25 @@ def test_reset_of_the_first_part_resumes_the_parts(mode: str, origin: Origin,
     assert ranges[0] == "bytes=0-"
     assert f"bytes=100000-{(SIZE + 3) // 4 - 1}" in ranges  # part 0 resumed where it broke
     assert leftovers(tmp_path) == ["p0cut.bin"]
+
+
+BIG = os.urandom(1024 * 1024) * 64 + b"tail"  # just over 64 MiB: the automatic split starts
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_automatic_connections_for_a_large_file(mode: str, origin: Origin,
+                                                conn: HTTPConnection, tmp_path: Path) -> None:
+    url = RangeFile(BIG).mount(origin, "/big")
+    target = tmp_path / "big.bin"
+    call(mode, conn, "download_file", url, target, progress=False)
+    assert sha256(target.read_bytes()) == sha256(BIG)
+    ranges = ranges_seen(origin, "/big")
+    assert ranges[0] == "bytes=0-" and len(ranges) > 1 and covered(ranges, len(BIG))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_small_expected_size_skips_the_probe(mode: str, origin: Origin, conn: HTTPConnection,
+                                             tmp_path: Path) -> None:
+    url = RangeFile(BODY).mount(origin, "/small")
+    call(mode, conn, "download_file", url, tmp_path / "s.bin", expected_size=SIZE)
+    assert ranges_seen(origin, "/small") == [None]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from ..core.body import BodyMeter, is_encoded, parse_content_length
 from ..core.ranges import (
     DEFAULT_MIN_PART,
+    MIN_PARALLEL_SIZE,
     PartProgress,
     auto_connections,
     part_response_ok,
@@ -98,7 +99,10 @@ class Transfer:
         self.options = options
         self.progress = progress
         self.safe_url = redact_url(req.url)
-        self.split_allowed = options.connections != 1
+        # No probe when one stream is certain: forced, or a known size too small to split.
+        small = req.expected_size is not None and req.expected_size < MIN_PARALLEL_SIZE
+        self.split_allowed = options.connections != 1 and not (
+            options.connections is None and small)
         self.parts: list[PartProgress] | None = None
         self.total: int | None = None
         self.workers = 1  # connections for the parts
