@@ -99,11 +99,19 @@ class Origin:
         ready.wait(10)
         return self
 
+    @staticmethod
+    async def _shutdown(runner: web.AppRunner) -> None:
+        await runner.cleanup()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:  # handlers still sleeping are cancelled, not destroyed pending
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     def stop(self) -> None:
         loop, runner = self._loop, self._runner
         if loop is None or runner is None:
             return
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._shutdown(runner), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         assert self._thread is not None
         self._thread.join(10)

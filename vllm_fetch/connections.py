@@ -19,7 +19,7 @@ import requests
 from ._version import DEFAULT_USER_AGENT
 from .async_response import AsyncResponseContext
 from .config import env_flag, env_float
-from .core.address_policy import URLPolicy
+from .core.address_policy import Resolver, URLPolicy
 from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
@@ -37,6 +37,20 @@ from .retry_loop import async_retrying, sync_retrying
 DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
 
 
+def proxies_allowed(policy: URLPolicy, trust_env: bool | None) -> bool:
+    """Whether environment proxies (and .netrc) are honoured.
+
+    An explicit ``trust_env`` argument, else ``$VLLM_FETCH_TRUST_ENV`` when set, else: yes,
+    unless the policy restricts what may be fetched, because a proxy resolves and dials names
+    itself and would bypass ``block_private_ips`` and the per-address checks.
+    """
+    if trust_env is not None:
+        return trust_env
+    if os.environ.get("VLLM_FETCH_TRUST_ENV", "").strip():
+        return env_flag("VLLM_FETCH_TRUST_ENV", True)
+    return not policy.restricts
+
+
 class HTTPConnection:
     """Helper class to send HTTP requests, with retries, redirects under policy and safe files.
 
@@ -51,20 +65,29 @@ class HTTPConnection:
         reuse_client: bool = True,
         retry: RetryPolicy | None = None,
         allowed_domains: Iterable[str] | None = None,
-        block_private_ips: bool = False,
+        block_private_ips: bool | None = None,
         max_bytes: int | None = None,
         max_redirects: int = 10,
         user_agent: str | None = None,
         idle_timeout: float | None = None,
         connect_timeout: float | None = None,
         trust_env: bool | None = None,
+        allowed_networks: Iterable[str] | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
+        """``block_private_ips=None`` reads ``$VLLM_FETCH_BLOCK_PRIVATE_IPS`` (default off).
+        ``allowed_networks`` (e.g. ``["10.1.2.0/24"]``) are exempt from it. ``resolver`` is a
+        DNS hook ``(host, port) -> addresses``; see the README's "Fetching untrusted URLs"."""
         if max_redirects < 0:
             raise ValueError("max_redirects must be >= 0")
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
         self.reuse_client = reuse_client
         self.retry = retry if retry is not None else RetryPolicy.from_env()
         self.max_bytes = max_bytes
-        policy = URLPolicy.build(allowed_domains, block_private_ips)
+        if block_private_ips is None:
+            block_private_ips = env_flag("VLLM_FETCH_BLOCK_PRIVATE_IPS", False)
+        policy = URLPolicy.build(allowed_domains, block_private_ips, allowed_networks)
         self.url_policy = policy
         options = TransportOptions(
             user_agent=user_agent or DEFAULT_USER_AGENT,
@@ -72,7 +95,8 @@ class HTTPConnection:
             idle_timeout=idle_timeout or env_float("VLLM_FETCH_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT),
             connect_timeout=connect_timeout or DEFAULT_CONNECT_TIMEOUT,
             max_redirects=max_redirects,
-            trust_env=env_flag("VLLM_FETCH_TRUST_ENV", True) if trust_env is None else trust_env,
+            trust_env=proxies_allowed(policy, trust_env),
+            resolver=resolver,
         )
         self.options = options
         self._sync = RequestsDriver(options, reuse_client=reuse_client)

@@ -77,9 +77,18 @@ class DemoOrigin:
         self._ready.wait(10)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def _shutdown(self) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            await self._runner.cleanup()
+        # handlers still sleeping (the stall) are cancelled, not destroyed pending
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()

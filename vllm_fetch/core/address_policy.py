@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import BlockedURLError
+import idna
+
+from ..errors import BlockedURLError, InvalidURLError
 from .urls import origin_of, redact_url, validate_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: A DNS hook: ``(host, port) -> addresses`` as strings. Drivers call it once per connection.
+Resolver = Callable[[str, int], Sequence[str]]
 
-DENIED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+DENIED_NETWORKS: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(net)
     for net in (
         "0.0.0.0/8",  # "this network", unspecified
@@ -59,29 +64,35 @@ CROSS_ORIGIN_SAFE_HEADERS = frozenset(
 )
 
 
-def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo)."""
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address carries (mapped, compatible, NAT64, 6to4, and both
+    the server and the client of a Teredo address); empty for a plain IPv6 address."""
     if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+        return (address.ipv4_mapped,)
     packed = address.packed
     if packed[:12] == bytes(12) and int(address) > 1:  # IPv4-compatible ::a.b.c.d
-        return ipaddress.IPv4Address(packed[12:])
+        return (ipaddress.IPv4Address(packed[12:]),)
     if any(address in net for net in _NAT64):
-        return ipaddress.IPv4Address(packed[12:])
-    if address in _SIX_TO_FOUR:
-        return address.sixtofour
+        return (ipaddress.IPv4Address(packed[12:]),)
+    if address in _SIX_TO_FOUR and address.sixtofour is not None:
+        return (address.sixtofour,)
     if address in _TEREDO and address.teredo is not None:
-        return address.teredo[1]
-    return None
+        return address.teredo
+    return ()
 
 
-def is_denied_address(address: IPAddress) -> bool:
-    """True for any address ``block_private_ips`` refuses."""
+def is_denied_address(address: IPAddress, allowed: Iterable[IPNetwork] = ()) -> bool:
+    """True for any address ``block_private_ips`` refuses.
+
+    ``allowed`` exempts networks the caller trusts (an internal model store, say); only the
+    address itself is compared with them, never an IPv4 address embedded in it.
+    """
+    if any(address in net for net in allowed if net.version == address.version):
+        return False
     if isinstance(address, ipaddress.IPv6Address):
         if address.scope_id:
             return True
-        inner = embedded_ipv4(address)
-        if inner is not None and is_denied_address(inner):
+        if any(is_denied_address(inner) for inner in embedded_ipv4(address)):
             return True
     return any(address in net for net in DENIED_NETWORKS if net.version == address.version)
 
@@ -94,70 +105,127 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     """
     host = host.strip("[]")
     try:
-        return ipaddress.ip_address(host.split("%", 1)[0] if ":" in host else host)
+        return ipaddress.ip_address(host)  # an IPv6 zone id is kept: scoped addresses are denied
     except ValueError:
         pass
     if ":" in host:
         return None
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
 
 
 def normalize_host(host: str) -> str:
-    return host.lower().rstrip(".")
+    """A host name as compared and dialed: lower case, no trailing dot, IDNA (UTS 46) encoded.
+
+    The same mapping yarl and urllib3 apply, so fullwidth digits or circled letters are checked
+    as the ``127.0.0.1`` / ``localhost`` they turn into. Raises InvalidURLError when it cannot be
+    encoded.
+    """
+    host = host.strip().rstrip(".").lower()
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii").lower().rstrip(".")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        raise InvalidURLError("Invalid HTTP URL: the host is not a valid IDNA name") from None
+
+
+def dialed_host(url: str) -> str:
+    """The normalised host a client will connect to for ``url`` (already validated).
+
+    Refuses the spellings HTTP libraries disagree about (parser differentials): a ``%`` in a
+    host name (WHATWG decodes it, RFC 3986 parsers keep it), and more than one ``@`` in the
+    authority. A ``%`` is allowed only as the zone id of a bracketed IPv6 address.
+    """
+    netloc = urlsplit(url).netloc
+    bracketed = netloc.rpartition("@")[2].startswith("[")
+    if netloc.count("@") > 1:
+        raise InvalidURLError(f"Invalid HTTP URL: more than one '@' in {redact_url(url)}")
+    host = urlsplit(url).hostname or ""
+    if "%" in host and not bracketed:
+        raise InvalidURLError(f"Invalid HTTP URL: a '%' in the host of {redact_url(url)}")
+    if bracketed:
+        return host.replace("%25", "%", 1)  # the zone id as clients decode and dial it
+    return normalize_host(host)
 
 
 @dataclass(frozen=True)
 class URLPolicy:
-    """What a connection may fetch: ``allowed_domains`` (exact host names; subdomains do not
-    match) and ``block_private_ips``. Checked for the first URL and for every redirect hop."""
+    """What a connection may fetch, checked for the first URL and for every redirect hop.
+
+    - ``allowed_domains``: exact host names (case and a trailing dot ignored); subdomains do
+      **not** match: ``example.com`` does not allow ``cdn.example.com``. None allows any host.
+    - ``block_private_ips``: refuse hosts that are, or resolve to, a denied address
+      (:data:`DENIED_NETWORKS`, embedded IPv4 forms included) and local names such as
+      ``localhost``. ``allowed_networks`` are exempt from it.
+    """
 
     allowed_domains: frozenset[str] | None = None
     block_private_ips: bool = False
+    allowed_networks: tuple[IPNetwork, ...] = ()
 
     @classmethod
-    def build(cls, allowed_domains: Iterable[str] | None, block_private_ips: bool) -> URLPolicy:
-        if isinstance(allowed_domains, str):
-            raise TypeError("allowed_domains must be an iterable of host names, not a string")
+    def build(
+        cls,
+        allowed_domains: Iterable[str] | None,
+        block_private_ips: bool,
+        allowed_networks: Iterable[str] | None = None,
+    ) -> URLPolicy:
+        for name, value in (("allowed_domains", allowed_domains),
+                            ("allowed_networks", allowed_networks)):
+            if isinstance(value, str):
+                raise TypeError(f"{name} must be an iterable of strings, not a string")
         domains = (
             None if allowed_domains is None
             else frozenset(normalize_host(d) for d in allowed_domains)
         )
-        return cls(allowed_domains=domains, block_private_ips=block_private_ips)
+        networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks or ())
+        return cls(allowed_domains=domains, block_private_ips=block_private_ips,
+                   allowed_networks=networks)
+
+    @property
+    def restricts(self) -> bool:
+        """True when the policy can refuse a URL: then every request URL is checked (raw
+        sessions too) and environment proxies are off unless the caller allows them."""
+        return self.block_private_ips or self.allowed_domains is not None
+
+    @property
+    def guards_addresses(self) -> bool:
+        """True when every resolved address must be checked before it is dialed."""
+        return self.block_private_ips
 
     def check_url(self, url: str) -> str:
         """Validate ``url`` and refuse it if the policy forbids its host. Returns it unchanged."""
         validate_url(url)
-        host = normalize_host(urlsplit(url).hostname or "")
+        host = dialed_host(url)
+        safe = redact_url(url)
         if self.allowed_domains is not None and host not in self.allowed_domains:
-            raise BlockedURLError(
-                f"{redact_url(url)} is refused: host not in allowed_domains", url=redact_url(url)
-            )
+            raise BlockedURLError(f"{safe} is refused: host not in allowed_domains", url=safe)
         if self.block_private_ips:
             literal = parse_ip_literal(host)
             if literal is not None:
-                self.check_addresses(url, [literal])
+                self.check_addresses(safe, [literal])
             elif host in _LOCAL_NAMES or host.endswith(".localhost"):
-                raise BlockedURLError(
-                    f"{redact_url(url)} is refused: a local host name", url=redact_url(url)
-                )
+                raise BlockedURLError(f"{safe} is refused: a local host name", url=safe)
         return url
 
-    def check_addresses(self, url: str, addresses: Iterable[IPAddress | str]) -> None:
-        """Refuse (fail closed) when any resolved address is denied, or when there is none."""
+    def check_addresses(self, target: str, addresses: Iterable[IPAddress | str]) -> None:
+        """Refuse (fail closed) when any resolved address is denied, or when there is none.
+
+        ``target`` names what is being checked in the error (a redacted URL or ``host:port``);
+        the addresses themselves are never put in a message a remote user might see.
+        """
         if not self.block_private_ips:
             return
         parsed = [ipaddress.ip_address(a) if isinstance(a, str) else a for a in addresses]
         if not parsed:
-            raise BlockedURLError(f"{redact_url(url)} resolved to no address", url=redact_url(url))
-        for address in parsed:
-            if is_denied_address(address):
-                raise BlockedURLError(
-                    f"{redact_url(url)} is refused: it resolves to a private or reserved address",
-                    url=redact_url(url),
-                )
+            raise BlockedURLError(f"{target} resolved to no address", url=target)
+        if any(is_denied_address(a, self.allowed_networks) for a in parsed):
+            raise BlockedURLError(
+                f"{target} is refused: it resolves to a private or reserved address", url=target
+            )
 
 
 def redirect_target(url: str, location: str) -> str:

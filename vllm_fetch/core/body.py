@@ -89,12 +89,20 @@ class BodyMeter:
                 f"{url} announces {expected_length} bytes, expected {expected_size}", url=url
             )
 
+    def read_size(self, chunk_size: int) -> int:
+        """How much to read next: ``chunk_size``, but never past ``max_bytes + 1`` in all, so
+        an oversized body is noticed after reading exactly one byte too many (fault F16)."""
+        if self.max_bytes is None:
+            return chunk_size
+        return max(1, min(chunk_size, self.max_bytes + 1 - self.received))
+
     def feed(self, chunk: bytes) -> None:
         """Account for one chunk; raise as soon as a limit is passed (stop at max_bytes + 1)."""
         self.received += len(chunk)
         if self.max_bytes is not None and self.received > self.max_bytes:
             raise SizeLimitExceededError(
-                f"body of {self.url} is larger than max_bytes={self.max_bytes}", url=self.url
+                f"body of {self.url} is larger than max_bytes={self.max_bytes} "
+                f"({self.received} bytes read)", url=self.url
             )
         if self.expected_size is not None and self.received > self.expected_size:
             raise ChecksumMismatchError(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 
 if TYPE_CHECKING:
-    from .address_policy import URLPolicy
+    from .address_policy import Resolver, URLPolicy
 
 #: Default read size for streaming bodies. Chosen by benchmarks/bench_download.py: 1 MiB reads
 #: keep the per-chunk Python overhead negligible while memory stays bounded.
@@ -25,6 +25,9 @@ class TransportOptions:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_redirects: int = 10
     trust_env: bool = True
+    #: DNS hook ``(host, port) -> addresses``; when set (or when the policy blocks private
+    #: addresses) connections dial only the addresses it returned, after checking them.
+    resolver: Resolver | None = None
 
 
 @dataclass(frozen=True)

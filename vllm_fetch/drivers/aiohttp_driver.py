@@ -30,6 +30,8 @@ from ..errors import (
     ResponseHeadersError,
     TruncatedBodyError,
 )
+from .address_guard import address_guard
+from .aiohttp_resolver import PinnedResolver, literal_check_trace
 
 #: aiohttp's read buffer; its 64 KiB default makes many tiny chunks on fast links.
 READ_BUFSIZE = 1024 * 1024
@@ -57,6 +59,8 @@ def map_error(exc: BaseException, url: str) -> FetchError:
         return ResponseHeadersError(f"malformed response headers from {safe}", url=safe)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return FetchConnectionError(f"cannot fetch {safe}: {type(exc).__name__}", url=safe)
+    if isinstance(exc, ValueError):  # e.g. an Authorization header and userinfo in the URL
+        return InvalidURLError(f"cannot send {safe}: {type(exc).__name__}", url=safe)
     raise exc
 
 
@@ -112,12 +116,24 @@ class AiohttpDriver:
         self._sessions = _LoopSessions(self.new_session)
 
     def new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=100, limit_per_host=0)
+        """A session whose connector dials only checked addresses when the policy asks for it.
+
+        No cookie jar: a session is shared by every caller of the connection, so a cookie one
+        origin set must never ride along on another caller's request.
+        """
+        guard = address_guard(self.options)
+        connector = aiohttp.TCPConnector(
+            limit=100, limit_per_host=0,
+            resolver=PinnedResolver(guard) if guard is not None else None,
+        )
+        policy = self.options.policy
         return aiohttp.ClientSession(
             connector=connector,
             trust_env=self.options.trust_env,
             read_bufsize=READ_BUFSIZE,
             auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=[literal_check_trace(policy)] if policy.restricts else None,
         )
 
     async def session(self) -> aiohttp.ClientSession:
@@ -158,7 +174,8 @@ class AiohttpDriver:
                 read_bufsize=req.read_bufsize,
             )
         except Exception as exc:
-            raise map_error(exc, url) from exc
+            # not chained: aiohttp's own exceptions quote the full URL, query string included
+            raise map_error(exc, url) from None
 
     async def open(
         self, session: aiohttp.ClientSession, req: FetchRequest

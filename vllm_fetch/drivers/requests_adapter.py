@@ -1,22 +1,37 @@
-"""A requests adapter that sends the request target byte-for-byte as the caller wrote it.
+"""The requests adapter vllm_fetch mounts: verbatim request targets and pinned addresses.
 
-urllib3 normalises percent-escapes in the target (``%7e`` -> ``%7E``), which breaks signatures
-that cover the raw query. The driver names the verbatim target for the current call; the pool
-uses it only when urllib3's own encoding of it is exactly what urllib3 was about to send, so
-nothing that urllib3 would have had to escape is ever sent raw.
+Verbatim targets: urllib3 normalises percent-escapes in the target (``%7e`` -> ``%7E``), which
+breaks signatures that cover the raw query. The driver names the verbatim target for the current
+call; the pool uses it only when urllib3's own encoding of it is exactly what urllib3 was about
+to send, so nothing that urllib3 would have had to escape is ever sent raw.
+
+Pinned addresses: with an :class:`AddressGuard`, each new connection resolves its host once
+through the guard (every answer checked) and connects to one of those addresses. ``self.host``
+is left alone, so the Host header, TLS SNI and the certificate check still use the name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import socket
+import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import urlsplit
 
+from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import connection
 from urllib3.util.url import _encode_target
+
+from ..core.address_policy import URLPolicy
+from .address_guard import AddressGuard
+
+_Pool = TypeVar("_Pool", bound=HTTPConnectionPool)
 
 _VERBATIM_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "vllm_fetch_verbatim_target", default=None
@@ -55,12 +70,79 @@ class VerbatimHTTPSConnectionPool(_VerbatimTargetMixin, HTTPSConnectionPool):
     pass
 
 
+class _PinnedConnectionMixin:
+    """``_new_conn`` of urllib3's HTTP(S)Connection, dialing only the guard's addresses."""
+
+    guard: ClassVar[AddressGuard]
+    _dns_host: str
+    port: int
+    timeout: float | None
+    source_address: tuple[str, int] | None
+    socket_options: connection._TYPE_SOCKET_OPTIONS | None
+
+    def _new_conn(self) -> socket.socket:
+        host = cast(HTTPConnection, self).host
+        try:
+            addresses = self.guard.resolve(self._dns_host, self.port)
+        except socket.gaierror as exc:
+            raise NameResolutionError(host, cast(HTTPConnection, self), exc) from exc
+        failure: OSError | None = None
+        for address in addresses:
+            try:
+                sock = connection.create_connection(
+                    (address, self.port), self.timeout, source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except TimeoutError as exc:
+                raise ConnectTimeoutError(
+                    self, f"Connection to {host} timed out. (connect timeout={self.timeout})"
+                ) from exc
+            except OSError as exc:
+                failure = exc
+                continue
+            sys.audit("http.client.connect", self, host, self.port)
+            return sock
+        raise NewConnectionError(
+            cast(HTTPConnection, self), f"Failed to establish a new connection: {failure}"
+        )
+
+
+def _pinned_pool(pool: type[_Pool], guard: AddressGuard) -> type[_Pool]:
+    """A subclass of ``pool`` whose connections dial only addresses ``guard`` checked."""
+    base = pool.ConnectionCls
+    conn_cls = type(f"Pinned{base.__name__}", (_PinnedConnectionMixin, base), {"guard": guard})
+    return cast("type[_Pool]", type(f"Pinned{pool.__name__}", (pool,),
+                                    {"ConnectionCls": conn_cls}))
+
+
 class FetchAdapter(HTTPAdapter):
-    """The adapter every vllm_fetch ``requests.Session`` mounts for http and https."""
+    """The adapter every vllm_fetch ``requests.Session`` mounts for http and https.
+
+    With a ``guard``, direct connections are pinned to checked addresses. Connections through
+    a proxy are not (the proxy resolves the name), which is why proxies are off by default
+    whenever the URL policy restricts anything. With a restricting ``policy``, every request
+    URL is checked before it is sent, also for callers using ``get_sync_client()`` directly
+    (and the redirects requests follows for them).
+    """
+
+    __attrs__ = [*HTTPAdapter.__attrs__, "guard", "policy"]  # noqa: RUF012 - pickles keep them
+
+    def __init__(self, guard: AddressGuard | None = None, policy: URLPolicy | None = None,
+                 **kwargs: Any) -> None:
+        self.guard = guard  # init_poolmanager (called by HTTPAdapter.__init__) reads it
+        self.policy = policy
+        super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": VerbatimHTTPConnectionPool,
-            "https": VerbatimHTTPSConnectionPool,
-        }
+        http: type[HTTPConnectionPool] = VerbatimHTTPConnectionPool
+        https: type[HTTPConnectionPool] = VerbatimHTTPSConnectionPool
+        guard = getattr(self, "guard", None)
+        if guard is not None:
+            http, https = _pinned_pool(http, guard), _pinned_pool(https, guard)
+        self.poolmanager.pool_classes_by_scheme = {"http": http, "https": https}
+
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        if self.policy is not None and request.url is not None:
+            self.policy.check_url(request.url)
+        return super().send(request, *args, **kwargs)

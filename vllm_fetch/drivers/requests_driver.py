@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.cookiejar
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +28,31 @@ from ..errors import (
     IdleTimeoutError,
     IntegrityError,
     InvalidURLError,
+    ResponseHeadersError,
     TruncatedBodyError,
 )
+from .address_guard import address_guard
 from .requests_adapter import FetchAdapter, verbatim_target
+
+
+def _wrapped(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
+    """``exc`` and the exceptions requests and urllib3 wrapped inside it (args and causes)."""
+    yield exc
+    if depth:
+        inner = [a for a in exc.args if isinstance(a, BaseException)] + [exc.__cause__]
+        for nested in inner:
+            if nested is not None and nested is not exc:
+                yield from _wrapped(nested, depth - 1)
+
+
+def is_header_limit(exc: BaseException) -> bool:
+    """True when http.client refused the response head: a header line over 64 KiB, or more
+    than 100 header fields (fault F20)."""
+    return any(
+        isinstance(e, http.client.LineTooLong)
+        or (type(e) is http.client.HTTPException and "headers" in str(e))
+        for e in _wrapped(exc)
+    )
 
 
 def map_error(exc: BaseException, url: str) -> FetchError:
@@ -35,6 +60,9 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     safe = redact_url(url)
     if isinstance(exc, FetchError):
         return exc
+    if is_header_limit(exc):
+        return ResponseHeadersError(f"oversized or too many response headers from {safe}",
+                                    url=safe)
     if isinstance(exc, (requests.ConnectTimeout, u3.ConnectTimeoutError)):
         return FetchTimeoutError(f"timed out connecting to {safe}", url=safe)
     if isinstance(exc, (requests.ReadTimeout, u3.ReadTimeoutError)):
@@ -55,6 +83,11 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     raise exc
 
 
+def ca_bundle_from_env() -> str | bool:
+    """``$REQUESTS_CA_BUNDLE`` / ``$CURL_CA_BUNDLE`` as requests reads them, else True."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+
 class RequestsDriver:
     """Sync transport. Sessions are per thread (requests.Session is not thread-safe)."""
 
@@ -67,10 +100,14 @@ class RequestsDriver:
 
     # -- sessions -----------------------------------------------------------------------------
     def new_session(self) -> requests.Session:
+        """A session pinned to checked addresses when the policy asks for it, and keeping no
+        cookies (it is shared by every caller of the connection)."""
         session = requests.Session()
         session.trust_env = self.options.trust_env
         session.max_redirects = self.options.max_redirects
-        adapter = FetchAdapter()
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        policy = self.options.policy
+        adapter = FetchAdapter(address_guard(self.options), policy if policy.restricts else None)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -118,13 +155,20 @@ class RequestsDriver:
             prepared = session.prepare_request(requests.Request("GET", url, headers=headers))
             prepared.url = url  # requests re-quotes (%7e -> ~): signed URLs must go verbatim
             settings = session.merge_environment_settings(url, {}, True, None, None)
+            # The adapter, not Session.send: even with allow_redirects=False, Session.send reads
+            # a redirect's whole body (to precompute response.next), and keeps cookies.
+            verify: bool | str = settings["verify"] if settings["verify"] is not None else True
+            if verify is True and not session.trust_env:
+                verify = ca_bundle_from_env()  # trust_env is about proxies and .netrc only
             with verbatim_target(url):
-                return session.send(
-                    prepared, allow_redirects=False, timeout=(timeouts.connect, timeouts.read),
-                    **settings,
+                return session.get_adapter(url).send(
+                    prepared, stream=True, timeout=(timeouts.connect, timeouts.read),
+                    verify=verify, cert=settings["cert"],
+                    proxies=settings["proxies"],
                 )
         except Exception as exc:
-            raise map_error(exc, url) from exc
+            # not chained: requests' own exceptions quote the full URL, query string included
+            raise map_error(exc, url) from None
 
     def open(self, session: requests.Session, req: FetchRequest) -> requests.Response:
         """Send the request and follow redirects; the body of the final response is unread."""
@@ -155,7 +199,7 @@ class RequestsDriver:
         safe = redact_url(response.url or req.url)
         try:
             while True:
-                chunk = raw.read1(req.chunk_size, decode_content=True)
+                chunk = raw.read1(meter.read_size(req.chunk_size), decode_content=True)
                 if not chunk:
                     break
                 meter.feed(chunk)

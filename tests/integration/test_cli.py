@@ -1,0 +1,117 @@
+"""The real ``vllm-fetch`` console script, run in subprocesses against the loopback origin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.origin import Origin, sha256
+
+SCRIPT = Path(sys.executable).with_name("vllm-fetch")
+BODY = os.urandom(200_000)
+
+
+def run(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VLLM_FETCH_CACHE_DIR": str(cwd / ".cache"),
+           "VLLM_FETCH_MAX_RETRIES": "0"}
+    return subprocess.run([str(SCRIPT), *map(str, args)], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vllm-fetch:")]
+    assert len(errors) == 1, result.stderr
+
+
+def test_get_writes_the_file(origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/files/model.bin", BODY)
+    result = run("get", url, "--sha256", sha256(BODY), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sha256((tmp_path / "model.bin").read_bytes()) == sha256(BODY)
+    assert "model.bin" in result.stdout
+
+
+def test_get_with_output_path(origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/x", BODY)
+    result = run("get", url, "-o", tmp_path / "sub" / "out.bin", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sha256((tmp_path / "sub" / "out.bin").read_bytes()) == sha256(BODY)
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "not a url", "http://"])
+def test_get_bad_url_is_one_line(url: str, tmp_path: Path) -> None:
+    result = run("get", url, "-o", "out", cwd=tmp_path)
+    assert_one_line_error(result)
+    assert "Invalid HTTP URL" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_get_checksum_mismatch_leaves_nothing(origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/model.bin", BODY)
+    result = run("get", url, "--sha256", "0" * 64, cwd=tmp_path)
+    assert_one_line_error(result)
+    assert "sha256" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".cache") == []
+
+
+def test_get_404_is_one_line_and_hides_the_query(origin: Origin, tmp_path: Path) -> None:
+    result = run("get", origin.url("/missing?X-Amz-Signature=secret"), "-o", "out",
+                 cwd=tmp_path)
+    assert_one_line_error(result)
+    assert "404" in result.stderr and "secret" not in result.stderr
+
+
+def test_prefetch_mixed_manifest(origin: Origin, tmp_path: Path) -> None:
+    good = origin.serve_bytes("/good.bin", BODY)
+    other = origin.serve_bytes("/other.bin", b"other body")
+    bad_sum = origin.serve_bytes("/bad.bin", b"not what the manifest says")
+    manifest = tmp_path / "weights.txt"
+    manifest.write_text(
+        "# a comment\n"
+        f"{good} {sha256(BODY)}\n"
+        f"{other} - nested/renamed.bin\n"
+        f"{bad_sum} {'0' * 64}\n"
+        f"{origin.url('/absent.bin')}\n"
+    )
+    result = run("prefetch", manifest, "-d", tmp_path / "out", "-j", "3", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    out = tmp_path / "out"
+    assert sha256((out / "good.bin").read_bytes()) == sha256(BODY)
+    assert (out / "nested" / "renamed.bin").read_bytes() == b"other body"
+    assert not (out / "bad.bin").exists() and not (out / "absent.bin").exists()
+    assert "2 fetched" in result.stdout and "2 failed" in result.stdout
+    failures = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failures) == 2 and any("404" in line for line in failures)
+
+
+def test_prefetch_json_manifest_all_good(origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/a.bin", BODY)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps([{"url": url, "sha256": sha256(BODY), "path": "a.bin"}]))
+    result = run("prefetch", manifest, "-d", tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sha256((tmp_path / "a.bin").read_bytes()) == sha256(BODY)
+
+
+def test_prefetch_bad_manifest_is_one_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("http://h.test/x ../../etc/passwd\n")
+    assert_one_line_error(run("prefetch", manifest, cwd=tmp_path))
+    assert_one_line_error(run("prefetch", tmp_path / "missing.txt", cwd=tmp_path))
+
+
+def test_demo_shows_each_behaviour(tmp_path: Path) -> None:
+    result = run("demo", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for step in ("/flaky", "/cut", "/stall"):
+        assert step in result.stdout
+    assert "All downloads complete and verified" in result.stdout
+    assert "retrying" in result.stderr  # the retry WARNING lines
