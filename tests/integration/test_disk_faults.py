@@ -97,3 +97,29 @@ def test_read_only_target_dir(mode: str, origin: Origin, conn: HTTPConnection,
     assert info.value.errno == errno.EROFS
     assert origin.count("/ro") <= 1
     assert leftovers(small_tmpfs) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("connections", [1, 4])
+def test_publish_order(mode: str, connections: int, origin: Origin, conn: HTTPConnection,
+                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D5: fsync(file) -> os.replace -> fsync(directory)."""
+    url = RangeFile(BODY).mount(origin, "/order")
+    target = tmp_path / "order.bin"
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst) == target:
+            events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    call(mode, conn, "download_file", url, target, connections=connections)
+    assert events[-3:] == ["fsync file", "replace", "fsync dir"]
+    assert leftovers(tmp_path) == ["order.bin"]
