@@ -75,7 +75,7 @@ def test_sigkill_mid_download_then_resume(mode: str, origin: Origin, tmp_path: P
 
 
 def run_four(origin: Origin, tmp_path: Path, path: str, env: dict[str, str]) -> list[str]:
-    url = RangeFile(BODY, delay=0.004).mount(origin, path)
+    url = RangeFile(BODY, delay=0.008).mount(origin, path)  # ~1 s: all four wait in time
     target = tmp_path / "shared.bin"
     sync_dir = tmp_path / "sync"
     sync_dir.mkdir()
