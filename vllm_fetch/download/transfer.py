@@ -5,11 +5,12 @@ pure core: which Range/If-Range to send (``core.resume.plan_request``), what an 
 (``core.resume.on_response``, ``core.ranges.part_response_ok``), whether to split
 (``core.ranges``). File work goes through :class:`~vllm_fetch.download.partials.Partial`.
 
-sha256: a sequential stream is hashed as it arrives (a resumed one re-reads its local prefix
-once). A parallel download is cut into more pieces than connections, pulled in file order, and
-its sha256 follows the contiguous prefix on disk while the download runs (``hash_ahead``): that
-re-reads each byte once from the page cache, overlapped with the transfer, so at the end only
-the last pieces are left to hash.
+sha256 (only with ``expected_sha256`` or ``FetchRequest.hash_body``, which the cache sets): a
+sequential stream is hashed as it arrives (a resumed one re-reads its local prefix once, or
+keeps the hasher in memory between attempts of one call). A parallel download is cut into more
+pieces than connections, pulled in file order, and its sha256 follows the contiguous prefix on
+disk while the download runs (``hash_ahead``): that re-reads each byte once from the page
+cache, overlapped with the transfer, so at the end only the last pieces are left to hash.
 """
 
 from __future__ import annotations
