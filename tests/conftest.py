@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +14,9 @@ from tests.origin import Origin
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_var, None)
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+# Download locks go to a throwaway directory, never the user's cache dir.
+os.environ["VLLM_FETCH_LOCK_DIR"] = _LOCKS = tempfile.mkdtemp(prefix="vllm_fetch-test-locks-")
+atexit.register(shutil.rmtree, _LOCKS, ignore_errors=True)
 
 
 @pytest.fixture

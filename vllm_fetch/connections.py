@@ -26,6 +26,8 @@ from .core.responses import decode_text, request_headers
 from .core.results import Body
 from .core.retry import RetryPolicy, status_failure
 from .core.urls import redact_url
+from .download.options import DownloadOptions
+from .download.progress import ProgressSpec
 from .drivers.aiohttp_driver import AiohttpDriver
 from .drivers.requests_driver import RequestsDriver
 from .retry_loop import ResultRetry, async_retrying, sync_retrying
@@ -309,6 +311,17 @@ class HTTPConnection:
             url, timeout=timeout, extra_headers=extra_headers, max_bytes=max_bytes))
 
     # -- files ----------------------------------------------------------------------------------
+    def _download_request(
+        self, url: str, *, timeout: float | None, chunk_size: int,
+        extra_headers: Mapping[str, str] | None, expected_sha256: str | None,
+        expected_size: int | None,
+    ) -> FetchRequest:
+        if expected_size is not None and expected_size < 0:
+            raise ValueError(f"expected_size must be >= 0, got {expected_size}")
+        return self._request(url, timeout=timeout, extra_headers=extra_headers,
+                             chunk_size=chunk_size, expected_sha256=expected_sha256,
+                             expected_size=expected_size)
+
     def download_file(
         self,
         url: str,
@@ -319,17 +332,24 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None = None,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        resume: bool = True,
+        connections: int | None = None,
+        progress: ProgressSpec = None,
     ) -> Path:
-        """Stream to a temp file beside ``save_path``, verify, fsync and rename into place.
+        """Download to ``save_path``: resumable, verified, published atomically.
 
-        On any failure nothing is left at ``save_path`` (an existing file stays untouched).
+        A partial is kept beside the target under a hidden temp name and continued (Range +
+        If-Range) by the next attempt or call unless ``resume=False``. ``connections=N`` fetches
+        N ranges in parallel (None: automatic, 1 for files under 64 MiB). ``progress``: None
+        (a bar on a TTY), False, True, or ``callable(done_bytes, total_or_None)``. Concurrent
+        downloads of the same URL to the same path on one machine transfer once. On failure
+        nothing is left at ``save_path`` (an existing file stays untouched).
         """
-        target = Path(save_path)
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            chunk_size=chunk_size, expected_sha256=expected_sha256,
-                            expected_size=expected_size)
-        sync_retrying(self.retry, req.deadline, "download", url)(self._sync.download, req, target)
-        return target
+        options = DownloadOptions(self.retry, resume, connections, progress)
+        req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
+                                     extra_headers=extra_headers,
+                                     expected_sha256=expected_sha256, expected_size=expected_size)
+        return self._sync.download(req, Path(save_path), options).path
 
     async def async_download_file(
         self,
@@ -341,15 +361,16 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None = None,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        resume: bool = True,
+        connections: int | None = None,
+        progress: ProgressSpec = None,
     ) -> Path:
-        """Async twin of :meth:`download_file` (file writes go through aiofiles)."""
-        target = Path(save_path)
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            chunk_size=chunk_size, expected_sha256=expected_sha256,
-                            expected_size=expected_size)
-        await async_retrying(self.retry, req.deadline, "download", url)(
-            self._async.download, req, target)
-        return target
+        """Async twin of :meth:`download_file` (parts run as tasks, file work in threads)."""
+        options = DownloadOptions(self.retry, resume, connections, progress)
+        req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
+                                     extra_headers=extra_headers,
+                                     expected_sha256=expected_sha256, expected_size=expected_size)
+        return (await self._async.download(req, Path(save_path), options)).path
 
 
 global_http_connection = HTTPConnection()

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import hashlib
 import json
 import logging
 import math
-import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -25,7 +22,6 @@ from tests.helpers import call, leftovers
 from tests.origin import Origin, cut_after, sha256
 from vllm_fetch import (
     ChecksumMismatchError,
-    DiskError,
     FetchConnectionError,
     FetchTimeoutError,
     HTTPConnection,
@@ -220,46 +216,6 @@ def test_size_cap_is_not_retried(mode: str, origin: Origin) -> None:
     with pytest.raises(SizeLimitExceededError):
         call(mode, HTTPConnection(retry=FAST), "get_bytes", url, max_bytes=100)
     assert len(blob.arrived) == 1
-
-
-def disk_full(*_: object, **__: object) -> None:
-    raise OSError(errno.ENOSPC, "No space left on device")
-
-
-class FullDiskOS:
-    """``os`` as files.py sees it, except that every write fails with ENOSPC."""
-
-    write = staticmethod(disk_full)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-
-class FullDisk:
-    """An aiofiles-like module whose files fail every write with ENOSPC."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-
-    @contextlib.asynccontextmanager
-    async def open(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        async with self.real.open(*args, **kwargs) as out:
-            out.write = disk_full
-            yield out
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_a_full_disk_is_not_retried(mode: str, origin: Origin, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from vllm_fetch import files
-    from vllm_fetch.drivers import aiohttp_driver
-    monkeypatch.setattr(files, "os", FullDiskOS())
-    monkeypatch.setattr(aiohttp_driver, "aiofiles", FullDisk(aiohttp_driver.aiofiles))
-    url, blob = script(origin, "/blob", ok())
-    with pytest.raises(DiskError) as info:
-        call(mode, HTTPConnection(retry=FAST), "download_file", url, tmp_path / "out")
-    assert info.value.errno == errno.ENOSPC
-    assert len(blob.arrived) == 1 and leftovers(tmp_path) == []
 
 
 # -- connection faults ---------------------------------------------------------------------------

@@ -47,3 +47,6 @@ class FetchRequest:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     hash_body: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    #: aiohttp's per-response buffer (None: the session's). Parallel parts use a smaller one:
+    #: eight connections each buffering 2 MiB would dominate peak memory.
+    read_bufsize: int | None = None
