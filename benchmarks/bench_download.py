@@ -26,7 +26,7 @@ from pathlib import Path
 from loopback_nginx import ensure_tools, loopback_nginx
 
 HERE = Path(__file__).resolve()
-TOOLS = ("curl", "download_file", "async_download_file", "vllm_baseline")
+TOOLS = ("curl", "download_file", "async_download_file", "download_file_auto", "vllm_baseline")
 MIB = 1024 * 1024
 
 
@@ -45,10 +45,12 @@ def run_one(tool: str, url: str, target: str, chunk_size: int | None) -> float:
 
     from vllm_fetch import HTTPConnection
 
-    kwargs = {} if chunk_size is None else {"chunk_size": chunk_size}
+    kwargs: dict[str, int] = {} if chunk_size is None else {"chunk_size": chunk_size}
+    if tool != "download_file_auto":  # one stream, like curl (auto splits files >= 64 MiB)
+        kwargs["connections"] = 1
     conn = HTTPConnection()
     started = time.perf_counter()
-    if tool == "download_file":
+    if tool in ("download_file", "download_file_auto"):
         conn.download_file(url, target, **kwargs)
     else:
         async def fetch() -> None:
