@@ -29,12 +29,13 @@ from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadli
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
 from .core.results import Body, DownloadResult
-from .core.retry import RetryPolicy
+from .core.retry import RetryPolicy, status_failure
 from .core.urls import redact_url
+from .download.options import DownloadOptions
+from .download.progress import ProgressSpec
 from .drivers.aiohttp_driver import AiohttpDriver
 from .drivers.requests_driver import RequestsDriver
-from .errors import HTTPStatusError
-from .retry_loop import async_retrying, sync_retrying
+from .retry_loop import ResultRetry, async_retrying, sync_retrying
 
 #: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
 DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
@@ -114,8 +115,8 @@ class HTTPConnection:
         self._cache = CacheSetting(cache)
         self._offline = offline
         self._cached = CachedCalls()
-        self._sync_io = SyncIO(self._fetch, self._probe, self._download)
-        self._async_io = AsyncIO(self._afetch, self._aprobe, self._adownload)
+        self._sync_io = SyncIO(self._fetch, self._probe)  # bodies; downloads add their engine
+        self._async_io = AsyncIO(self._afetch, self._aprobe)
 
     @property
     def offline(self) -> bool:
@@ -194,10 +195,6 @@ class HTTPConnection:
             **limits,
         )
 
-    def _raise_if_retryable(self, status: int, url: str, headers: Mapping[str, str]) -> None:
-        if status in self.retry.retry_statuses:
-            raise HTTPStatusError(status, redact_url(url), headers=dict(headers))
-
     def get_response(
         self,
         url: str,
@@ -207,7 +204,8 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None = None,
         allow_redirects: bool = True,
     ) -> requests.Response:
-        """The raw ``requests.Response`` (uncached). Retryable statuses are retried first."""
+        """The raw ``requests.Response`` (uncached), any status. Statuses the retry policy
+        retries (503, 429...) are retried first; when it gives up, the last one is returned."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             allow_redirects=allow_redirects)
         if self.offline:
@@ -217,7 +215,6 @@ class HTTPConnection:
             session = self._sync.session()
             response = self._sync.open(session, req)
             try:
-                self._raise_if_retryable(response.status_code, response.url, response.headers)
                 if not stream:
                     _ = response.content
             except BaseException:
@@ -228,7 +225,12 @@ class HTTPConnection:
                     session.close()  # the response keeps its own connection until closed
             return response
 
-        return sync_retrying(self.retry, req.deadline, "GET", url)(attempt)
+        on_result = ResultRetry[requests.Response](
+            failure=lambda r: status_failure(self.retry, r.status_code, redact_url(r.url or url),
+                                             r.headers),
+            discard=lambda r: r.close(),
+        )
+        return sync_retrying(self.retry, req.deadline, "GET", url, on_result)(attempt)
 
     async def get_async_response(
         self,
@@ -244,20 +246,17 @@ class HTTPConnection:
         if self.offline:
             raise offline_error(url, "not available: raw responses are never cached")
 
-        async def attempt(session: aiohttp.ClientSession) -> aiohttp.ClientResponse:
-            response = await self._async.open(session, req)
-            try:
-                self._raise_if_retryable(response.status, str(response.url), response.headers)
-            except BaseException:
-                response.release()
-                raise
-            return response
+        on_result = ResultRetry[aiohttp.ClientResponse](
+            failure=lambda r: status_failure(self.retry, r.status, redact_url(str(r.url)),
+                                             r.headers),
+            discard=lambda r: r.release(),
+        )
 
         async def run() -> tuple[aiohttp.ClientResponse, aiohttp.ClientSession | None]:
             session = await self._async.session()
             try:
-                retrying = async_retrying(self.retry, req.deadline, "GET", url)
-                response: aiohttp.ClientResponse = await retrying(attempt, session)
+                retrying = async_retrying(self.retry, req.deadline, "GET", url, on_result)
+                response: aiohttp.ClientResponse = await retrying(self._async.open, session, req)
             except BaseException:
                 if not self.reuse_client:
                     await session.close()
@@ -292,7 +291,10 @@ class HTTPConnection:
         """A (conditional) request whose body is never read: its status and headers."""
         def attempt() -> Probed:
             with self._sync.call_session() as session, self._sync.open(session, req) as r:
-                self._raise_if_retryable(r.status_code, r.url, r.headers)
+                failure = status_failure(self.retry, r.status_code, redact_url(r.url or req.url),
+                                         r.headers)
+                if failure is not None:
+                    raise failure
                 return Probed(r.status_code, dict(r.headers), r.url or req.url)
 
         return sync_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
@@ -302,7 +304,10 @@ class HTTPConnection:
             async with self._async.call_session() as session:
                 r = await self._async.open(session, req)
                 async with r:
-                    self._raise_if_retryable(r.status, str(r.url), r.headers)
+                    failure = status_failure(self.retry, r.status, redact_url(str(r.url)),
+                                             r.headers)
+                    if failure is not None:
+                        raise failure
                     return Probed(r.status, dict(r.headers), str(r.url))
 
         return await async_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
@@ -395,6 +400,17 @@ class HTTPConnection:
             use_cache=use_cache))
 
     # -- files ----------------------------------------------------------------------------------
+    def _download_request(
+        self, url: str, *, timeout: float | None, chunk_size: int,
+        extra_headers: Mapping[str, str] | None, expected_sha256: str | None,
+        expected_size: int | None,
+    ) -> FetchRequest:
+        if expected_size is not None and expected_size < 0:
+            raise ValueError(f"expected_size must be >= 0, got {expected_size}")
+        return self._request(url, timeout=timeout, extra_headers=extra_headers,
+                             chunk_size=chunk_size, expected_sha256=expected_sha256,
+                             expected_size=expected_size)
+
     def download_file(
         self,
         url: str,
@@ -405,32 +421,31 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None = None,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        resume: bool = True,
+        connections: int | None = None,
+        progress: ProgressSpec = None,
         use_cache: bool = True,
     ) -> Path:
-        """Stream to a temp file beside ``save_path``, verify, fsync and rename into place.
+        """Download to ``save_path``: resumable, verified, published atomically.
 
-        On any failure nothing is left at ``save_path`` (an existing file stays untouched).
+        A partial is kept beside the target under a hidden temp name and continued (Range +
+        If-Range) by the next attempt or call unless ``resume=False``. ``connections=N`` fetches
+        N ranges in parallel (None: automatic, 1 for files under 64 MiB). ``progress``: None
+        (a bar on a TTY), False, True, or ``callable(done_bytes, total_or_None)``. Concurrent
+        downloads of the same URL to the same path on one machine transfer once. On failure
+        nothing is left at ``save_path`` (an existing file stays untouched).
         """
+        options = DownloadOptions(self.retry, resume, connections, progress)
+        req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
+                                     extra_headers=extra_headers,
+                                     expected_sha256=expected_sha256, expected_size=expected_size)
         target = Path(save_path)
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            chunk_size=chunk_size, expected_sha256=expected_sha256,
-                            expected_size=expected_size)
         offline = self.offline
         cache = self._cache_for(req, use_cache, offline)
         if cache is None:
-            self._download(req, target)
-        else:
-            self._cached.download(cache, req, target, self._sync_io, offline=offline)
-        return target
-
-    def _download(self, req: FetchRequest, target: Path) -> DownloadResult:
-        """The download engine under the retry policy."""
-        return sync_retrying(self.retry, req.deadline, "download", req.url)(
-            self._sync.download, req, target)
-
-    async def _adownload(self, req: FetchRequest, target: Path) -> DownloadResult:
-        return await async_retrying(self.retry, req.deadline, "download", req.url)(
-            self._async.download, req, target)
+            return self._sync.download(req, target, options).path
+        io = SyncIO(self._fetch, self._probe, lambda r, t: self._sync.download(r, t, options))
+        return self._cached.download(cache, req, target, io, offline=offline).path
 
     async def async_download_file(
         self,
@@ -442,20 +457,27 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None = None,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        resume: bool = True,
+        connections: int | None = None,
+        progress: ProgressSpec = None,
         use_cache: bool = True,
     ) -> Path:
-        """Async twin of :meth:`download_file` (file writes go through aiofiles)."""
+        """Async twin of :meth:`download_file` (parts run as tasks, file work in threads)."""
+        options = DownloadOptions(self.retry, resume, connections, progress)
+        req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
+                                     extra_headers=extra_headers,
+                                     expected_sha256=expected_sha256, expected_size=expected_size)
         target = Path(save_path)
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            chunk_size=chunk_size, expected_sha256=expected_sha256,
-                            expected_size=expected_size)
         offline = self.offline
         cache = self._cache_for(req, use_cache, offline)
         if cache is None:
-            await self._adownload(req, target)
-        else:
-            await self._cached.adownload(cache, req, target, self._async_io, offline=offline)
-        return target
+            return (await self._async.download(req, target, options)).path
+
+        async def engine(r: FetchRequest, t: Path) -> DownloadResult:
+            return await self._async.download(r, t, options)
+
+        io = AsyncIO(self._afetch, self._aprobe, engine)
+        return (await self._cached.adownload(cache, req, target, io, offline=offline)).path
 
 
 global_http_connection = HTTPConnection()

@@ -80,3 +80,47 @@ def fsync_fd(fd: int, path: Path) -> None:
         os.fsync(fd)
     except OSError as exc:
         raise disk_error(exc, path) from exc
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:
+    """Write everything at ``offset`` (positional: parallel parts share one fd safely)."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+    except OSError as exc:
+        raise disk_error(exc, path) from exc
+
+
+def preallocate(fd: int, size: int, path: Path) -> None:
+    """Reserve ``size`` bytes up front, so a full disk fails before any byte is fetched."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    try:
+        if fallocate is None:
+            raise OSError(errno.ENOSYS, "no posix_fallocate")
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise disk_error(exc, path) from exc
+        try:
+            os.ftruncate(fd, size)  # no fallocate here (some network filesystems): sparse file
+        except OSError as inner:
+            raise disk_error(inner, path) from inner
+
+
+def pwritev_all(fd: int, buffers: list[bytes], offset: int, path: Path) -> None:
+    """Write several buffers at ``offset`` in one call, without joining them first."""
+    views = [memoryview(b) for b in buffers if b]
+    try:
+        while views:
+            written = os.pwritev(fd, views, offset)
+            offset += written
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+    except OSError as exc:
+        raise disk_error(exc, path) from exc

@@ -171,7 +171,7 @@ def test_cancelled_async_download_leaves_nothing(origin: Origin, tmp_path: Path)
     async def main() -> None:
         conn = HTTPConnection(retry=RetryPolicy.none())
         task = asyncio.create_task(conn.async_download_file(url, target))
-        while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+        while not any(p.name.endswith((".tmp", ".part")) for p in tmp_path.iterdir()):
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

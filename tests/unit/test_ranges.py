@@ -10,6 +10,7 @@ from vllm_fetch.core.ranges import (
     PartProgress,
     auto_connections,
     part_response_ok,
+    piece_count,
     range_header,
     remaining_range,
     split_ranges,
@@ -191,3 +192,21 @@ ETAG = '"v1"'
 )
 def test_part_response_ok(status: int, headers: dict[str, str], etag: str | None, ok: bool) -> None:
     assert part_response_ok((100, 199), 1000, status, headers, etag=etag) is ok
+
+
+@pytest.mark.parametrize(
+    ("total", "connections", "expected"),
+    [
+        (4 * MIB, 4, 4),  # small: one piece per connection
+        (256 * MIB, 8, 16),  # 16 MiB pieces
+        (1024 * MIB, 8, 32),  # capped at 4 per connection
+        (0, 2, 2),
+    ],
+)
+def test_piece_count(total: int, connections: int, expected: int) -> None:
+    assert piece_count(total, connections) == expected
+
+
+def test_piece_count_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        piece_count(10, 0)

@@ -40,14 +40,14 @@ class SyncIO:
 
     fetch: Callable[[FetchRequest], Body]
     probe: Callable[[FetchRequest], Probed]
-    download: Callable[[FetchRequest, Path], DownloadResult]
+    download: Callable[[FetchRequest, Path], DownloadResult] | None = None  # the engine
 
 
 @dataclass(frozen=True)
 class AsyncIO:
     fetch: Callable[[FetchRequest], Awaitable[Body]]
     probe: Callable[[FetchRequest], Awaitable[Probed]]
-    download: Callable[[FetchRequest, Path], Awaitable[DownloadResult]]
+    download: Callable[[FetchRequest, Path], Awaitable[DownloadResult]] | None = None
 
 
 def _perform(effect: Effect, io: SyncIO) -> Any:
@@ -56,6 +56,7 @@ def _perform(effect: Effect, io: SyncIO) -> Any:
     if isinstance(effect, Probe):
         return io.probe(effect.req)
     if isinstance(effect, Download):
+        assert io.download is not None, "a download flow needs the engine"
         return io.download(effect.req, effect.target)
     if isinstance(effect, Wait):
         concurrent.futures.wait([effect.future])
@@ -69,6 +70,7 @@ async def _aperform(effect: Effect, io: AsyncIO) -> Any:
     if isinstance(effect, Probe):
         return await io.probe(effect.req)
     if isinstance(effect, Download):
+        assert io.download is not None, "a download flow needs the engine"
         return await io.download(effect.req, effect.target)
     if isinstance(effect, Wait):
         await asyncio.wait([asyncio.wrap_future(effect.future)])

@@ -58,6 +58,24 @@ def auto_connections(total: int | None, *, accepts_ranges: bool, max_connections
     return max(1, min(max_connections, total // BYTES_PER_CONNECTION))
 
 
+#: Preferred size of one ranged request of a parallel download.
+PIECE_SIZE = 16 * MIB
+#: At most this many pieces per connection.
+MAX_PIECES_PER_CONNECTION = 4
+
+
+def piece_count(total: int, connections: int, *, piece_size: int = PIECE_SIZE) -> int:
+    """How many pieces to cut a file into for ``connections`` workers pulling them in order.
+
+    At least one per connection; more (about ``piece_size`` each, up to 4 per connection) for
+    big files, so pieces complete roughly in file order: the sha256 can then follow the
+    contiguous prefix while the download runs instead of re-reading the file at the end.
+    """
+    if connections < 1 or piece_size < 1 or total < 0:
+        raise ValueError(f"piece_count: bad total={total} connections={connections}")
+    return max(connections, min(connections * MAX_PIECES_PER_CONNECTION, total // piece_size))
+
+
 def range_header(start: int, end: int) -> str:
     """The ``Range`` header value for the inclusive byte range ``start..end``."""
     if start < 0 or end < start:
@@ -118,10 +136,13 @@ def part_response_ok(
 __all__ = [
     "BYTES_PER_CONNECTION",
     "DEFAULT_MIN_PART",
+    "MAX_PIECES_PER_CONNECTION",
     "MIN_PARALLEL_SIZE",
+    "PIECE_SIZE",
     "PartProgress",
     "auto_connections",
     "part_response_ok",
+    "piece_count",
     "range_header",
     "remaining_range",
     "split_ranges",

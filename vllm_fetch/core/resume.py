@@ -63,20 +63,28 @@ class PartialState:
     last_modified: str | None
     total: int | None
     url: str
+    #: Parallel download: ``(start, end, written)`` per part; None for one sequential stream
+    #: (then the bytes on disk are contiguous from 0 and the file size is the offset).
+    parts: tuple[tuple[int, int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.offset < 0 or (self.total is not None and not 0 <= self.offset <= self.total):
             raise ValueError(f"partial state: bad offset {self.offset} for total {self.total}")
+        if self.parts is not None:
+            _check_parts(self.parts, self.total)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; :meth:`from_dict` reverses it."""
-        return {
+        data: dict[str, Any] = {
             "offset": self.offset,
             "etag": self.etag,
             "last_modified": self.last_modified,
             "total": self.total,
             "url": self.url,
         }
+        if self.parts is not None:
+            data["parts"] = [list(part) for part in self.parts]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PartialState:
@@ -91,7 +99,30 @@ class PartialState:
             last_modified=_optional_str(data, "last_modified"),
             total=_optional_int(data, "total"),
             url=url,
+            parts=_parts_from(data.get("parts")),
         )
+
+
+def _parts_from(value: Any) -> tuple[tuple[int, int, int], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(p, list) and len(p) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in p) for p in value
+    ):
+        raise ValueError("partial state: 'parts' must be a list of [start, end, written]")
+    return tuple((p[0], p[1], p[2]) for p in value)
+
+
+def _check_parts(parts: tuple[tuple[int, int, int], ...], total: int | None) -> None:
+    """Parts must tile ``[0, total)`` in order, each with a plausible written count."""
+    expected_start = 0
+    for start, end, written in parts:
+        if start != expected_start or end < start or not 0 <= written <= end - start + 1:
+            raise ValueError(f"partial state: bad part {start}-{end} written={written}")
+        expected_start = end + 1
+    if total is None or expected_start != total:
+        raise ValueError(f"partial state: parts do not cover the total {total}")
 
 
 def is_strong_etag(etag: str | None) -> bool:
@@ -317,18 +348,105 @@ def sidecar_name(partial: str) -> str:
     return f"{partial}.json"
 
 
+#: Partials written on another host (a shared filesystem) are taken over after this long idle.
+FOREIGN_PARTIAL_IDLE: float = 3600.0
+_OWNER = re.compile(r"([A-Za-z0-9-]{1,64})~([0-9]{1,10})~([0-9a-f]{8,32})")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who writes a partial: host name, process id and a random token (unique per writer).
+
+    Each writer has its own partial file, so two writers never share bytes even when the
+    machine lock does nothing (NFS, Lustre, or locks disabled).
+    """
+
+    host: str
+    pid: int
+    token: str
+
+    def __str__(self) -> str:
+        return f"{self.host}~{self.pid}~{self.token}"
+
+    @classmethod
+    def parse(cls, text: str) -> Owner | None:
+        match = _OWNER.fullmatch(text)
+        return cls(match[1], int(match[2]), match[3]) if match else None
+
+
+def safe_host(hostname: str) -> str:
+    """A host name reduced to the characters allowed in an owner tag (20 at most)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", hostname)[:20] or "host"
+
+
+# Owned names add an owner tag: keep the target's share short enough for NAME_MAX with ".json".
+_MAX_TARGET_IN_OWNED = 150
+_URL_HASH = re.compile(r"[0-9a-f]{16}")
+
+
+def _owned_prefix(target_name: str, url: str) -> str:
+    digest = partial_name(target_name, url)[-len("0123456789abcdef.part"):-len(".part")]
+    return f".{target_name[:_MAX_TARGET_IN_OWNED]}.{digest}."
+
+
+def owned_partial_name(target_name: str, url: str, owner: Owner) -> str:
+    """The partial of ``target_name`` from ``url`` written by ``owner``."""
+    return f"{_owned_prefix(target_name, url)}{owner}.part"
+
+
+def partial_owner(name: str, target_name: str, url: str) -> Owner | None:
+    """The owner encoded in ``name`` if it is a partial of this target and URL, else None."""
+    prefix = _owned_prefix(target_name, url)
+    if not (name.startswith(prefix) and name.endswith(".part")):
+        return None
+    return Owner.parse(name[len(prefix):-len(".part")])
+
+
+def is_partial_of(name: str, target_name: str) -> bool:
+    """Whether ``name`` is a partial (or its sidecar) of ``target_name`` from any URL."""
+    if name.endswith(".part.json"):
+        name = name[:-len(".json")]
+    prefix = f".{target_name[:_MAX_TARGET_IN_OWNED]}."
+    if not (name.startswith(prefix) and name.endswith(".part")):
+        return False
+    digest, _, owner = name[len(prefix):-len(".part")].partition(".")
+    return _URL_HASH.fullmatch(digest) is not None and Owner.parse(owner) is not None
+
+
+def may_take_over(
+    owner: Owner, *, host: str, pid: int, pid_alive: bool, idle: float,
+    foreign_idle: float = FOREIGN_PARTIAL_IDLE,
+) -> bool:
+    """Whether a partial written by ``owner`` is abandoned, so this writer may continue it.
+
+    ``host``/``pid`` are this process's; ``pid_alive`` says whether ``owner.pid`` runs on this
+    host; ``idle`` is seconds since the partial was last written. Partials of this process are
+    handed over by the caller only when no live writer holds them (it tracks its own writers).
+    """
+    if owner.host != host:
+        return idle > foreign_idle
+    return owner.pid == pid or not pid_alive
+
+
 __all__ = [
+    "FOREIGN_PARTIAL_IDLE",
     "STALE_PARTIAL_AGE",
+    "Owner",
     "PartialState",
     "ResumeAction",
     "ResumeDecision",
     "header_value",
+    "is_partial_of",
     "is_strong_etag",
+    "may_take_over",
     "on_response",
+    "owned_partial_name",
     "parse_content_range",
     "parse_unsatisfied_range",
     "partial_name",
+    "partial_owner",
     "plan_request",
+    "safe_host",
     "should_discard_stale",
     "sidecar_name",
     "validator_for",

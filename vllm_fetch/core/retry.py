@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 from ..errors import (
@@ -24,6 +26,8 @@ from .body import header
 #: Statuses that mean "try again later" (RFC 9110 §15.5.9 408, RFC 8470 425, RFC 6585 429, 5xx).
 DEFAULT_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 DEFAULT_MAX_ATTEMPTS = 5
+#: delay-seconds is ASCII digits only (RFC 9110 §10.2.3); str.isdigit would accept "²" or "٣".
+_DELAY_SECONDS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,18 @@ class RetryPolicy:
     retry_after_max: float = 60.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
-        if self.backoff_base < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
-            raise ValueError("backoff and Retry-After limits must be >= 0")
-        object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
+        for name in ("backoff_base", "backoff_max", "retry_after_max"):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        statuses = frozenset(self.retry_statuses)
+        if any(not isinstance(s, int) or not 100 <= s <= 599 for s in statuses):
+            raise ValueError(f"retry_statuses must be HTTP statuses, got {sorted(statuses)!r}")
+        object.__setattr__(self, "retry_statuses", statuses)
 
     @classmethod
     def none(cls) -> RetryPolicy:
@@ -80,7 +91,8 @@ class RetryPolicy:
     def backoff(self, attempt: int, rand: float) -> float:
         """Full-jitter backoff after failed attempt number ``attempt`` (1-based), rand in [0,1)."""
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(attempt - 1, 62))
-        return float(rand * ceiling)
+        wait = float(rand * ceiling)
+        return 0.0 if math.isnan(wait) else wait  # 0 * inf
 
 
 @dataclass(frozen=True)
@@ -94,24 +106,35 @@ class RetryDecision:
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date (RFC 9110
-    §10.2.3). Garbage gives None (ignored); a date in the past gives 0."""
+    §10.2.3). Garbage gives None (ignored); a date in the past gives 0; a huge number may give
+    ``inf`` (the policy caps it)."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELAY_SECONDS.fullmatch(value):
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # asctime form or "-0000": HTTP-dates are always UTC
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def describe(error: BaseException) -> str:
     """A short reason for logs: the error type and its (already redacted) message."""
     return f"{type(error).__name__}: {error}"
+
+
+def status_failure(
+    policy: RetryPolicy, status: int, url: str, headers: Mapping[str, str]
+) -> HTTPStatusError | None:
+    """For calls that return any status (get_response): the error to retry on, if ``status``
+    is one the policy retries; None when the response should be handed to the caller."""
+    if status in policy.retry_statuses:
+        return HTTPStatusError(status, url, headers=dict(headers))
+    return None
 
 
 def is_retryable(policy: RetryPolicy, error: BaseException) -> bool:
@@ -149,6 +172,24 @@ def decide(
             wait = min(max(wait, asked), policy.retry_after_max)
     if remaining is not None and (remaining <= 0 or wait >= remaining):
         return RetryDecision(False, 0.0, f"{reason}; the deadline leaves no time to retry")
-    if math.isnan(wait):
-        wait = 0.0
     return RetryDecision(True, wait, reason)
+
+
+#: A read timeout clamped to the deadline fires at (or a hair before) the deadline's end.
+DEADLINE_SLACK = 0.005
+
+
+def deadline_error(
+    error: FetchTimeoutError, *, timeout: float | None, remaining: float | None, url: str
+) -> FetchTimeoutError | None:
+    """The error that should end a call whose last attempt timed out: when the call's own
+    deadline is what ran out, a timeout that says so (the last attempt's read timeout was
+    clamped to the deadline, so calling it an idle stall would mislead); else None (keep it)."""
+    if timeout is None or remaining is None or remaining > DEADLINE_SLACK:
+        return None
+    message = f"timed out after {timeout:g} s fetching {url}"
+    if type(error) is FetchTimeoutError and error.args[:1] == (message,):
+        return None
+    replacement = FetchTimeoutError(message, url=url)
+    replacement.attempts = error.attempts
+    return replacement

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aiofiles
 import aiohttp
 from yarl import URL
 
@@ -20,6 +18,8 @@ from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import response_meter
 from ..core.results import Body, DownloadResult
 from ..core.urls import redact_url
+from ..download import async_engine
+from ..download.options import DownloadOptions
 from ..errors import (
     FetchConnectionError,
     FetchError,
@@ -30,12 +30,9 @@ from ..errors import (
     ResponseHeadersError,
     TruncatedBodyError,
 )
-from ..files import create_temp, disk_error, fsync_fd, publish, remove_quietly
 from .address_guard import address_guard
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
 
-#: Bytes gathered before one aiofiles write: each write is a thread hop, so batch them.
-WRITE_BATCH = 4 * 1024 * 1024
 #: aiohttp's read buffer; its 64 KiB default makes many tiny chunks on fast links.
 READ_BUFSIZE = 1024 * 1024
 
@@ -173,7 +170,8 @@ class AiohttpDriver:
         )
         try:
             return await session.get(
-                URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=timeout
+                URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=timeout,
+                read_bufsize=req.read_bufsize,
             )
         except Exception as exc:
             # not chained: aiohttp's own exceptions quote the full URL, query string included
@@ -239,44 +237,8 @@ class AiohttpDriver:
                 return Body(b"".join(parts), response.status, dict(response.headers),
                                  str(response.url), meter.sha256)
 
-    async def download(
-        self, req: FetchRequest, target: Path, *, on_chunk: Callable[[int], None] | None = None
-    ) -> DownloadResult:
-        """Stream to a temp file beside the target (aiofiles), verify, then publish atomically."""
-        async with self.call_session() as session:
-            response, meter = await self.checked_response(session, req)
-            async with response:
-                fd, temp = await asyncio.to_thread(create_temp, target)
-                os.close(fd)
-                try:
-                    await self._stream_to(temp, response, meter, req, on_chunk)
-                    await asyncio.to_thread(publish, temp, target)
-                except BaseException:
-                    remove_quietly(temp)
-                    raise
-        return DownloadResult(target, meter.received, meter.sha256, response.status,
-                              dict(response.headers), str(response.url))
-
-    async def _stream_to(
-        self, temp: Path, response: aiohttp.ClientResponse, meter: BodyMeter,
-        req: FetchRequest, on_chunk: Callable[[int], None] | None,
-    ) -> None:
-        batch: list[bytes] = []
-        batched = 0
-        try:
-            async with aiofiles.open(temp, "wb") as out:
-                async for chunk in self.iter_body(response, meter, req):
-                    batch.append(chunk)
-                    batched += len(chunk)
-                    if on_chunk is not None:
-                        on_chunk(len(chunk))
-                    if batched >= WRITE_BATCH:
-                        await out.write(b"".join(batch))
-                        batch, batched = [], 0
-                if batch:
-                    await out.write(b"".join(batch))
-                await asyncio.to_thread(fsync_fd, out.fileno(), temp)
-        except OSError as exc:
-            if isinstance(exc, FetchError):
-                raise
-            raise disk_error(exc, temp) from exc
+    async def download(self, req: FetchRequest, target: Path, options: DownloadOptions
+                       ) -> DownloadResult:
+        """The whole download (lock, resume, parts, verify, publish): ``download.async_engine``.
+        """
+        return await async_engine.download(self, req, target, options)

@@ -7,7 +7,7 @@ import http.client
 import http.cookiejar
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -19,6 +19,8 @@ from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import response_meter
 from ..core.results import Body, DownloadResult
 from ..core.urls import redact_url
+from ..download import sync_engine
+from ..download.options import DownloadOptions
 from ..errors import (
     FetchConnectionError,
     FetchError,
@@ -29,7 +31,6 @@ from ..errors import (
     ResponseHeadersError,
     TruncatedBodyError,
 )
-from ..files import create_temp, fsync_fd, publish, remove_quietly, write_all
 from .address_guard import address_guard
 from .requests_adapter import FetchAdapter, verbatim_target
 
@@ -233,31 +234,8 @@ class RequestsDriver:
                 return Body(content, response.status_code, dict(response.headers),
                                 response.url or req.url, meter.sha256)
 
-    def download(
-        self, req: FetchRequest, target: Path, *, on_chunk: Callable[[int], None] | None = None
-    ) -> DownloadResult:
-        """Stream to a temp file beside the target, verify, then publish atomically.
-
-        Returns the body's sha256 when it was computed. On any failure (KeyboardInterrupt
-        included) the temp file is removed and the target is untouched.
+    def download(self, req: FetchRequest, target: Path, options: DownloadOptions
+                 ) -> DownloadResult:
+        """The whole download (lock, resume, parts, verify, publish): see ``download.sync_engine``.
         """
-        with self.call_session() as session:
-            response, meter = self.checked_response(session, req)
-            with response:
-                fd, temp = create_temp(target)
-                try:
-                    for chunk in self.iter_body(response, meter, req):
-                        write_all(fd, chunk, temp)
-                        if on_chunk is not None:
-                            on_chunk(len(chunk))
-                    fsync_fd(fd, temp)
-                    os.close(fd)
-                    fd = -1
-                    publish(temp, target)
-                except BaseException:
-                    if fd >= 0:
-                        os.close(fd)
-                    remove_quietly(temp)
-                    raise
-        return DownloadResult(target, meter.received, meter.sha256, response.status_code,
-                              dict(response.headers), response.url or req.url)
+        return sync_engine.download(self, req, target, options)

@@ -1,0 +1,193 @@
+"""download_file / async_download_file against curl and a vLLM-style baseline (issue 2, item 8).
+
+Starts a loopback nginx (its own temp prefix and config) serving a random file, then runs every
+tool in its own subprocess, alternating the order each round, and prints median times, ratios and
+each tool's peak RSS (``ru_maxrss`` of that child, from ``os.wait4``). Every downloaded file is
+checked (size each round, sha256 in the first round). Not part of the test suite.
+
+    .venv/bin/python benchmarks/bench_download.py                 # 256 MiB, 5 rounds
+    .venv/bin/python benchmarks/bench_download.py --sweep         # chunk_size sweep (sync)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loopback_nginx import ensure_tools, loopback_nginx
+
+HERE = Path(__file__).resolve()
+TOOLS = ("curl", "download_file", "async_download_file", "download_file_auto", "vllm_baseline")
+MIB = 1024 * 1024
+
+
+# -- what runs inside each child: time the download only (imports and startup excluded) --------
+def run_one(tool: str, url: str, target: str, chunk_size: int | None) -> float:
+    if tool == "vllm_baseline":
+        import requests  # vLLM's download_file: iter_content(chunk_size=128) straight to disk
+
+        started = time.perf_counter()
+        with requests.Session() as session, session.get(url, stream=True) as response:
+            response.raise_for_status()
+            with open(target, "wb") as out:
+                for chunk in response.iter_content(chunk_size=128):
+                    out.write(chunk)
+        return time.perf_counter() - started
+
+    from vllm_fetch import HTTPConnection
+
+    kwargs: dict[str, int] = {} if chunk_size is None else {"chunk_size": chunk_size}
+    if tool != "download_file_auto":  # one stream, like curl (auto splits files >= 64 MiB)
+        kwargs["connections"] = 1
+    conn = HTTPConnection()
+    started = time.perf_counter()
+    if tool in ("download_file", "download_file_auto"):
+        conn.download_file(url, target, **kwargs)
+    else:
+        async def fetch() -> None:
+            async with conn:
+                await conn.async_download_file(url, target, **kwargs)
+        asyncio.run(fetch())
+    return time.perf_counter() - started
+
+
+# -- the parent: spawn, time, measure RSS, verify ------------------------------------------------
+@dataclass
+class Samples:
+    seconds: list[float] = field(default_factory=list)
+    rss_mib: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)
+
+
+def spawn(
+    tool: str, url: str, target: Path, chunk_size: int | None
+) -> tuple[float, float, int]:
+    """Run one tool in a child: (seconds it reports, its peak RSS in MiB, its minor faults;
+    ru_maxrss is in KiB on Linux)."""
+    if tool == "curl":
+        argv = ["curl", "-s", "-f", "-o", str(target), "-w", "%{time_total}", url]
+    else:
+        argv = [sys.executable, str(HERE), "--one", tool, url, str(target)]
+        if chunk_size is not None:
+            argv += ["--chunk-size", str(chunk_size)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{tool} failed with exit code {proc.returncode}")
+    return float(out.decode().strip()), usage.ru_maxrss / 1024, usage.ru_minflt
+
+
+def verify(target: Path, size: int, digest: str | None) -> None:
+    if target.stat().st_size != size:
+        raise SystemExit(f"{target} has {target.stat().st_size} bytes, expected {size}")
+    if digest is not None:
+        got = hashlib.sha256()
+        with open(target, "rb") as f:
+            while block := f.read(MIB):
+                got.update(block)
+        if got.hexdigest() != digest:
+            raise SystemExit(f"{target}: sha256 mismatch")
+
+
+def make_source(directory: Path, size: int) -> str:
+    """A random file of ``size`` bytes; returns its sha256."""
+    digest = hashlib.sha256()
+    with open(directory / "blob.bin", "wb") as out:
+        for _ in range(size // MIB):
+            block = os.urandom(MIB)
+            digest.update(block)
+            out.write(block)
+    (directory / "blob.bin").chmod(0o644)
+    return digest.hexdigest()
+
+
+def run_rounds(
+    runs: list[tuple[str, str, int | None]], url: str, out_dir: Path, size: int, digest: str,
+    rounds: int,
+) -> dict[str, Samples]:
+    """Each round runs every (label, tool, chunk_size) once, the order rotated every round."""
+    samples = {label: Samples() for label, _, _ in runs}
+    for n in range(rounds):
+        shift = n % len(runs)
+        for label, tool, chunk in runs[shift:] + runs[:shift]:
+            target = out_dir / f"{label}.bin"
+            seconds, rss, faults = spawn(tool, url, target, chunk)
+            verify(target, size, digest if n == 0 else None)
+            target.unlink()
+            os.sync()  # no tool pays for another's dirty pages
+            samples[label].seconds.append(seconds)
+            samples[label].rss_mib.append(rss)
+            samples[label].faults.append(faults)
+            print(f"  round {n + 1} {label:<24} {seconds:7.3f} s  {rss:6.1f} MiB  "
+                  f"{faults:6d} faults", flush=True)
+    return samples
+
+
+def report(samples: dict[str, Samples], size: int, refs: tuple[str, ...]) -> None:
+    medians = {label: statistics.median(s.seconds) for label, s in samples.items()}
+    head = "".join(f"  vs {ref:<14}" for ref in refs if ref in medians)
+    print(f"\n{'tool':<24} {'median s':>9} {'min s':>7} {'MiB/s':>7}{head} {'peak RSS':>9}"
+          f" {'faults':>7}")
+    for label, s in samples.items():
+        ratios = "".join(f"  {medians[label] / medians[ref]:>6.2f}x{'':<10}"
+                         for ref in refs if ref in medians)
+        print(f"{label:<24} {medians[label]:>9.3f} {min(s.seconds):>7.3f} "
+              f"{size / MIB / medians[label]:>7.0f}{ratios} {max(s.rss_mib):>6.1f} MiB"
+              f" {statistics.median(s.faults):>7.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help=f"comma-separated subset of {','.join(TOOLS)}")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where downloads are written (default: a temp dir on $TMPDIR)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="compare download_file chunk sizes instead (curl as reference)")
+    parser.add_argument("--chunks-kib", type=lambda v: [int(k) for k in v.split(",")],
+                        default=[64, 120, 256, 512, 1024, 4096],
+                        help="chunk sizes for --sweep, in KiB (default: %(default)s)")
+    parser.add_argument("--one", nargs=3, metavar=("TOOL", "URL", "TARGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:
+        print(f"{run_one(*args.one, args.chunk_size):.6f}")
+        return
+
+    ensure_tools("nginx", "curl")
+    size = args.size_mib * MIB
+    if args.sweep:
+        runs = [("curl", "curl", None)] + [
+            (f"download_file {kib} KiB", "download_file", kib * 1024)
+            for kib in args.chunks_kib]
+    else:
+        runs = [(tool, tool, None) for tool in args.tools.split(",")]
+    with tempfile.TemporaryDirectory(prefix="vllm-fetch-bench-") as tmp:
+        source, out_dir = Path(tmp) / "srv", args.out_dir or Path(tmp) / "out"
+        Path(tmp).chmod(0o755)  # nginx workers run as "nobody" when started by root
+        source.mkdir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        digest = make_source(source, size)
+        print(f"{args.size_mib} MiB file, {args.rounds} alternating rounds, downloads to {out_dir}")
+        with loopback_nginx(source) as base:
+            samples = run_rounds(runs, f"{base}/blob.bin", out_dir, size, digest, args.rounds)
+        report(samples, size, ("curl", "vllm_baseline"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Disk faults (D4): a full disk or a read-only target is a DiskError, never retried, no temp left.
+
+ENOSPC is produced two ways: by making ``os.pwrite(v)`` / ``os.posix_fallocate`` fail in this
+process (portable), and, when the tests run as root, by a real 1 MiB tmpfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import call, leftovers
+from tests.origin import Origin
+from tests.ranged import RangeFile
+from vllm_fetch import DiskError, HTTPConnection, RetryPolicy
+
+MODES = ["sync", "async"]
+SIZE = 2 * 1024 * 1024
+BODY = os.urandom(SIZE)
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count the engine's requests and partial files: the cache (shared by the
+    session, tested in test_cache*.py) would answer some downloads from disk."""
+    monkeypatch.setenv("VLLM_FETCH_DISABLE_CACHE", "1")
+
+
+
+@pytest.fixture
+def conn() -> HTTPConnection:
+    return HTTPConnection(retry=RetryPolicy(max_attempts=4, backoff_base=0.01))
+
+
+def _full(*args: Any) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_enospc_while_writing(mode: str, origin: Origin, conn: HTTPConnection, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    url = RangeFile(BODY).mount(origin, "/full")
+    monkeypatch.setattr(os, "pwrite", _full)
+    monkeypatch.setattr(os, "pwritev", _full)
+    with pytest.raises(DiskError) as info:
+        call(mode, conn, "download_file", url, tmp_path / "full.bin", connections=1)
+    assert info.value.errno == errno.ENOSPC
+    assert origin.count("/full") == 1
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_enospc_on_preallocation(mode: str, origin: Origin, conn: HTTPConnection,
+                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = RangeFile(BODY).mount(origin, "/prealloc")
+    monkeypatch.setattr(os, "posix_fallocate", _full)
+    with pytest.raises(DiskError):
+        call(mode, conn, "download_file", url, tmp_path / "p.bin", connections=4)
+    assert origin.count("/prealloc") == 1  # the probe only: no part was requested
+    assert leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("connections", [1, 4])
+def test_real_full_tmpfs(mode: str, connections: int, origin: Origin, conn: HTTPConnection,
+                         small_tmpfs: Path) -> None:
+    url = RangeFile(BODY).mount(origin, "/tmpfs")
+    with pytest.raises(DiskError) as info:
+        call(mode, conn, "download_file", url, small_tmpfs / "big.bin",
+             connections=connections)
+    assert info.value.errno == errno.ENOSPC
+    assert origin.count("/tmpfs") == 1
+    assert leftovers(small_tmpfs) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_read_only_target_dir(mode: str, origin: Origin, conn: HTTPConnection,
+                              small_tmpfs: Path) -> None:
+    url = RangeFile(BODY).mount(origin, "/ro")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    with pytest.raises(DiskError) as info:
+        call(mode, conn, "download_file", url, small_tmpfs / "x.bin")
+    assert info.value.errno == errno.EROFS
+    assert origin.count("/ro") <= 1
+    assert leftovers(small_tmpfs) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("connections", [1, 4])
+def test_publish_order(mode: str, connections: int, origin: Origin, conn: HTTPConnection,
+                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D5: fsync(file) -> os.replace -> fsync(directory)."""
+    url = RangeFile(BODY).mount(origin, "/order")
+    target = tmp_path / "order.bin"
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst) == target:
+            events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    call(mode, conn, "download_file", url, target, connections=connections)
+    assert events[-3:] == ["fsync file", "replace", "fsync dir"]
+    assert leftovers(tmp_path) == ["order.bin"]
