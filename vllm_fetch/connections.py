@@ -433,7 +433,9 @@ class HTTPConnection:
         N ranges in parallel (None: automatic, 1 for files under 64 MiB). ``progress``: None
         (a bar on a TTY), False, True, or ``callable(done_bytes, total_or_None)``. Concurrent
         downloads of the same URL to the same path on one machine transfer once. On failure
-        nothing is left at ``save_path`` (an existing file stays untouched).
+        nothing is left at ``save_path`` (an existing file stays untouched). With the cache on
+        (``use_cache``), a fresh cached copy (or any stored body with ``expected_sha256``) is
+        copied to ``save_path`` without a request, and a downloaded file joins the cache.
         """
         options = DownloadOptions(self.retry, resume, connections, progress)
         req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
