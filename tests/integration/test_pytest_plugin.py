@@ -1,0 +1,54 @@
+"""The pytest plugin: an example suite records its assets once, then replays them offline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.origin import Origin, sha256
+
+EXAMPLE = Path(__file__).parent.parent / "example_suite"
+ASSET = os.urandom(50_000)
+
+
+def run_suite(suite: Path, mode: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EXAMPLE_ASSET_URL": url, "EXAMPLE_ASSET_SHA256": sha256(ASSET)}
+    env.pop("VLLM_FETCH_CACHE_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--vllm-fetch-mode={mode}", *extra],
+        cwd=suite, env=env, text=True, capture_output=True, timeout=120, check=False,
+    )
+
+
+def test_record_then_replay_with_the_origin_stopped(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    shutil.copytree(EXAMPLE, suite)
+    origin = Origin().start()
+    url = origin.serve_bytes("/assets/image.png", ASSET)
+    try:
+        recorded = run_suite(suite, "record", url)
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        requests_while_recording = origin.count("/assets/image.png")
+        assert requests_while_recording >= 1
+    finally:
+        origin.stop()
+    assert (suite / "recorded_assets").is_dir()
+
+    replayed = run_suite(suite, "replay", url)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "2 passed" in replayed.stdout
+
+
+def test_replay_miss_names_the_url_and_how_to_record(tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    shutil.copytree(EXAMPLE, suite)
+    unrecorded = "http://127.0.0.1:9/assets/never-recorded.png?sig=secret"
+    result = run_suite(suite, "replay", unrecorded, "-k", "fixture")
+    assert result.returncode == 1
+    assert "never-recorded.png" in result.stdout
+    assert "--vllm-fetch-mode=record" in result.stdout
+    assert "secret" not in result.stdout
