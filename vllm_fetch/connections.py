@@ -192,6 +192,7 @@ class HTTPConnection:
             deadline=Deadline(timeout),
             allow_redirects=allow_redirects,
             max_bytes=max_bytes if max_bytes is not None else self.max_bytes,
+            cache_scope=self.url_policy.cache_scope,
             **limits,
         )
 

@@ -100,10 +100,12 @@ class FetchCache:
 
     # -- what the fetch path uses -------------------------------------------------------------
     def lookup(
-        self, url: str, request_headers: Mapping[str, str], *, offline: bool, now: float
+        self, url: str, request_headers: Mapping[str, str], *, offline: bool, now: float,
+        scope: str = "",
     ) -> tuple[str, LookupDecision]:
-        """The key for ``url`` and the core's verdict on what is stored (or queued) under it."""
-        key = cache_key(url)
+        """The key for ``url`` (in the URL policy's ``scope``) and the core's verdict on what
+        is stored (or queued) under it."""
+        key = cache_key(url, scope=scope)
         job = self._pending.get(key)
         stored = job.entry if job is not None else self.index.get(key)
         decision = on_lookup(stored, request_headers, now, offline=offline,

@@ -97,7 +97,8 @@ class Start:
 
 def begin(cache: FetchCache, req: FetchRequest, *, offline: bool) -> Start:
     now = time.time()
-    key, decision = cache.lookup(req.url, req.headers, offline=offline, now=now)
+    key, decision = cache.lookup(req.url, req.headers, offline=offline, now=now,
+                                 scope=req.cache_scope)
     if decision.action is LookupAction.OFFLINE_MISS:
         raise offline_error(req.url, decision.reason)
     return Start(key, decision, now)

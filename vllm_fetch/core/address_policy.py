@@ -9,6 +9,7 @@ ask :meth:`URLPolicy.check_addresses` about every answer, and dial only a checke
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -190,6 +191,22 @@ class URLPolicy:
         """True when the policy can refuse a URL: then every request URL is checked (raw
         sessions too) and environment proxies are off unless the caller allows them."""
         return self.block_private_ips or self.allowed_domains is not None
+
+    @property
+    def cache_scope(self) -> str:
+        """Where this policy's responses live in the shared cache: "" (shared by every
+        unrestricted connection) or a namespace of their own for a restricting policy.
+
+        The policy is checked on the network path only (each redirect hop, every resolved
+        address), so a body stored by a connection that was allowed more (a host name that
+        resolves to a private address, a redirect out of ``allowed_domains``) must never be
+        served to one that is not: "policy before cache".
+        """
+        if not self.restricts:
+            return ""
+        domains = sorted(self.allowed_domains) if self.allowed_domains is not None else None
+        networks = sorted(str(n) for n in self.allowed_networks)
+        return json.dumps([domains, self.block_private_ips, networks], separators=(",", ":"))
 
     @property
     def guards_addresses(self) -> bool:

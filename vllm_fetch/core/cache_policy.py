@@ -93,13 +93,18 @@ def normalize_url(url: str) -> str:
     return urlunsplit((scheme, userinfo + at + host, parts.path or "/", parts.query, ""))
 
 
-def cache_key(url: str, vary_headers: Mapping[str, str] | None = None) -> str:
+def cache_key(
+    url: str, vary_headers: Mapping[str, str] | None = None, *, scope: str = ""
+) -> str:
     """The sha256 hex of the normalised URL plus the Vary-named request values.
 
-    Hashed so the index never holds signed query strings or userinfo in its keys.
+    Hashed so the index never holds signed query strings or userinfo in its keys. ``scope``
+    (``URLPolicy.cache_scope``) keeps entries recorded under a restricting URL policy apart:
+    a stored body is only served to a caller whose policy was checked when it was fetched.
     """
     fields = sorted((name.lower(), _normalize_field(v)) for name, v in (vary_headers or {}).items())
-    text = json.dumps([normalize_url(url), fields], ensure_ascii=False, separators=(",", ":"))
+    parts: list[Any] = [normalize_url(url), fields, *([scope] if scope else [])]
+    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 

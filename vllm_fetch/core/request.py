@@ -52,3 +52,5 @@ class FetchRequest:
     #: aiohttp's per-response buffer (None: the session's). Parallel parts use a smaller one:
     #: eight connections each buffering 2 MiB would dominate peak memory.
     read_bufsize: int | None = None
+    #: The URL policy's namespace in the shared cache (``URLPolicy.cache_scope``).
+    cache_scope: str = ""
