@@ -131,10 +131,15 @@ def _body(data: bytes, entry: CacheEntry, url: str) -> Body:
 
 
 def _check_cap(entry: CacheEntry, req: FetchRequest) -> None:
-    if req.max_bytes is not None and entry.size > req.max_bytes:
+    _check_size(entry.size, req)
+
+
+def _check_size(size: int, req: FetchRequest) -> None:
+    """A stored body over the caller's max_bytes is refused as the network path would be."""
+    if req.max_bytes is not None and size > req.max_bytes:
         safe = redact_url(req.url)
         raise SizeLimitExceededError(
-            f"{safe} is {entry.size} bytes, more than max_bytes={req.max_bytes}", url=safe)
+            f"{safe} is {size} bytes, more than max_bytes={req.max_bytes}", url=safe)
 
 
 def _conditional(req: FetchRequest, decision: LookupDecision) -> FetchRequest:
@@ -249,6 +254,8 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     """download_file through the cache: a hit is copied to the target, zero requests."""
     wanted = req.expected_sha256.lower() if req.expected_sha256 else None
     size = cache.blob_size(wanted) if wanted else None
+    if size is not None:
+        _check_size(size, req)
     if wanted and size is not None and req.expected_size in (None, size) and (
         yield Disk(lambda: cache.copy_blob_to(wanted, target))
     ):
@@ -256,7 +263,7 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     start = begin(cache, req, offline=offline)
     entry = start.decision.entry
     if _fits(entry, req) and entry is not None:
-        if start.decision.action in HITS and (yield from _copy(cache, start, entry, target)):
+        if start.decision.action in HITS and (yield from _copy(cache, start, entry, target, req)):
             return _published(target, entry, req.url)
         if start.decision.action is LookupAction.REVALIDATE:
             refreshed = yield from _revalidate_file(cache, start, req, target)
@@ -275,7 +282,7 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     except FetchError as exc:
         if entry is None or not _fits(entry, req) or not _may_serve_stale(cache, start, req, exc):
             raise
-        if not (yield from _copy(cache, start, entry, target)):
+        if not (yield from _copy(cache, start, entry, target, req)):
             raise
         logger.warning("serving a stale cached copy of %s: %s", redact_url(req.url), exc)
         return _published(target, entry, req.url)
@@ -283,7 +290,9 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     return result
 
 
-def _copy(cache: FetchCache, start: Start, entry: CacheEntry, target: Path) -> Flow:
+def _copy(cache: FetchCache, start: Start, entry: CacheEntry, target: Path,
+          req: FetchRequest) -> Flow:
+    _check_cap(entry, req)
     copied = yield Disk(lambda: cache.copy_to(start.key, entry, target, time.time()))
     return bool(copied)
 
@@ -300,14 +309,14 @@ def _revalidate_file(
     except FetchError as exc:
         if not _may_serve_stale(cache, start, req, exc):
             raise
-        if (yield from _copy(cache, start, entry, target)):
+        if (yield from _copy(cache, start, entry, target, req)):
             logger.warning("serving a stale cached copy of %s: %s", redact_url(req.url), exc)
             return _published(target, entry, req.url)
         raise
     if probed.status == 304:
         verdict = _verdict(cache, entry, 304, probed.headers, req, sent_at)
         if verdict.action is ResponseAction.REFRESH and verdict.entry is not None and (
-            yield from _copy(cache, start, verdict.entry, target)
+            yield from _copy(cache, start, verdict.entry, target, req)
         ):
             _settle_refresh(cache, start.key, verdict)
             return _published(target, verdict.entry, req.url)
@@ -316,7 +325,7 @@ def _revalidate_file(
     if not 200 <= probed.status < 300:
         verdict = _verdict(cache, entry, probed.status, probed.headers, req, sent_at)
         if verdict.action is ResponseAction.SERVE_STALE and (
-            yield from _copy(cache, start, entry, target)
+            yield from _copy(cache, start, entry, target, req)
         ):
             logger.warning("serving a stale cached copy of %s: HTTP %d", redact_url(req.url),
                            probed.status)
