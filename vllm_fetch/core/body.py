@@ -30,6 +30,10 @@ def parse_content_length(headers: Mapping[str, str], url: str) -> int | None:
     raw = header(headers, "Content-Length")
     if raw is None:
         return None
+    if header(headers, "Transfer-Encoding") is not None:
+        # RFC 9112 §6.3: the framing is ambiguous (a smuggling vector); never guess
+        raise ResponseHeadersError(
+            f"both Content-Length and Transfer-Encoding from {url}", url=url)
     values = {v.strip() for v in raw.split(",")}
     if len(values) != 1:
         raise ResponseHeadersError(f"conflicting Content-Length {raw!r} from {url}", url=url)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 from ..core import redirects
@@ -49,7 +50,9 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return FetchTimeoutError(f"timed out fetching {safe}", url=safe)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        if "decompress" in str(exc).lower() or "encoding" in str(exc).lower():
+        # a chunked body cut short says "transfer-encoding" too: only a content-coding failure
+        # is a decoding error; a cut is truncation (retried and resumed, fault F2)
+        if isinstance(exc.__cause__, ContentEncodingError) or "decompress" in str(exc).lower():
             return IntegrityError(f"cannot decode the body of {safe}", url=safe)
         return TruncatedBodyError(f"connection to {safe} broke mid-body", url=safe)
     if isinstance(exc, aiohttp.InvalidURL):

@@ -63,6 +63,9 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     if is_header_limit(exc):
         return ResponseHeadersError(f"oversized or too many response headers from {safe}",
                                     url=safe)
+    if any(isinstance(e, u3.InvalidHeader) for e in _wrapped(exc)):
+        # e.g. two different Content-Length values (fault F5): malformed, never retried
+        return ResponseHeadersError(f"malformed response headers from {safe}", url=safe)
     if isinstance(exc, (requests.ConnectTimeout, u3.ConnectTimeoutError)):
         return FetchTimeoutError(f"timed out connecting to {safe}", url=safe)
     if isinstance(exc, (requests.ReadTimeout, u3.ReadTimeoutError)):
