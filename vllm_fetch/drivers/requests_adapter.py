@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import http.client
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import urlsplit
 
 from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NameResolutionError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 from urllib3.util import connection
 from urllib3.util.url import _encode_target
 
@@ -35,6 +43,10 @@ _Pool = TypeVar("_Pool", bound=HTTPConnectionPool)
 
 _VERBATIM_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "vllm_fetch_verbatim_target", default=None
+)
+#: time.monotonic() by which the response head must have arrived (see response_deadline)
+_HEAD_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "vllm_fetch_head_deadline", default=None
 )
 
 
@@ -54,20 +66,96 @@ def verbatim_target(url: str) -> Iterator[None]:
         _VERBATIM_TARGET.reset(token)
 
 
+@contextlib.contextmanager
+def response_deadline(seconds: float | None) -> Iterator[None]:
+    """Within this block, a response head must arrive within ``seconds`` in all.
+
+    Socket timeouts bound each read, not the sum: an origin trickling its status line and
+    headers a byte at a time, each just under the idle timeout, would otherwise hold a sync
+    call far past its total deadline (fault F12). None: no bound beyond the idle timeout.
+    """
+    end = None if seconds is None else time.monotonic() + seconds
+    token = _HEAD_DEADLINE.set(end)
+    try:
+        yield
+    finally:
+        _HEAD_DEADLINE.reset(token)
+
+
+def _cut(conn: Any, fired: threading.Event) -> None:
+    fired.set()
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # the blocked read in the caller's thread returns
+
+
 class _VerbatimTargetMixin:
     def _make_request(self, conn: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         wanted = _VERBATIM_TARGET.get()
         if wanted is not None and wanted != url and _encode_target(wanted) == url:
             url = wanted
-        return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
+        try:
+            return self._timed_request(conn, method, url, *args, **kwargs)
+        except BaseException:
+            stray = getattr(conn, "stray_response", None)
+            if stray is not None:
+                stray.close()
+            raise
+        finally:
+            conn.stray_response = None
+
+    def _timed_request(self, conn: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        end = _HEAD_DEADLINE.get()
+        if end is None:
+            return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
+        fired = threading.Event()
+        timer = threading.Timer(max(0.0, end - time.monotonic()), _cut, (conn, fired))
+        timer.daemon = True
+        timer.start()
+        try:
+            response = super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
+        except BaseException as exc:
+            if fired.is_set():  # whatever the cut made the parser say, it was the deadline
+                raise ReadTimeoutError(self, url, "total deadline passed") from exc  # type: ignore[arg-type]
+            raise
+        finally:
+            timer.cancel()
+        if fired.is_set():  # a head cut short can parse as a complete (empty) response
+            response.close()
+            raise ReadTimeoutError(self, url, "total deadline passed")  # type: ignore[arg-type]
+        return response
+
+
+class _TrackedResponseMixin:
+    """Remembers http.client's response until urllib3 has wrapped it. urllib3 drops it unclosed
+    when the head fails its own checks (two different Content-Length values, fault F5), and
+    its socket file then leaks (a ResourceWarning); ``_make_request`` closes it."""
+
+    stray_response: http.client.HTTPResponse | None = None
+
+    @property
+    def response_class(self) -> Callable[..., http.client.HTTPResponse]:
+        def make(*args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+            self.stray_response = http.client.HTTPResponse(*args, **kwargs)
+            return self.stray_response
+        return make
+
+
+class _TrackedHTTPConnection(_TrackedResponseMixin, HTTPConnection):  # type: ignore[misc]
+    pass
+
+
+class _TrackedHTTPSConnection(_TrackedResponseMixin, HTTPSConnection):  # type: ignore[misc]
+    pass
 
 
 class VerbatimHTTPConnectionPool(_VerbatimTargetMixin, HTTPConnectionPool):
-    pass
+    ConnectionCls = _TrackedHTTPConnection
 
 
 class VerbatimHTTPSConnectionPool(_VerbatimTargetMixin, HTTPSConnectionPool):
-    pass
+    ConnectionCls = _TrackedHTTPSConnection
 
 
 class _PinnedConnectionMixin:

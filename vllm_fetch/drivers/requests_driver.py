@@ -32,7 +32,7 @@ from ..errors import (
     TruncatedBodyError,
 )
 from .address_guard import address_guard
-from .requests_adapter import FetchAdapter, verbatim_target
+from .requests_adapter import FetchAdapter, response_deadline, verbatim_target
 
 
 def _wrapped(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
@@ -163,7 +163,7 @@ class RequestsDriver:
             verify: bool | str = settings["verify"] if settings["verify"] is not None else True
             if verify is True and not session.trust_env:
                 verify = ca_bundle_from_env()  # trust_env is about proxies and .netrc only
-            with verbatim_target(url):
+            with verbatim_target(url), response_deadline(timeouts.total):
                 return session.get_adapter(url).send(
                     prepared, stream=True, timeout=(timeouts.connect, timeouts.read),
                     verify=verify, cert=settings["cert"],
