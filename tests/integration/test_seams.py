@@ -1,0 +1,198 @@
+"""Where the pieces meet: the cache with the URL policy, max_bytes, offline replay of redirects,
+expected_sha256 and resume, against a real loopback origin, sync and async."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cache_origin import Resource, serve_resource
+from tests.helpers import call, leftovers
+from tests.netsafety import StubResolver
+from tests.origin import Origin, sha256
+from tests.ranged import RangeFile
+from vllm_fetch import (
+    BlockedURLError,
+    ChecksumMismatchError,
+    FetchCache,
+    HTTPConnection,
+    RetryPolicy,
+    SizeLimitExceededError,
+)
+
+MODES = ["sync", "async"]
+BODY = os.urandom(32 * 1024 + 5)
+FAST = RetryPolicy(max_attempts=3, backoff_base=0.01, backoff_max=0.02)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[FetchCache]:
+    store = FetchCache(tmp_path / "cache")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def origin2() -> Iterator[Origin]:
+    """An origin on 127.0.0.2: exempt from block_private_ips via allowed_networks."""
+    server = Origin(host="127.0.0.2").start()
+    yield server
+    server.stop()
+
+
+def get(mode: str, conn: HTTPConnection, method: str, url: str, out: Path) -> bytes:
+    if method == "download_file":
+        return Path(call(mode, conn, method, url, out)).read_bytes()
+    data: bytes = call(mode, conn, method, url)
+    return data
+
+
+# --- policy before cache -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["get_bytes", "download_file"])
+def test_cached_body_of_a_private_name_is_refused_under_block_private_ips(
+    mode: str, method: str, origin: Origin, cache: FetchCache, tmp_path: Path
+) -> None:
+    """A trusted job caches http://internal.test/ (a name for 127.0.0.1); a guarded connection
+    sharing the cache must not be handed that body: the check it would make on the network
+    (the resolved address) has to hold for what the cache serves too."""
+    serve_resource(origin, "/secret", Resource(b"internal data", cache_control="max-age=600"))
+    resolver = StubResolver({"internal.test": ["127.0.0.1"]})
+    url = f"http://internal.test:{origin.port}/secret"
+    trusted = HTTPConnection(cache=cache, retry=RetryPolicy.none(), resolver=resolver)
+    assert get(mode, trusted, method, url, tmp_path / "trusted") == b"internal data"
+    guarded = HTTPConnection(cache=cache, retry=RetryPolicy.none(), resolver=resolver,
+                             block_private_ips=True)
+    with pytest.raises(BlockedURLError):
+        get(mode, guarded, method, url, tmp_path / "guarded")
+    assert origin.count("/secret") == 1
+    assert not (tmp_path / "guarded").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["get_bytes", "download_file"])
+def test_cached_redirect_out_of_allowed_domains_is_refused(
+    mode: str, method: str, origin: Origin, cache: FetchCache, tmp_path: Path
+) -> None:
+    """public.test redirected to other.test when it was recorded: a connection limited to
+    public.test gets the redirect refused, not the other host's body from the cache."""
+    resolver = StubResolver({"public.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    origin.serve_bytes("/moved", b"", status=302,
+                       headers={"Location": f"http://other.test:{origin.port}/there"})
+    serve_resource(origin, "/there", Resource(b"other host", cache_control="max-age=600"))
+    url = f"http://public.test:{origin.port}/moved"
+    anyone = HTTPConnection(cache=cache, retry=RetryPolicy.none(), resolver=resolver)
+    assert get(mode, anyone, method, url, tmp_path / "anyone") == b"other host"
+    limited = HTTPConnection(cache=cache, retry=RetryPolicy.none(), resolver=resolver,
+                             allowed_domains=["public.test"])
+    with pytest.raises(BlockedURLError):
+        get(mode, limited, method, url, tmp_path / "limited")
+    assert not (tmp_path / "limited").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_guarded_connection_still_caches_what_it_fetched(
+    mode: str, origin2: Origin, cache: FetchCache, tmp_path: Path
+) -> None:
+    """The policy's own namespace: what a guarded connection fetched is a hit for it."""
+    serve_resource(origin2, "/img", Resource(BODY, cache_control="max-age=600"))
+    resolver = StubResolver({"cdn.test": ["127.0.0.2"]})
+    url = f"http://cdn.test:{origin2.port}/img"
+
+    def guarded() -> HTTPConnection:
+        return HTTPConnection(cache=cache, retry=RetryPolicy.none(), resolver=resolver,
+                              block_private_ips=True, allowed_networks=["127.0.0.2/32"])
+
+    assert get(mode, guarded(), "get_bytes", url, tmp_path / "a") == BODY
+    assert get(mode, guarded(), "download_file", url, tmp_path / "b") == BODY
+    assert origin2.count("/img") == 1
+
+
+# --- offline replay of a URL that redirected ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_offline_replays_a_url_that_redirected_when_recorded(
+    mode: str, origin: Origin, cache: FetchCache, tmp_path: Path
+) -> None:
+    origin.serve_bytes("/latest", b"", status=302, headers={"Location": "/v2/model.bin"})
+    serve_resource(origin, "/v2/model.bin", Resource(BODY, cache_control="max-age=0"))
+    url = origin.url("/latest")
+    recorder = HTTPConnection(cache=cache, retry=RetryPolicy.none())
+    assert get(mode, recorder, "get_bytes", url, tmp_path / "x") == BODY
+    origin.stop()
+    replay = HTTPConnection(cache=cache, retry=RetryPolicy.none(), offline=True)
+    assert get(mode, replay, "get_bytes", url, tmp_path / "x") == BODY
+    assert get(mode, replay, "download_file", url, tmp_path / "model.bin") == BODY
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["model.bin"]
+
+
+# --- max_bytes on what the cache serves -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_bytes_refuses_a_cached_download(mode: str, origin: Origin, cache: FetchCache,
+                                             tmp_path: Path) -> None:
+    url = serve_resource(origin, "/big", Resource(BODY, cache_control="max-age=600"))
+    out = tmp_path / "out"
+    out.mkdir()
+    call(mode, HTTPConnection(cache=cache, retry=RetryPolicy.none()), "download_file", url,
+         out / "first.bin")
+    capped = HTTPConnection(cache=cache, retry=RetryPolicy.none(), max_bytes=1024)
+    with pytest.raises(SizeLimitExceededError):
+        call(mode, capped, "download_file", url, out / "hit.bin")
+    with pytest.raises(SizeLimitExceededError):  # the content-addressed shortcut too
+        call(mode, capped, "download_file", origin.url("/elsewhere"), out / "sha.bin",
+             expected_sha256=sha256(BODY))
+    assert leftovers(out) == ["first.bin"]
+    assert origin.count("/big") == 1 and origin.count("/elsewhere") == 0
+
+
+# --- expected_sha256 mismatch poisons nothing ----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sha256_mismatch_leaves_no_cache_entry(mode: str, origin: Origin, cache: FetchCache,
+                                               tmp_path: Path) -> None:
+    url = serve_resource(origin, "/w", Resource(BODY, cache_control="max-age=600"))
+    conn = HTTPConnection(cache=cache, retry=RetryPolicy.none())
+    wrong = sha256(b"not this")
+    with pytest.raises(ChecksumMismatchError):
+        call(mode, conn, "download_file", url, tmp_path / "w.bin", expected_sha256=wrong)
+    cache.flush()
+    assert not (tmp_path / "w.bin").exists()
+    assert cache.info().entries == 0 and cache.info().blobs == 0
+    # the body itself was fine: stored once fetched right, and served whole from then on
+    call(mode, conn, "download_file", url, tmp_path / "w.bin", expected_sha256=sha256(BODY))
+    with pytest.raises(ChecksumMismatchError):  # a stored body that does not fit is not used
+        call(mode, conn, "download_file", url, tmp_path / "v.bin", expected_sha256=wrong)
+    assert not (tmp_path / "v.bin").exists()
+    assert [(e.sha256, e.size) for e in cache.entries()] == [(sha256(BODY), len(BODY))]
+    assert call(mode, conn, "get_bytes", url) == BODY
+    assert origin.count("/w") == 3
+
+
+# --- resume inside one call, with the cache on -------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_download_resumed_by_a_retry_is_cached_whole(mode: str, origin: Origin,
+                                                     cache: FetchCache, tmp_path: Path) -> None:
+    size = 512 * 1024 + 3
+    data = os.urandom(size)
+    url = RangeFile(data, cuts={0: size // 3}).mount(origin, "/r")
+    conn = HTTPConnection(cache=cache, retry=FAST)
+    target = tmp_path / "r.bin"
+    call(mode, conn, "download_file", url, target, connections=1)
+    seen = origin.seen("/r")
+    assert len(seen) == 2 and seen[1].headers["Range"] == f"bytes={size // 3}-"
+    assert target.read_bytes() == data
+    cache.flush()
+    assert [(e.size, e.sha256) for e in cache.entries()] == [(size, sha256(data))]
+    assert call(mode, conn, "get_bytes", url) == data
+    assert len(origin.seen("/r")) == 2
