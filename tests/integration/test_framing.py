@@ -3,6 +3,8 @@ every body method, sync and async."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import time
@@ -191,3 +193,25 @@ def test_f12_trickle_is_ended_by_the_total_deadline(
     assert time.monotonic() - started < 1.2  # the head alone would take 7 s to arrive
     assert "timed out after 0.6 s" in str(info.value)
     assert leftovers(tmp_path) == []
+
+
+# --- S7: the HTTP libraries' own logs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("head", [b"Content-Length: 2\r\n", b"Content-Length: 2\r\n: nameless\r\n"],
+                         ids=["plain", "malformed-field"])
+def test_s7_library_logs_carry_no_query_string(
+    mode: str, head: bytes, serve: Callable[[Serve], RawServer],
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """urllib3 logs every request target at DEBUG and a URL for a malformed head at WARNING."""
+    server = serve(lambda sock, _: sock.sendall(b"HTTP/1.1 200 OK\r\n" + head + b"\r\nok"))
+    caplog.set_level(logging.DEBUG)  # the root: every library's records
+    url = server.url("/x?X-Amz-Signature=SIGSECRET")
+    with contextlib.suppress(ResponseHeadersError):  # aiohttp refuses a nameless field
+        fetch(mode, HTTPConnection(retry=RetryPolicy.none(), cache=False), "get_bytes", url,
+              tmp_path)
+    assert len(server.heads) == 1 and b"SIGSECRET" in server.heads[0]  # sent verbatim ...
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "SIGSECRET" in m]  # ... and logged nowhere
