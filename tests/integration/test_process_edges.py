@@ -82,6 +82,27 @@ def test_d1_ctrl_c_mid_body_leaves_no_target_and_the_next_run_completes(
     assert leftovers(out) == ["m.bin"]
 
 
+def test_d1_ctrl_c_in_the_console_script_is_one_line(origin: Origin, tmp_path: Path) -> None:
+    url = RangeFile(DATA, stalls={0: SIZE // 2}, stall_seconds=20).mount(origin, "/cli.bin")
+    child = subprocess.Popen([str(SCRIPT), "get", url, "-o", "cli.bin"], cwd=tmp_path,
+                             env=strict_env(tmp_path), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        give_up = time.monotonic() + 20
+        while origin.bytes_sent < SIZE // 2 and time.monotonic() < give_up:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=20)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130
+    assert stderr.strip() == "vllm-fetch: interrupted", stderr
+    assert not (tmp_path / "cli.bin").exists()
+    assert all(name.startswith(".") for name in leftovers(tmp_path)), leftovers(tmp_path)
+
+
 # --- D6: the global instance across event loops, the sync side from 16 threads -------------------
 
 

@@ -3,15 +3,17 @@ expected_sha256 and resume, against a real loopback origin, sync and async."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cache_origin import Resource, serve_resource
 from tests.helpers import call, leftovers
-from tests.netsafety import StubResolver
+from tests.netsafety import CountingListener, StubResolver
 from tests.origin import Origin, sha256
 from tests.ranged import RangeFile
 from vllm_fetch import (
@@ -196,3 +198,108 @@ def test_download_resumed_by_a_retry_is_cached_whole(mode: str, origin: Origin,
     assert [(e.size, e.sha256) for e in cache.entries()] == [(size, sha256(data))]
     assert call(mode, conn, "get_bytes", url) == data
     assert len(origin.seen("/r")) == 2
+
+
+# --- S6 on a redirect hop: parser differentials in Location ------------------------------------
+
+DIFFERENTIAL_LOCATIONS = [
+    "http://evil.test\\@good.test:{good}/ok", "http://good.test%2f@evil.test:{evil}/x",
+    "//evil.test:{evil}/x", "/\\evil.test:{evil}/x", "http://evil.test:{evil}\\.good.test/x",
+    "http://evil.test:{evil}#@good.test/x", "http://good.test:{good}@evil.test:{evil}/x",
+    " http://evil.test:{evil}/x", "http://evil.test%09:{evil}/x", "HTTP://EVIL.test:{evil}/x",
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("location", DIFFERENTIAL_LOCATIONS)
+def test_s6_differentials_in_a_redirect_never_reach_another_host(
+    mode: str, location: str, origin: Origin
+) -> None:
+    evil = CountingListener("127.0.0.2")
+    try:
+        resolver = StubResolver({"good.test": ["127.0.0.1"], "evil.test": ["127.0.0.2"]})
+        origin.serve_bytes("/ok", b"fine")
+        origin.serve_bytes("/go", b"", status=302,
+                           headers={"Location": location.format(good=origin.port,
+                                                                evil=evil.port)})
+        conn = HTTPConnection(retry=RetryPolicy.none(), cache=False, resolver=resolver,
+                              allowed_domains=["good.test"])
+        with pytest.raises(ValueError):  # InvalidURLError or BlockedURLError
+            call(mode, conn, "get_bytes", f"http://good.test:{origin.port}/go")
+        assert resolver.lookups("evil.test") == 0 and evil.accepted == 0
+        assert origin.count("/ok") == 0
+    finally:
+        evil.close()
+
+
+# --- F8 / F11: resume against an origin that misbehaves or stalls --------------------------------
+
+
+class IgnoresIfRange(RangeFile):
+    """Answers every Range with a 206 of whatever it serves now, whatever If-Range says."""
+
+    def _range(self, request: Any) -> tuple[int, int] | None:
+        header = request.headers.get("Range")
+        if header is None:
+            return None
+        return int(header.strip()[6:].split("-")[0]), len(self.data) - 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_f8_a_206_of_another_version_is_never_spliced(mode: str, origin: Origin,
+                                                      tmp_path: Path) -> None:
+    size = 256 * 1024
+    old, new = os.urandom(size), os.urandom(size)
+    served = IgnoresIfRange(old, cuts={0: size // 2}, last_modified=None)
+
+    def new_version(number: int) -> None:
+        if number == 1:
+            served.data, served.etag = new, '"v2"'
+
+    served.before = new_version
+    url = served.mount(origin, "/v")
+    target = tmp_path / "v.bin"
+    call(mode, HTTPConnection(retry=FAST, cache=False), "download_file", url, target,
+         connections=1)
+    assert target.read_bytes() == new  # not old[:half] + new[half:]
+    assert origin.seen("/v")[1].headers["Range"] == f"bytes={size // 2}-"
+    assert leftovers(tmp_path) == ["v.bin"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_f11_stall_mid_body_resumes_from_what_arrived(mode: str, origin: Origin,
+                                                      tmp_path: Path) -> None:
+    size = 512 * 1024 + 9
+    data = os.urandom(size)
+    url = RangeFile(data, stalls={0: size // 2}, stall_seconds=5).mount(origin, "/s")
+    conn = HTTPConnection(retry=FAST, cache=False, idle_timeout=0.3)
+    target = tmp_path / "s.bin"
+    call(mode, conn, "download_file", url, target, connections=1, timeout=4)
+    assert target.read_bytes() == data
+    ranges = [seen.headers.get("Range") for seen in origin.seen("/s")]
+    assert len(ranges) == 2 and ranges[1] == f"bytes={size // 2}-"
+    assert leftovers(tmp_path) == ["s.bin"]
+
+
+# --- D8: an index that cannot be used at all --------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_d8_unusable_index_never_breaks_a_fetch(mode: str, origin: Origin, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    directory = tmp_path / "c"
+    directory.mkdir()
+    (directory / "index").write_bytes(b"a file where the index directory should be")
+    url = serve_resource(origin, "/d8", Resource(BODY, cache_control="max-age=600"))
+    with caplog.at_level(logging.WARNING, logger="vllm_fetch"):
+        store = FetchCache(directory)
+        conn = HTTPConnection(cache=store, retry=RetryPolicy.none())
+        assert call(mode, conn, "get_bytes", url) == BODY
+        store.flush()
+        assert get(mode, conn, "download_file", url, tmp_path / "d8.bin") == BODY
+        assert call(mode, conn, "get_bytes", url) == BODY
+        store.flush()
+        assert not store._pending  # nothing piles up in memory either
+        store.close()
+    assert any("bypassing" in r.getMessage() for r in caplog.records)
+    assert origin.count("/d8") == 3  # nothing could be stored: each went to the network
