@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from .body import is_encoded
+
 #: Partials older than this are deleted instead of resumed (seconds; 7 days).
 STALE_PARTIAL_AGE: float = 7 * 24 * 3600.0
 
@@ -301,7 +303,16 @@ def on_response(
     """Decide what a response to :func:`plan_request`'s headers means for the partial on disk.
 
     ``requested_offset`` is the Range start actually sent (0 when no Range was sent).
+
+    A content-coded body (an origin that ignored ``Accept-Encoding: identity``) is never
+    continued: its ranges count coded bytes while the partial holds decoded ones. A 206 of it
+    is discarded; a 200 restarts and records no validator, so nothing resumes from it later.
     """
+    if is_encoded(headers) and status in (200, 206):
+        if status == 206:
+            return _discard("206 of a content-coded body cannot continue decoded bytes")
+        return ResumeDecision(ResumeAction.RESTART, 0, None, None, None,
+                              "200 content-coded: start from zero, not resumable")
     if status == 206:
         return _on_partial(state, requested_offset, headers)
     if status == 200:

@@ -162,7 +162,8 @@ class Transfer:
         state = self.partial.state or PartialState(0, None, None, None, self.req.url)
         if self._probing:
             self._probing = False
-            self.split_allowed = status == 206  # never probe again after an unusable answer
+            # never probe again after an unusable answer; coded ranges count coded bytes
+            self.split_allowed = status == 206 and not is_encoded(headers)
             split = self._split(status, headers)
             if split is not None:
                 return split
@@ -212,6 +213,8 @@ class Transfer:
         """Split when the probe's 206 covers the whole file and more than one part pays."""
         parsed = parse_content_range(header_value(headers, "Content-Range"))
         if status != 206 or parsed is None or parsed[0] != 0 or parsed[2] is None:
+            return None
+        if is_encoded(headers):  # ranges of coded bytes cannot place decoded ones
             return None
         total = parsed[2]
         wanted = self.options.connections or auto_connections(total, accepts_ranges=True)
