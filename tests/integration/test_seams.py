@@ -3,9 +3,12 @@ expected_sha256 and resume, against a real loopback origin, sync and async."""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
-from collections.abc import Iterator
+import re
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from tests.helpers import call, leftovers
 from tests.netsafety import CountingListener, StubResolver
 from tests.origin import Origin, sha256
 from tests.ranged import RangeFile
+from tests.rawserver import RawServer
 from vllm_fetch import (
     BlockedURLError,
     ChecksumMismatchError,
@@ -303,3 +307,51 @@ def test_d8_unusable_index_never_breaks_a_fetch(mode: str, origin: Origin, tmp_p
         store.close()
     assert any("bypassing" in r.getMessage() for r in caplog.records)
     assert origin.count("/d8") == 3  # nothing could be stored: each went to the network
+
+
+# --- F17 x resume: an origin that content-codes despite Accept-Encoding: identity -----------------
+
+PLAIN = os.urandom(5 * 1024 * 1024)
+CODED = gzip.compress(PLAIN, compresslevel=1)
+
+
+def coded_origin() -> Callable[[socket.socket, bytes], None]:
+    """gzip whatever is asked; honours Range on the *coded* bytes (as gzip_static does); the
+    first whole-body answer breaks at 60%."""
+    whole: list[int] = []
+
+    def handler(sock: socket.socket, head: bytes) -> None:
+        common = b'ETag: "g1"\r\nAccept-Ranges: bytes\r\nContent-Encoding: gzip\r\n'
+        asked = re.search(rb"(?i)range: bytes=(\d+)-", head)
+        if asked:
+            start = int(asked[1])
+            sock.sendall(b"HTTP/1.1 206 Partial Content\r\n" + common
+                         + b"Content-Range: bytes %d-%d/%d\r\n" % (start, len(CODED) - 1,
+                                                                    len(CODED))
+                         + b"Content-Length: %d\r\n\r\n" % (len(CODED) - start) + CODED[start:])
+            return
+        whole.append(1)
+        body = CODED[: len(CODED) * 3 // 5] if len(whole) == 1 else CODED
+        sock.sendall(b"HTTP/1.1 200 OK\r\n" + common
+                     + b"Content-Length: %d\r\n\r\n" % len(CODED) + body)
+
+    return handler
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("connections", [1, 4])
+def test_a_content_coded_body_is_restarted_never_resumed_or_split(
+    mode: str, connections: int, tmp_path: Path
+) -> None:
+    """Range offsets of a coded body count coded bytes; the partial holds decoded ones."""
+    server = RawServer(coded_origin())
+    try:
+        target = tmp_path / "g.bin"
+        call(mode, HTTPConnection(retry=FAST, cache=False), "download_file", server.url("/g"),
+             target, connections=connections)
+        assert sha256(target.read_bytes()) == sha256(PLAIN)
+        sent_ranges = [re.findall(rb"(?i)range: bytes=(\d+)", head) for head in server.heads]
+        assert all(r in ([], [b"0"]) for r in sent_ranges), sent_ranges  # never resumed
+        assert leftovers(tmp_path) == ["g.bin"]
+    finally:
+        server.close()

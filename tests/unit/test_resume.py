@@ -277,6 +277,18 @@ def test_discard_restarts_from_zero_without_validators() -> None:
     assert (decision.offset, decision.etag, decision.last_modified) == (0, None, None)
 
 
+def test_content_coded_answers_are_never_continued_or_resumable() -> None:
+    coded = {"Content-Encoding": "gzip", "ETag": ETAG, "Content-Length": "500"}
+    ranged = on_response(state(), 100, 206, {**coded, CR: "bytes 100-999/1000"})
+    assert ranged.action is ResumeAction.DISCARD_AND_RETRY
+    whole = on_response(state(), 0, 200, coded)
+    assert whole.action is ResumeAction.RESTART
+    assert whole.state_for(URL) == PartialState(0, None, None, None, URL)  # no validator
+    identity = on_response(state(), 100, 206, {"Content-Encoding": "identity",
+                                               CR: "bytes 100-999/1000"})
+    assert identity.action is ResumeAction.APPEND
+
+
 def test_fail_keeps_the_partial_untouched() -> None:
     decision = on_response(state(), 100, 503, {})
     assert decision.state_for(URL) == state()
