@@ -102,6 +102,25 @@ def test_cached_redirect_out_of_allowed_domains_is_refused(
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_naming_the_sha256_of_a_private_body_does_not_fetch_it_from_the_cache(
+    mode: str, origin: Origin, origin2: Origin, cache: FetchCache, tmp_path: Path
+) -> None:
+    """The content-addressed shortcut (any URL, same sha256) stays in the shared namespace."""
+    serve_resource(origin, "/weights", Resource(b"gated weights", cache_control="max-age=600"))
+    resolver = StubResolver({"internal.test": ["127.0.0.1"], "public.test": ["127.0.0.2"]})
+    trusted = HTTPConnection(cache=cache, retry=RetryPolicy.none(), resolver=resolver)
+    call(mode, trusted, "download_file", f"http://internal.test:{origin.port}/weights",
+         tmp_path / "trusted.bin")
+    origin2.serve_bytes("/w", b"what the public host serves")
+    guarded = HTTPConnection(cache=cache, retry=RetryPolicy.none(), resolver=resolver,
+                             block_private_ips=True, allowed_networks=["127.0.0.2/32"])
+    with pytest.raises(ChecksumMismatchError):  # the network answered, not the cache
+        call(mode, guarded, "download_file", f"http://public.test:{origin2.port}/w",
+             tmp_path / "guarded.bin", expected_sha256=sha256(b"gated weights"))
+    assert origin2.count("/w") == 1 and not (tmp_path / "guarded.bin").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_guarded_connection_still_caches_what_it_fetched(
     mode: str, origin2: Origin, cache: FetchCache, tmp_path: Path
 ) -> None:

@@ -253,7 +253,9 @@ def _published(target: Path, entry: CacheEntry, url: str) -> DownloadResult:
 def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool) -> Flow:
     """download_file through the cache: a hit is copied to the target, zero requests."""
     wanted = req.expected_sha256.lower() if req.expected_sha256 else None
-    size = cache.blob_size(wanted) if wanted else None
+    # same bytes from any URL: only in the shared namespace (a restricting policy never gets
+    # bytes that a connection allowed more fetched, not even by naming their sha256)
+    size = cache.blob_size(wanted) if wanted and not req.cache_scope else None
     if size is not None:
         _check_size(size, req)
     if wanted and size is not None and req.expected_size in (None, size) and (
