@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import heapq
 import http.client
+import itertools
 import logging
 import re
 import socket
@@ -100,12 +102,68 @@ def response_deadline(seconds: float | None) -> Iterator[None]:
         _HEAD_DEADLINE.reset(token)
 
 
-def _cut(conn: Any, fired: threading.Event) -> None:
-    fired.set()
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # the blocked read in the caller's thread returns
+class _Watchdog:
+    """One daemon thread that shuts down the sockets of heads still awaited at their deadline
+    (a thread per request would cost more than a loopback request itself)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Any, threading.Event]] = []
+        self._ids = itertools.count()
+        self._armed = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, end: float, conn: Any) -> threading.Event:
+        """Watch ``conn`` until ``end`` (until :meth:`disarm`). When it fires, it sets
+        ``conn.vllm_fetch_cut`` and shuts ``conn.sock`` down."""
+        done = threading.Event()
+        conn.vllm_fetch_cut = False
+        with self._cond:
+            self._armed += 1
+            heapq.heappush(self._heap, (end, next(self._ids), conn, done))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="vllm_fetch-deadline")
+                self._thread.start()
+            if self._heap[0][3] is done:
+                self._cond.notify()
+        return done
+
+    def disarm(self, done: threading.Event) -> None:
+        """Stop watching; afterwards ``conn.vllm_fetch_cut`` says whether it fired first."""
+        with self._cond:
+            if done.is_set():
+                return
+            done.set()
+            self._armed -= 1
+            if len(self._heap) > 64 and len(self._heap) > 4 * self._armed:
+                self._heap = [entry for entry in self._heap if not entry[3].is_set()]
+                heapq.heapify(self._heap)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][3].is_set():
+                    heapq.heappop(self._heap)  # disarmed
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                _, _, conn, done = heapq.heappop(self._heap)
+                if not done.is_set():
+                    self._armed -= 1
+                    conn.vllm_fetch_cut = True
+                    sock = getattr(conn, "sock", None)
+                    if sock is not None:
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns
+                    done.set()
+
+
+_WATCHDOG = _Watchdog()
 
 
 class _VerbatimTargetMixin:
@@ -127,19 +185,16 @@ class _VerbatimTargetMixin:
         end = _HEAD_DEADLINE.get()
         if end is None:
             return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
-        fired = threading.Event()
-        timer = threading.Timer(max(0.0, end - time.monotonic()), _cut, (conn, fired))
-        timer.daemon = True
-        timer.start()
+        watch = _WATCHDOG.arm(end, conn)
         try:
             response = super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
         except BaseException as exc:
-            if fired.is_set():  # whatever the cut made the parser say, it was the deadline
+            _WATCHDOG.disarm(watch)
+            if conn.vllm_fetch_cut:  # whatever the cut made the parser say, it was the deadline
                 raise ReadTimeoutError(self, url, "total deadline passed") from exc  # type: ignore[arg-type]
             raise
-        finally:
-            timer.cancel()
-        if fired.is_set():  # a head cut short can parse as a complete (empty) response
+        _WATCHDOG.disarm(watch)
+        if conn.vllm_fetch_cut:  # a head cut short can parse as a complete (empty) response
             response.close()
             raise ReadTimeoutError(self, url, "total deadline passed")  # type: ignore[arg-type]
         return response
