@@ -161,7 +161,9 @@ def test_malformed_record_is_a_miss(tmp_path: Path) -> None:
 
 def test_size_limit_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VLLM_FETCH_CACHE_SIZE", "2GiB")
-    assert FetchCache(tmp_path / "c").size_limit == 2 * 2**30
+    cache = FetchCache(tmp_path / "c")
+    assert cache.size_limit == 2 * 2**30
+    cache.close()
     monkeypatch.setenv("VLLM_FETCH_CACHE_SIZE", "lots")
     with pytest.raises(ValueError, match="VLLM_FETCH_CACHE_SIZE"):
         FetchCache(tmp_path / "d")

@@ -60,6 +60,28 @@ class JSONDisk(diskcache.Disk):  # type: ignore[misc]
         return data if read else json.loads(data)
 
 
+class _Closer:
+    __slots__ = ("con",)
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.con.close()
+
+
+class _ClosingLocal(threading.local):
+    """diskcache keeps one SQLite connection per thread in its ``_local`` and closes only the
+    calling thread's. Here each one is closed when its thread ends: Python 3.13 warns about a
+    connection collected unclosed (ResourceWarning, fault D7), e.g. from asyncio.to_thread."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "con" and value is not None:
+            super().__setattr__("closer", _Closer(value))
+
+
 class Index:
     """diskcache behind a guard: any storage error is a warning and a miss, never a crash."""
 
@@ -75,10 +97,16 @@ class Index:
 
     # -- opening, rebuilding, bypassing -------------------------------------------------------
     def _connect(self) -> diskcache.Cache:
+        path = self.directory / _DB_FILE
+        if path.is_file():  # a damaged file fails here, not inside diskcache's constructor,
+            with contextlib.closing(sqlite3.connect(path)) as probe:  # which leaks its connection
+                probe.execute("PRAGMA schema_version").fetchall()
         db = diskcache.Cache(
             str(self.directory), disk=JSONDisk,
             eviction_policy="none", statistics=False, tag_index=False, timeout=10,
         )
+        db.close()  # the connection diskcache opened in __init__, before its local is swapped
+        db._local = _ClosingLocal()
         try:
             db.get("n:probe")  # fail now on a file that is not a database
         except BaseException:
