@@ -5,10 +5,12 @@ console script and worker processes (which this suite's ``filterwarnings`` does 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,6 +135,22 @@ def test_d6_sync_downloads_from_16_threads(origin: Origin, tmp_path: Path) -> No
     conn.close()
     assert {sha256(p.read_bytes()) for p in paths} == {sha256(DATA[:256 * 1024])}
     assert len(leftovers(tmp_path)) == 16
+
+
+def test_d6_threads_that_come_and_go_leave_no_sessions_or_sockets(origin: Origin) -> None:
+    """A server running each request on a fresh thread: each thread's session and its
+    keep-alive socket must go with the thread, not pile up in the connection."""
+    url = origin.serve_bytes("/churn", b"x")
+    conn = HTTPConnection(cache=False, retry=RetryPolicy.none())
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(40):
+        thread = threading.Thread(target=conn.get_bytes, args=(url,))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert origin.count("/churn") == 40
+    assert len(os.listdir("/proc/self/fd")) - fds < 10  # was +2 per thread
+    assert len(list(conn._sync._sessions)) <= 1
 
 
 # --- D7: -W error::ResourceWarning in the processes users run ----------------------------------

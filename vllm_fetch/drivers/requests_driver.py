@@ -7,6 +7,7 @@ import http.client
 import http.cookiejar
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,7 +99,9 @@ class RequestsDriver:
         self.options = options
         self.reuse_client = reuse_client
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        # weak: a thread that ends drops its session (urllib3 then closes its pooled sockets),
+        # so threads that come and go do not pile up sessions and keep-alive sockets
+        self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     # -- sessions -----------------------------------------------------------------------------
@@ -124,7 +127,7 @@ class RequestsDriver:
             session = self.new_session()
             self._local.session = session
             with self._lock:
-                self._sessions.append(session)
+                self._sessions.add(session)
         return session
 
     @contextlib.contextmanager
@@ -141,7 +144,7 @@ class RequestsDriver:
 
     def close(self) -> None:
         with self._lock:
-            sessions, self._sessions = self._sessions, []
+            sessions, self._sessions = list(self._sessions), weakref.WeakSet()
         for session in sessions:
             session.close()
         self._local = threading.local()
