@@ -27,6 +27,7 @@ from vllm_fetch import (
     HTTPConnection,
     RetryPolicy,
     SizeLimitExceededError,
+    TruncatedBodyError,
 )
 
 MODES = ["sync", "async"]
@@ -374,3 +375,24 @@ def test_a_content_coded_body_is_restarted_never_resumed_or_split(
         assert leftovers(tmp_path) == ["g.bin"]
     finally:
         server.close()
+
+
+# --- S7 on disk: the sidecar of a kept partial ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_kept_partial_records_no_signed_query_and_still_resumes(mode: str, origin: Origin,
+                                                                   tmp_path: Path) -> None:
+    size = 256 * 1024 + 1
+    data = os.urandom(size)
+    RangeFile(data, cuts={0: size // 2}).mount(origin, "/signed.bin")
+    url = origin.url("/signed.bin?X-Amz-Signature=SIGSECRET")
+    conn = HTTPConnection(cache=False, retry=RetryPolicy.none())
+    target = tmp_path / "signed.bin"
+    with pytest.raises(TruncatedBodyError):
+        call(mode, conn, "download_file", url, target)
+    sidecars = [p for p in tmp_path.iterdir() if p.name.endswith(".json")]
+    assert len(sidecars) == 1 and b"SIGSECRET" not in sidecars[0].read_bytes()
+    call(mode, conn, "download_file", url, target)
+    assert target.read_bytes() == data
+    assert origin.seen("/signed.bin")[1].headers["Range"] == f"bytes={size // 2}-"

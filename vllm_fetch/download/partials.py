@@ -14,6 +14,7 @@ network) to restore the running sha256; within one call the hasher is kept in me
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -66,7 +67,15 @@ def _read_state(path: Path, url: str) -> PartialState | None:
     except (OSError, ValueError) as exc:
         logger.info("partial %s has no usable sidecar (%s): starting over", path.name, exc)
         return None
-    return state if state.url == url else None
+    if state.url not in (url, _url_key(url)):  # (a plain URL: a sidecar from an older version)
+        return None
+    return dataclasses.replace(state, url=url)
+
+
+def _url_key(url: str) -> str:
+    """What the sidecar records for the URL: its sha256, never the URL itself (a signed URL's
+    query is a credential, and the sidecar sits beside the target for days)."""
+    return "sha256:" + hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def clean_stale(target: Path, now: float | None = None) -> None:
@@ -184,7 +193,7 @@ class Partial:
             return
         temp = sidecar.with_name(sidecar.name + ".tmp")
         try:
-            temp.write_text(json.dumps(state.to_dict()), "utf-8")
+            temp.write_text(json.dumps({**state.to_dict(), "url": _url_key(state.url)}), "utf-8")
             os.replace(temp, sidecar)
         except OSError as exc:
             remove_quietly(temp)
