@@ -31,12 +31,12 @@ DATA = os.urandom(SIZE)
 DOWNLOAD = """
 import asyncio, sys
 from vllm_fetch import HTTPConnection, RetryPolicy
-mode, url, target = sys.argv[1:4]
+mode, url, target, connections = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 conn = HTTPConnection(cache=False, retry=RetryPolicy.none())
 if mode == "sync":
-    conn.download_file(url, target, connections=1, progress=False)
+    conn.download_file(url, target, connections=connections, progress=False)
 else:
-    asyncio.run(conn.async_download_file(url, target, connections=1, progress=False))
+    asyncio.run(conn.async_download_file(url, target, connections=connections, progress=False))
 """
 
 
@@ -55,14 +55,18 @@ def unclean(stderr: str) -> bool:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("connections", [1, 4])
 def test_d1_ctrl_c_mid_body_leaves_no_target_and_the_next_run_completes(
-    mode: str, origin: Origin, tmp_path: Path
+    mode: str, connections: int, origin: Origin, tmp_path: Path
 ) -> None:
-    url = RangeFile(DATA, stalls={0: SIZE // 2}, stall_seconds=20).mount(origin, "/m.bin")
+    served = (RangeFile(DATA, stalls={0: SIZE // 2}, stall_seconds=20) if connections == 1
+              else RangeFile(DATA, delay=0.05))  # four slow parts, each well under way
+    url = served.mount(origin, "/m.bin")
     out = tmp_path / "out"
     out.mkdir()
     target = out / "m.bin"
-    child = subprocess.Popen([sys.executable, "-c", DOWNLOAD, mode, url, str(target)],
+    child = subprocess.Popen([sys.executable, "-c", DOWNLOAD, mode, url, str(target),
+                              str(connections)],
                              env=strict_env(tmp_path), stderr=subprocess.PIPE, text=True)
     try:
         give_up = time.monotonic() + 20
@@ -78,8 +82,9 @@ def test_d1_ctrl_c_mid_body_leaves_no_target_and_the_next_run_completes(
     assert not unclean(stderr), stderr
     assert not target.exists()
     assert all(name.startswith(".") for name in leftovers(out)), leftovers(out)  # temp names
+    served.delay = 0.0
     conn = HTTPConnection(cache=False, retry=RetryPolicy.none())
-    assert conn.download_file(url, target, progress=False) == target
+    assert conn.download_file(url, target, connections=connections, progress=False) == target
     assert sha256(target.read_bytes()) == sha256(DATA)
     assert leftovers(out) == ["m.bin"]
 
