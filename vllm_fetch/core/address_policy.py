@@ -8,6 +8,7 @@ ask :meth:`URLPolicy.check_addresses` about every answer, and dial only a checke
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import socket
@@ -192,7 +193,7 @@ class URLPolicy:
         sessions too) and environment proxies are off unless the caller allows them."""
         return self.block_private_ips or self.allowed_domains is not None
 
-    @property
+    @functools.cached_property
     def cache_scope(self) -> str:
         """Where this policy's responses live in the shared cache: "" (shared by every
         unrestricted connection) or a namespace of their own for a restricting policy.
