@@ -67,7 +67,11 @@ class _RedactOwnRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _VERBATIM_TARGET.get() is not None:
-            record.msg, record.args = _QUERY.sub("?…", record.getMessage()), ()
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed record: logging reports it later, never we
+                return True
+            record.msg, record.args = _QUERY.sub("?…", message), ()
         return True
 
 
