@@ -8,18 +8,21 @@ import logging
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.cache_origin import Resource, serve_resource
 from tests.helpers import call, leftovers
+from tests.integration.test_tls_pinning import ca, trusting  # noqa: F401 - fixtures
 from tests.netsafety import CountingListener, StubResolver
 from tests.origin import Origin, sha256
 from tests.ranged import RangeFile
-from tests.rawserver import RawServer
+from tests.rawserver import RawServer, read_head
 from vllm_fetch import (
     BlockedURLError,
     ChecksumMismatchError,
@@ -396,3 +399,55 @@ def test_a_kept_partial_records_no_signed_query_and_still_resumes(mode: str, ori
     call(mode, conn, "download_file", url, target)
     assert target.read_bytes() == data
     assert origin.seen("/signed.bin")[1].headers["Range"] == f"bytes={size // 2}-"
+
+
+# --- S4: https -> http on the same host and port ----------------------------------------------
+
+
+@pytest.fixture
+def downgrade(ca: trustme.CA) -> Iterator[tuple[int, list[bytes]]]:  # noqa: F811
+    """One port speaking TLS (a 302 to plain http on the same host and port) and plain HTTP
+    (records the request head): the downgrade is the only difference between the origins."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("models.test").configure_cert(context)
+    plain_heads: list[bytes] = []
+    port = 0
+
+    def handler(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\n"
+                     b"Location: http://models.test:%d/final\r\n\r\n" % port)
+
+    server = RawServer(handler, tls=context)
+
+    def serve(conn: socket.socket) -> None:  # TLS or not, by the first byte the client sends
+        conn.settimeout(5)
+        try:
+            if conn.recv(1, socket.MSG_PEEK) == b"\x16":
+                conn = context.wrap_socket(conn, server_side=True)
+                handler(conn, read_head(conn))
+            else:
+                plain_heads.append(read_head(conn))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    server._serve = serve  # type: ignore[method-assign]
+    port = server.port
+    yield port, plain_heads
+    server.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_s4_https_to_http_on_the_same_host_and_port_drops_credentials(
+    mode: str, downgrade: tuple[int, list[bytes]],
+    trusting: Callable[..., HTTPConnection],  # noqa: F811
+) -> None:
+    port, plain_heads = downgrade
+    secrets = {"Authorization": "Bearer S3CRET", "Cookie": "sid=S3CRET",
+               "X-Api-Key": "S3CRET", "Proxy-Authorization": "Basic S3CRET"}
+    conn = trusting(cache=False)
+    assert call(mode, conn, "get_bytes", f"https://models.test:{port}/start",
+                extra_headers=secrets) == b"plain"
+    assert len(plain_heads) == 1 and b"S3CRET" not in plain_heads[0]
