@@ -190,7 +190,7 @@ def test_f12_trickle_is_ended_by_the_total_deadline(
     started = time.monotonic()
     with pytest.raises(FetchTimeoutError) as info:
         fetch(mode, conn, method, server.url("/t"), tmp_path, timeout=0.6)
-    assert time.monotonic() - started < 1.2  # the head alone would take 7 s to arrive
+    assert time.monotonic() - started < 2.0  # the head alone would take 7 s to arrive
     assert "timed out after 0.6 s" in str(info.value)
     assert leftovers(tmp_path) == []
 
