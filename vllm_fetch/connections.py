@@ -437,6 +437,29 @@ class HTTPConnection:
         (``use_cache``), a fresh cached copy (or any stored body with ``expected_sha256``) is
         copied to ``save_path`` without a request, and a downloaded file joins the cache.
         """
+        return self.fetch_file(
+            url, save_path, timeout=timeout, chunk_size=chunk_size, extra_headers=extra_headers,
+            expected_sha256=expected_sha256, expected_size=expected_size, resume=resume,
+            connections=connections, progress=progress, use_cache=use_cache,
+        ).path
+
+    def fetch_file(
+        self,
+        url: str,
+        save_path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: Mapping[str, str] | None = None,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        resume: bool = True,
+        connections: int | None = None,
+        progress: ProgressSpec = None,
+        use_cache: bool = True,
+    ) -> DownloadResult:
+        """:meth:`download_file` returning a :class:`DownloadResult`: path, size, sha256 (when
+        computed), final status and headers, and ``from_cache``."""
         options = DownloadOptions(self.retry, resume, connections, progress)
         req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
                                      extra_headers=extra_headers,
@@ -445,9 +468,9 @@ class HTTPConnection:
         offline = self.offline
         cache = self._cache_for(req, use_cache, offline)
         if cache is None:
-            return self._sync.download(req, target, options).path
+            return self._sync.download(req, target, options)
         io = SyncIO(self._fetch, self._probe, lambda r, t: self._sync.download(r, t, options))
-        return self._cached.download(cache, req, target, io, offline=offline).path
+        return self._cached.download(cache, req, target, io, offline=offline)
 
     async def async_download_file(
         self,
@@ -465,6 +488,29 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> Path:
         """Async twin of :meth:`download_file` (parts run as tasks, file work in threads)."""
+        result = await self.async_fetch_file(
+            url, save_path, timeout=timeout, chunk_size=chunk_size, extra_headers=extra_headers,
+            expected_sha256=expected_sha256, expected_size=expected_size, resume=resume,
+            connections=connections, progress=progress, use_cache=use_cache,
+        )
+        return result.path
+
+    async def async_fetch_file(
+        self,
+        url: str,
+        save_path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: Mapping[str, str] | None = None,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        resume: bool = True,
+        connections: int | None = None,
+        progress: ProgressSpec = None,
+        use_cache: bool = True,
+    ) -> DownloadResult:
+        """Async twin of :meth:`fetch_file`."""
         options = DownloadOptions(self.retry, resume, connections, progress)
         req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
                                      extra_headers=extra_headers,
@@ -473,13 +519,13 @@ class HTTPConnection:
         offline = self.offline
         cache = self._cache_for(req, use_cache, offline)
         if cache is None:
-            return (await self._async.download(req, target, options)).path
+            return await self._async.download(req, target, options)
 
         async def engine(r: FetchRequest, t: Path) -> DownloadResult:
             return await self._async.download(r, t, options)
 
         io = AsyncIO(self._afetch, self._aprobe, engine)
-        return (await self._cached.adownload(cache, req, target, io, offline=offline)).path
+        return await self._cached.adownload(cache, req, target, io, offline=offline)
 
 
 global_http_connection = HTTPConnection()
