@@ -114,8 +114,12 @@ def test_demo_shows_each_behaviour(tmp_path: Path) -> None:
     for step in ("/flaky", "/cut", "/stall"):
         assert step in result.stdout
     assert "All downloads complete and verified" in result.stdout
-    assert "retrying" in result.stderr  # the retry WARNING lines
-    assert result.stdout.count(", 2 requests,") == 3  # each step really met its fault
+    assert result.stderr.count("retrying") == 3  # one retry WARNING per fault
+    assert "HTTP 503" in result.stderr and "broke mid-body" in result.stderr
+    assert "idle timeout" in result.stderr
+    assert result.stdout.count("2 request(s)") == 3  # each step really met its fault
+    assert result.stdout.count("Range: bytes=1048576-") == 2  # /cut and /stall resumed
+    assert "from cache=True, 0 new request(s)" in result.stdout
 
 
 def test_prefetch_twice_second_run_is_from_cache(origin: Origin, tmp_path: Path) -> None:
