@@ -129,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vllm-fetch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not bad input: still one line, the details with -v
+        if args.verbose:
+            logging.getLogger("vllm_fetch").exception("internal error")
+        print(f"vllm-fetch: internal error: {type(exc).__name__}: {exc}"
+              f"{'' if args.verbose else ' (run with -v for details)'}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
