@@ -27,3 +27,17 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_bad_duration(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+def test_unexpected_error_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from vllm_fetch import cli
+
+    def broken(_: argparse.Namespace) -> int:
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setitem(cli.COMMANDS, "demo", broken)
+    assert cli.main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "internal error: RuntimeError: something nobody expected" in err
