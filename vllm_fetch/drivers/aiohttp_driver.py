@@ -6,10 +6,17 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
+from aiohttp.helpers import (
+    IS_WINDOWS,
+    basicauth_from_netrc,
+    get_env_proxy_for_url,
+    netrc_from_env,
+)
 from yarl import URL
 
 from ..core import redirects
@@ -32,6 +39,7 @@ from ..errors import (
 )
 from .address_guard import address_guard
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
+from .environment import EnvironmentMemo, home_netrc
 
 #: aiohttp's read buffer; its 64 KiB default makes many tiny chunks on fast links.
 READ_BUFSIZE = 1024 * 1024
@@ -64,47 +72,133 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     raise exc
 
 
-class _LoopSessions:
-    """One aiohttp session per event loop, closed when that loop shuts down.
+class Route(NamedTuple):
+    """What the environment says for one request: its proxy (and proxy credentials), and the
+    .netrc credentials for its host."""
 
-    A session is bound to the loop that created it, so the global connection keeps one per loop.
-    Closing rides on the loop's async-generator shutdown (``asyncio.run`` calls it before closing
-    the loop), so sessions never outlive their loop and never warn about being unclosed.
+    proxy: URL | None = None
+    proxy_auth: aiohttp.BasicAuth | None = None
+    auth: aiohttp.BasicAuth | None = None
+
+    def credentials(
+        self, url: URL, headers: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str] | None]:
+        """(request headers, proxy headers) carrying the credentials as aiohttp's trust_env
+        sends them, without its deprecated ``auth=`` / ``proxy_auth=`` arguments.
+
+        .netrc credentials: unless the URL has its own or the caller sent an Authorization.
+        Proxy credentials: on the CONNECT for an https URL, else on the request itself (a
+        plain-http proxy reads them there), replacing any the caller sent, as aiohttp does.
+        """
+        proxy_headers = None
+        if self.auth is not None and url.user is None and url.password is None and \
+                not _has(headers, "Authorization"):
+            headers = {**headers, "Authorization": self.auth.encode()}
+        if self.proxy is not None and self.proxy_auth is not None:
+            credentials = {"Proxy-Authorization": self.proxy_auth.encode()}
+            if url.scheme == "https":
+                proxy_headers = credentials
+            else:
+                headers = {k: v for k, v in headers.items()
+                           if k.lower() != "proxy-authorization"} | credentials
+        return headers, proxy_headers
+
+
+def _has(headers: dict[str, str], name: str) -> bool:
+    lower = name.lower()
+    return any(key.lower() == lower for key in headers)
+
+
+NO_ROUTE = Route()
+_ENVIRONMENT = EnvironmentMemo(home_netrc(("_netrc",) if IS_WINDOWS else (".netrc",)))
+
+
+def _route(url: URL) -> Route:
+    """aiohttp's own answers, as ``ClientSession(trust_env=True)`` computes them per request."""
+    try:
+        proxy, proxy_auth = get_env_proxy_for_url(url)
+    except LookupError:
+        proxy, proxy_auth = None, None
+    try:
+        auth = basicauth_from_netrc(netrc_from_env(), url.host or "")
+    except LookupError:
+        auth = None
+    return Route(proxy, proxy_auth, auth)
+
+
+async def environment_route(url: URL) -> Route:
+    """:func:`_route` for ``url``'s scheme and host, remembered until the environment or the
+    netrc file changes; computed in a worker thread (it reads the netrc file) when new."""
+    known = _ENVIRONMENT.current()
+    key = (url.scheme, url.host)
+    route: Route | None = known.get(key)
+    if route is None:
+        route = known[key] = await asyncio.to_thread(_route, url)
+    return route
+
+
+class _LoopSessions:
+    """The sessions of each event loop, closed when that loop shuts down.
+
+    A session is bound to the loop that created it, so the global connection keeps one per loop:
+    the driver's own (``trust_env`` off: the driver passes what the environment says itself),
+    and, once ``get_async_client()`` asks for it, the public one, which shares its connector
+    (one pool of connections per loop). Closing rides on the loop's async-generator shutdown
+    (``asyncio.run`` calls it before closing the loop), so sessions never outlive their loop and
+    never warn about being unclosed.
     """
 
-    def __init__(self, factory: Callable[[], aiohttp.ClientSession]) -> None:
-        self._factory = factory
-        self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncIterator[None]]
-        ] = weakref.WeakKeyDictionary()
+    def __init__(self, driver: AiohttpDriver) -> None:
+        self._driver = driver
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sessions] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
-    async def get(self) -> aiohttp.ClientSession:
+    async def get(self, *, public: bool = False) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         with self._lock:
             found = self._by_loop.get(loop)
-        if found is not None and not found[0].closed:
-            return found[0]
-        session = self._factory()
-        keeper = self._close_at_shutdown(session)
-        await keeper.__anext__()
-        with self._lock:
-            self._by_loop[loop] = (session, keeper)
-        return session
-
-    @staticmethod
-    async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await session.close()
+        if found is None or found.own.closed:
+            found = _Sessions(self._driver.new_session())
+            keeper = found.close_at_shutdown()
+            await keeper.__anext__()
+            found.keeper = keeper
+            with self._lock:
+                self._by_loop[loop] = found
+        if not public:
+            return found.own
+        if found.public is None or found.public.closed:
+            found.public = self._driver.new_session(
+                public=True, connector=found.own.connector)
+        return found.public
 
     async def close_current(self) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
             found = self._by_loop.pop(loop, None)
         if found is not None:
-            await found[0].close()
+            await found.close()
+
+
+class _Sessions:
+    """One loop's sessions: the driver's own (it owns the connector) and the public one."""
+
+    def __init__(self, own: aiohttp.ClientSession) -> None:
+        self.own = own
+        self.public: aiohttp.ClientSession | None = None
+        self.keeper: AsyncIterator[None] | None = None
+
+    async def close(self) -> None:
+        if self.public is not None:
+            await self.public.close()
+        await self.own.close()
+
+    async def close_at_shutdown(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.close()
 
 
 class AiohttpDriver:
@@ -113,31 +207,45 @@ class AiohttpDriver:
     def __init__(self, options: TransportOptions, *, reuse_client: bool = True) -> None:
         self.options = options
         self.reuse_client = reuse_client
-        self._sessions = _LoopSessions(self.new_session)
+        self._sessions = _LoopSessions(self)
 
-    def new_session(self) -> aiohttp.ClientSession:
+    def new_session(
+        self, *, public: bool = False, connector: aiohttp.BaseConnector | None = None
+    ) -> aiohttp.ClientSession:
         """A session whose connector dials only checked addresses when the policy asks for it.
 
         No cookie jar: a session is shared by every caller of the connection, so a cookie one
-        origin set must never ride along on another caller's request.
+        origin set must never ride along on another caller's request. The driver's own sessions
+        leave ``trust_env`` off (``_send`` passes the environment's proxy and .netrc answers,
+        remembered in :mod:`.environment`); a ``public`` one (``get_async_client()``) keeps the
+        connection's ``trust_env`` and checks every URL it is asked for by the policy.
         """
-        guard = address_guard(self.options)
-        connector = aiohttp.TCPConnector(
-            limit=100, limit_per_host=0,
-            resolver=PinnedResolver(guard) if guard is not None else None,
-        )
+        owner = connector is None
+        if connector is None:
+            guard = address_guard(self.options)
+            connector = aiohttp.TCPConnector(
+                limit=100, limit_per_host=0,
+                resolver=PinnedResolver(guard) if guard is not None else None,
+            )
         policy = self.options.policy
         return aiohttp.ClientSession(
             connector=connector,
-            trust_env=self.options.trust_env,
+            connector_owner=owner,
+            trust_env=self.options.trust_env if public else False,
             read_bufsize=READ_BUFSIZE,
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=[literal_check_trace(policy)] if policy.restricts else None,
+            trace_configs=[literal_check_trace(policy)] if public and policy.restricts else None,
         )
 
     async def session(self) -> aiohttp.ClientSession:
-        """The running loop's shared session (or a fresh one when reuse_client=False)."""
+        """The running loop's public session (or a fresh one when reuse_client=False)."""
+        if not self.reuse_client:
+            return self.new_session(public=True)
+        return await self._sessions.get(public=True)
+
+    async def own_session(self) -> aiohttp.ClientSession:
+        """The running loop's session for the driver's requests (fresh: reuse_client=False)."""
         if not self.reuse_client:
             return self.new_session()
         return await self._sessions.get()
@@ -169,9 +277,14 @@ class AiohttpDriver:
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
         try:
+            target = URL(url, encoded=True)
+            route = await environment_route(target) if self.options.trust_env else NO_ROUTE
+            proxy_headers = None
+            if route is not NO_ROUTE:
+                headers, proxy_headers = route.credentials(target, headers)
             return await session.get(
-                URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=timeout,
-                read_bufsize=req.read_bufsize,
+                target, headers=headers, allow_redirects=False, timeout=timeout,
+                read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
             )
         except Exception as exc:
             # not chained: aiohttp's own exceptions quote the full URL, query string included
