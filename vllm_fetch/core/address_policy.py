@@ -12,12 +12,13 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urljoin, urlsplit
 
 import idna
 
 from ..errors import BlockedURLError, InvalidURLError
-from .urls import origin_of, redact_url, validate_url
+from .urls import URL_CACHE_SIZE, origin_of, redact_url, validate_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -132,6 +133,14 @@ def normalize_host(host: str) -> str:
         raise InvalidURLError("Invalid HTTP URL: the host is not a valid IDNA name") from None
 
 
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def checked_host(url: str) -> str:
+    """``validate_url`` then ``dialed_host``: the host to check, remembered per URL (both are
+    pure; a refused URL raises every time, as exceptions are never cached)."""
+    validate_url(url)
+    return dialed_host(url)
+
+
 def dialed_host(url: str) -> str:
     """The normalised host a client will connect to for ``url`` (already validated).
 
@@ -198,8 +207,7 @@ class URLPolicy:
 
     def check_url(self, url: str) -> str:
         """Validate ``url`` and refuse it if the policy forbids its host. Returns it unchanged."""
-        validate_url(url)
-        host = dialed_host(url)
+        host = checked_host(url)
         safe = redact_url(url)
         if self.allowed_domains is not None and host not in self.allowed_domains:
             raise BlockedURLError(f"{safe} is refused: host not in allowed_domains", url=safe)

@@ -154,18 +154,22 @@ class _LoopSessions:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self._last: _Sessions | None = None
 
     async def get(self, *, public: bool = False) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        with self._lock:
-            found = self._by_loop.get(loop)
+        found = self._last  # most calls come from the loop of the call before (no weakref)
+        if found is None or found.loop() is not loop:
+            with self._lock:
+                found = self._by_loop.get(loop)
         if found is None or found.own.closed:
-            found = _Sessions(self._driver.new_session())
+            found = _Sessions(loop, self._driver.new_session())
             keeper = found.close_at_shutdown()
             await keeper.__anext__()
             found.keeper = keeper
             with self._lock:
                 self._by_loop[loop] = found
+        self._last = found
         if not public:
             return found.own
         if found.public is None or found.public.closed:
@@ -177,6 +181,8 @@ class _LoopSessions:
         loop = asyncio.get_running_loop()
         with self._lock:
             found = self._by_loop.pop(loop, None)
+            if self._last is found:
+                self._last = None
         if found is not None:
             await found.close()
 
@@ -184,7 +190,8 @@ class _LoopSessions:
 class _Sessions:
     """One loop's sessions: the driver's own (it owns the connector) and the public one."""
 
-    def __init__(self, own: aiohttp.ClientSession) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, own: aiohttp.ClientSession) -> None:
+        self.loop = weakref.ref(loop)
         self.own = own
         self.public: aiohttp.ClientSession | None = None
         self.keeper: AsyncIterator[None] | None = None
@@ -314,41 +321,40 @@ class AiohttpDriver:
 
     # -- bodies -------------------------------------------------------------------------------
     async def iter_body(
-        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest
+        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest,
+        url: str | None = None,
     ) -> AsyncIterator[bytes]:
-        """Stream decoded chunks as they arrive, each accounted by the meter."""
-        safe = redact_url(str(response.url))
+        """Stream decoded chunks as they arrive, each accounted by the meter (``url``: the
+        response's URL, when the caller has it already)."""
+        url = str(response.url) if url is None else url
+        safe = redact_url(url)
+        deadline = req.deadline
         try:
             async for chunk in response.content.iter_any():
                 meter.feed(chunk)
-                req.deadline.check(safe)
+                deadline.check(safe)
                 yield chunk
         except FetchError:
             raise
         except Exception as exc:
-            raise map_error(exc, str(response.url)) from exc
+            raise map_error(exc, url) from exc
         meter.finish()
 
-    async def checked_response(
-        self, session: aiohttp.ClientSession, req: FetchRequest
-    ) -> tuple[aiohttp.ClientResponse, BodyMeter]:
-        response = await self.open(session, req)
-        try:
-            url = redact_url(str(response.url))
-            meter = response_meter(req, response.status, response.headers, url,
-                                   reason=response.reason or "")
-        except BaseException:
-            response.release()
-            raise
-        return response, meter
-
     async def fetch_body(self, req: FetchRequest) -> Body:
+        if self.reuse_client:
+            return await self._fetch_body(await self._sessions.get(), req)
         async with self.call_session() as session:
-            response, meter = await self.checked_response(session, req)
-            async with response:
-                parts = [chunk async for chunk in self.iter_body(response, meter, req)]
-                return Body(b"".join(parts), response.status, dict(response.headers),
-                                 str(response.url), meter.sha256)
+            return await self._fetch_body(session, req)
+
+    async def _fetch_body(self, session: aiohttp.ClientSession, req: FetchRequest) -> Body:
+        response = await self.open(session, req)
+        async with response:
+            url = str(response.url)
+            meter = response_meter(req, response.status, response.headers, redact_url(url),
+                                   reason=response.reason or "")
+            parts = [chunk async for chunk in self.iter_body(response, meter, req, url)]
+            return Body(b"".join(parts), response.status, dict(response.headers), url,
+                        meter.sha256)
 
     async def download(self, req: FetchRequest, target: Path, options: DownloadOptions
                        ) -> DownloadResult:
