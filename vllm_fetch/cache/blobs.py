@@ -78,12 +78,14 @@ class BlobStore:
         rest are cheap: one durable commit instead of one per blob. Failures are per item."""
         outcomes: list[tuple[str, bool] | OSError] = []
         staged: list[tuple[int, int, Path, Path]] = []  # (outcome slot, fd, temp, final)
+        staged_digests: set[str] = set()
         for data, sha256 in items:
             digest = sha256 or hashlib.sha256(data).hexdigest()
             outcomes.append((digest, False))
             final = self.path(digest)
-            if final.exists() or any(f == final for *_, f in staged):
+            if digest in staged_digests or final.exists():
                 continue
+            staged_digests.add(digest)
             try:
                 fd, temp = self._temp()
             except OSError as exc:

