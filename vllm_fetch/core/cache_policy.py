@@ -29,11 +29,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import InvalidURLError
 from .body import header
+from .urls import URL_CACHE_SIZE
 
 #: Response header fields kept in the index (lowercase). Everything else is dropped.
 KEPT_HEADERS = frozenset(
@@ -76,6 +78,7 @@ _T = TypeVar("_T")
 # --- keys ---------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=URL_CACHE_SIZE)
 def normalize_url(url: str) -> str:
     """Scheme and host lowercased, default port and fragment dropped; path and query verbatim."""
     try:

@@ -8,6 +8,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import TracebackType
 from typing import NamedTuple
 
 import aiohttp
@@ -17,10 +18,11 @@ from aiohttp.helpers import (
     get_env_proxy_for_url,
     netrc_from_env,
 )
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..core import redirects
-from ..core.body import BodyMeter
+from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import response_meter
 from ..core.results import Body, DownloadResult
@@ -40,6 +42,8 @@ from ..errors import (
 from .address_guard import address_guard
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
 from .environment import EnvironmentMemo, home_netrc
+
+CASE_INSENSITIVE_TYPES.update((CIMultiDict, CIMultiDictProxy))
 
 #: aiohttp's read buffer; its 64 KiB default makes many tiny chunks on fast links.
 READ_BUFSIZE = 1024 * 1024
@@ -135,6 +139,23 @@ async def environment_route(url: URL) -> Route:
     if route is None:
         route = known[key] = await asyncio.to_thread(_route, url)
     return route
+
+
+class _MappedErrors:
+    """Anything but a FetchError raised inside becomes one (``map_error``); chained."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, FetchError):
+            raise map_error(exc, self.url) from exc
 
 
 class _LoopSessions:
@@ -329,16 +350,28 @@ class AiohttpDriver:
         url = str(response.url) if url is None else url
         safe = redact_url(url)
         deadline = req.deadline
-        try:
+        with _MappedErrors(url):
             async for chunk in response.content.iter_any():
                 meter.feed(chunk)
                 deadline.check(safe)
                 yield chunk
-        except FetchError:
-            raise
-        except Exception as exc:
-            raise map_error(exc, url) from exc
         meter.finish()
+
+    async def read_body(
+        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest, url: str
+    ) -> bytes:
+        """The whole body, accounted as :meth:`iter_body` does, without an async generator
+        per response (each one costs a loop hook and a weak set entry)."""
+        safe = redact_url(url)
+        deadline = req.deadline
+        parts = []
+        with _MappedErrors(url):
+            async for chunk in response.content.iter_any():
+                meter.feed(chunk)
+                deadline.check(safe)
+                parts.append(chunk)
+        meter.finish()
+        return b"".join(parts)
 
     async def fetch_body(self, req: FetchRequest) -> Body:
         if self.reuse_client:
@@ -352,9 +385,8 @@ class AiohttpDriver:
             url = str(response.url)
             meter = response_meter(req, response.status, response.headers, redact_url(url),
                                    reason=response.reason or "")
-            parts = [chunk async for chunk in self.iter_body(response, meter, req, url)]
-            return Body(b"".join(parts), response.status, dict(response.headers), url,
-                        meter.sha256)
+            content = await self.read_body(response, meter, req, url)
+            return Body(content, response.status, dict(response.headers), url, meter.sha256)
 
     async def download(self, req: FetchRequest, target: Path, options: DownloadOptions
                        ) -> DownloadResult:

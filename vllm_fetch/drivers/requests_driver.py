@@ -14,10 +14,11 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions as u3
+from requests.structures import CaseInsensitiveDict
 from requests.utils import NETRC_FILES, get_environ_proxies, get_netrc_auth
 
 from ..core import redirects
-from ..core.body import BodyMeter
+from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import response_meter
 from ..core.results import Body, DownloadResult
@@ -37,6 +38,8 @@ from ..errors import (
 from .address_guard import address_guard
 from .environment import EnvironmentMemo, home_netrc
 from .requests_adapter import FetchAdapter, verbatim_target
+
+CASE_INSENSITIVE_TYPES.add(CaseInsensitiveDict)
 
 
 def _wrapped(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
