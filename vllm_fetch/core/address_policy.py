@@ -13,12 +13,12 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import idna
 
 from ..errors import BlockedURLError, InvalidURLError
-from .urls import URL_CACHE_SIZE, origin_of, redact_url, validate_url
+from .urls import URL_CACHE_SIZE, origin_of, redact_url, split_url, validate_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -148,11 +148,12 @@ def dialed_host(url: str) -> str:
     host name (WHATWG decodes it, RFC 3986 parsers keep it), and more than one ``@`` in the
     authority. A ``%`` is allowed only as the zone id of a bracketed IPv6 address.
     """
-    netloc = urlsplit(url).netloc
+    parts, hostname, _ = split_url(url)
+    netloc = parts.netloc
     bracketed = netloc.rpartition("@")[2].startswith("[")
     if netloc.count("@") > 1:
         raise InvalidURLError(f"Invalid HTTP URL: more than one '@' in {redact_url(url)}")
-    host = urlsplit(url).hostname or ""
+    host = hostname or ""
     if "%" in host and not bracketed:
         raise InvalidURLError(f"Invalid HTTP URL: a '%' in the host of {redact_url(url)}")
     if bracketed:
