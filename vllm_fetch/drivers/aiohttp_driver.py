@@ -9,15 +9,8 @@ import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
 
 import aiohttp
-from aiohttp.helpers import (
-    IS_WINDOWS,
-    basicauth_from_netrc,
-    get_env_proxy_for_url,
-    netrc_from_env,
-)
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -40,8 +33,8 @@ from ..errors import (
     TruncatedBodyError,
 )
 from .address_guard import address_guard
+from .aiohttp_environment import NO_ROUTE, environment_route
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
-from .environment import EnvironmentMemo, home_netrc
 
 CASE_INSENSITIVE_TYPES.update((CIMultiDict, CIMultiDictProxy))
 
@@ -74,71 +67,6 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     if isinstance(exc, ValueError):  # e.g. an Authorization header and userinfo in the URL
         return InvalidURLError(f"cannot send {safe}: {type(exc).__name__}", url=safe)
     raise exc
-
-
-class Route(NamedTuple):
-    """What the environment says for one request: its proxy (and proxy credentials), and the
-    .netrc credentials for its host."""
-
-    proxy: URL | None = None
-    proxy_auth: aiohttp.BasicAuth | None = None
-    auth: aiohttp.BasicAuth | None = None
-
-    def credentials(
-        self, url: URL, headers: dict[str, str]
-    ) -> tuple[dict[str, str], dict[str, str] | None]:
-        """(request headers, proxy headers) carrying the credentials as aiohttp's trust_env
-        sends them, without its deprecated ``auth=`` / ``proxy_auth=`` arguments.
-
-        .netrc credentials: unless the URL has its own or the caller sent an Authorization.
-        Proxy credentials: on the CONNECT for an https URL, else on the request itself (a
-        plain-http proxy reads them there), replacing any the caller sent, as aiohttp does.
-        """
-        proxy_headers = None
-        if self.auth is not None and url.user is None and url.password is None and \
-                not _has(headers, "Authorization"):
-            headers = {**headers, "Authorization": self.auth.encode()}
-        if self.proxy is not None and self.proxy_auth is not None:
-            credentials = {"Proxy-Authorization": self.proxy_auth.encode()}
-            if url.scheme == "https":
-                proxy_headers = credentials
-            else:
-                headers = {k: v for k, v in headers.items()
-                           if k.lower() != "proxy-authorization"} | credentials
-        return headers, proxy_headers
-
-
-def _has(headers: dict[str, str], name: str) -> bool:
-    lower = name.lower()
-    return any(key.lower() == lower for key in headers)
-
-
-NO_ROUTE = Route()
-_ENVIRONMENT = EnvironmentMemo(home_netrc(("_netrc",) if IS_WINDOWS else (".netrc",)))
-
-
-def _route(url: URL) -> Route:
-    """aiohttp's own answers, as ``ClientSession(trust_env=True)`` computes them per request."""
-    try:
-        proxy, proxy_auth = get_env_proxy_for_url(url)
-    except LookupError:
-        proxy, proxy_auth = None, None
-    try:
-        auth = basicauth_from_netrc(netrc_from_env(), url.host or "")
-    except LookupError:
-        auth = None
-    return Route(proxy, proxy_auth, auth)
-
-
-async def environment_route(url: URL) -> Route:
-    """:func:`_route` for ``url``'s scheme and host, remembered until the environment or the
-    netrc file changes; computed in a worker thread (it reads the netrc file) when new."""
-    known = _ENVIRONMENT.current()
-    key = (url.scheme, url.host)
-    route: Route | None = known.get(key)
-    if route is None:
-        route = known[key] = await asyncio.to_thread(_route, url)
-    return route
 
 
 class _MappedErrors:
