@@ -253,7 +253,7 @@ class HTTPConnection:
         )
 
         async def run() -> tuple[aiohttp.ClientResponse, aiohttp.ClientSession | None]:
-            session = await self._async.session()
+            session = await self._async.own_session()
             try:
                 retrying = async_retrying(self.retry, req.deadline, "GET", url, on_result)
                 response: aiohttp.ClientResponse = await retrying(self._async.open, session, req)

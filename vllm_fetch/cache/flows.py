@@ -137,10 +137,11 @@ def _check_cap(entry: CacheEntry, req: FetchRequest) -> None:
 
 
 def _conditional(req: FetchRequest, decision: LookupDecision) -> FetchRequest:
+    """The request to send: conditional when revalidating. A body is not hashed while it
+    streams: the cache's writer hashes what it stores, off the caller's thread."""
     if decision.action is not LookupAction.REVALIDATE:
-        return replace(req, hash_body=True)
-    return replace(req, headers={**req.headers, **decision.headers}, hash_body=True,
-                   accept_not_modified=True)
+        return req
+    return replace(req, headers={**req.headers, **decision.headers}, accept_not_modified=True)
 
 
 def body_flow(
