@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import requests
 
 from ._version import DEFAULT_USER_AGENT
-from .async_response import AsyncResponseContext
 from .cache.fetch_cache import FetchCache
 from .cache.flows import Probed, offline_error
 from .cache.runner import AsyncIO, CachedCalls, SyncIO
@@ -33,9 +32,14 @@ from .core.retry import RetryPolicy, status_failure
 from .core.urls import redact_url
 from .download.options import DownloadOptions
 from .download.progress import ProgressSpec
-from .drivers.aiohttp_driver import AiohttpDriver
 from .drivers.requests_driver import RequestsDriver
 from .retry_loop import ResultRetry, async_retrying, sync_retrying
+
+if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start faster
+    import aiohttp
+
+    from .async_response import AsyncResponseContext
+    from .drivers.aiohttp_driver import AiohttpDriver
 
 #: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
 DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
@@ -111,12 +115,27 @@ class HTTPConnection:
         )
         self.options = options
         self._sync = RequestsDriver(options, reuse_client=reuse_client)
-        self._async = AiohttpDriver(options, reuse_client=reuse_client)
+        self._async_driver: AiohttpDriver | None = None
+        self._async_driver_lock = threading.Lock()
         self._cache = CacheSetting(cache)
         self._offline = offline
         self._cached = CachedCalls()
         self._sync_io = SyncIO(self._fetch, self._probe)  # bodies; downloads add their engine
         self._async_io = AsyncIO(self._afetch, self._aprobe)
+
+    @property
+    def _async(self) -> AiohttpDriver:
+        """The aiohttp driver, made on first async use (importing aiohttp costs ~0.1 s)."""
+        driver = self._async_driver
+        if driver is None:
+            with self._async_driver_lock:
+                if self._async_driver is None:
+                    from .drivers.aiohttp_driver import AiohttpDriver
+
+                    self._async_driver = AiohttpDriver(self.options,
+                                                       reuse_client=self.reuse_client)
+                driver = self._async_driver
+        return driver
 
     @property
     def offline(self) -> bool:
@@ -155,7 +174,8 @@ class HTTPConnection:
 
     async def aclose(self) -> None:
         """Close the running loop's aiohttp session and every sync session."""
-        await self._async.aclose()
+        if self._async_driver is not None:
+            await self._async_driver.aclose()
         self._sync.close()
 
     def __enter__(self) -> HTTPConnection:
@@ -245,6 +265,10 @@ class HTTPConnection:
                             allow_redirects=allow_redirects)
         if self.offline:
             raise offline_error(url, "not available: raw responses are never cached")
+
+        import aiohttp
+
+        from .async_response import AsyncResponseContext
 
         on_result = ResultRetry[aiohttp.ClientResponse](
             failure=lambda r: status_failure(self.retry, r.status, redact_url(str(r.url)),
