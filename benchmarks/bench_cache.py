@@ -5,6 +5,8 @@
    (``pip install requests-cache``; never a dependency of vllm_fetch).
 2. 1000 distinct 100 KB objects fetched with ``async_get_bytes`` at concurrency 64 into a cold
    cache, against raw aiohttp (target ≤ 1.25x), and vllm_fetch with the cache off.
+3. With ``--sync``: ``--sync-count`` distinct 100 KB objects fetched one after another with
+   ``get_bytes`` (cache off) against a plain ``requests.Session`` (both honour the environment).
 
 The origin runs in a separate process (aiohttp.web on 127.0.0.1) so it does not share the
 client's GIL. Each timed section is repeated ``--rounds`` times; the median is reported.
@@ -170,6 +172,37 @@ def bench_cold(base: str, count: int, concurrency: int, rounds: int) -> None:
               f"cache-off  (rounds: {', '.join(f'{t:.3f}' for t in times)})")
 
 
+def bench_sync(base: str, count: int, rounds: int) -> None:
+    import requests
+
+    def plain(urls: list[str]) -> float:
+        with requests.Session() as session:
+            start = time.perf_counter()
+            for url in urls:
+                response = session.get(url)
+                response.raise_for_status()
+                assert len(response.content) == SIZE
+            return time.perf_counter() - start
+
+    def ours(urls: list[str]) -> float:
+        with HTTPConnection(cache=False, retry=RetryPolicy.none()) as conn:
+            start = time.perf_counter()
+            for url in urls:
+                assert len(conn.get_bytes(url)) == SIZE
+            return time.perf_counter() - start
+
+    results: dict[str, list[float]] = {"requests": [], "vllm_fetch get_bytes, cache off": []}
+    for r in range(rounds):
+        for n, (name, fn) in enumerate(zip(results, (plain, ours), strict=True)):
+            results[name].append(fn([f"{base}/obj/s{n}{r}-{i}" for i in range(count)]) / count)
+    raw = statistics.median(results["requests"])
+    print(f"{count} x 100 KB, sync, one after another (median of {rounds} rounds):")
+    for name, times in results.items():
+        median = statistics.median(times)
+        print(f"  {name:32s}: {median * 1e6:6.1f} µs/fetch  {median / raw:5.2f}x requests  "
+              f"(rounds: {', '.join(f'{t * 1e6:.0f}' for t in times)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -177,6 +210,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sync", action="store_true", help="also compare the sync side")
+    parser.add_argument("--sync-count", type=int, default=500)
     args = parser.parse_args()
     if args.serve:
         serve()
@@ -188,6 +223,8 @@ def main() -> None:
         base = f"http://127.0.0.1:{int(origin.stdout.readline())}"
         bench_hit(base, args.samples, args.rounds)
         bench_cold(base, args.count, args.concurrency, args.rounds)
+        if args.sync:
+            bench_sync(base, args.sync_count, args.rounds)
     finally:
         origin.terminate()
         origin.wait(10)

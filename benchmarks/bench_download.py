@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from pathlib import Path
 from loopback_nginx import ensure_tools, loopback_nginx
 
 HERE = Path(__file__).resolve()
-TOOLS = ("curl", "download_file", "async_download_file", "download_file_auto", "vllm_baseline")
+TOOLS = ("curl", "download_file", "async_download_file", "download_file_auto",
+         "download_file_cold_cache", "vllm_baseline")
 MIB = 1024 * 1024
 
 
@@ -48,9 +50,12 @@ def run_one(tool: str, url: str, target: str, chunk_size: int | None) -> float:
     kwargs: dict[str, int] = {} if chunk_size is None else {"chunk_size": chunk_size}
     if tool != "download_file_auto":  # one stream, like curl (auto splits files >= 64 MiB)
         kwargs["connections"] = 1
-    conn = HTTPConnection()
+    # The transfer alone: no cache (curl has none), except in the row that measures what adding
+    # the file to a cold cache costs (a fresh cache beside the target, removed by the parent).
+    cache = Path(target).parent / "cold-cache" if tool == "download_file_cold_cache" else False
+    conn = HTTPConnection(cache=cache)
     started = time.perf_counter()
-    if tool in ("download_file", "download_file_auto"):
+    if tool in ("download_file", "download_file_auto", "download_file_cold_cache"):
         conn.download_file(url, target, **kwargs)
     else:
         async def fetch() -> None:
@@ -126,6 +131,7 @@ def run_rounds(
             seconds, rss, faults = spawn(tool, url, target, chunk)
             verify(target, size, digest if n == 0 else None)
             target.unlink()
+            shutil.rmtree(out_dir / "cold-cache", ignore_errors=True)  # cold again next round
             os.sync()  # no tool pays for another's dirty pages
             samples[label].seconds.append(seconds)
             samples[label].rss_mib.append(rss)

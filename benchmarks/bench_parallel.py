@@ -71,7 +71,7 @@ CHILD = textwrap.dedent("""
     from vllm_fetch import HTTPConnection
     mode, url, target, connections = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     sha = sys.argv[5] if len(sys.argv) > 5 else None
-    conn = HTTPConnection()
+    conn = HTTPConnection(cache=False)  # the transfer alone, as aria2c does it
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if mode == "sync":

@@ -95,7 +95,7 @@ def bench_noop(calls: int, blocks: int) -> None:
 
 def bench_http(base: str, calls: int, blocks: int) -> None:
     url = f"{base}/small.bin"
-    conn = HTTPConnection(retry=RetryPolicy())
+    conn = HTTPConnection(retry=RetryPolicy(), cache=False)  # every call a real request
 
     def plain() -> bytes:
         return conn._sync.fetch_body(conn._request(url, timeout=None, extra_headers=None)).content
@@ -109,7 +109,7 @@ def bench_http(base: str, calls: int, blocks: int) -> None:
     conn.close()
 
     async def run_async() -> dict[str, float]:
-        async with HTTPConnection(retry=RetryPolicy()) as aconn:
+        async with HTTPConnection(retry=RetryPolicy(), cache=False) as aconn:
             async def aplain() -> bytes:
                 req = aconn._request(url, timeout=None, extra_headers=None)
                 return (await aconn._async.fetch_body(req)).content

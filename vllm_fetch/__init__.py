@@ -9,6 +9,7 @@ from ._version import __version__
 from .cache.fetch_cache import FetchCache
 from .connections import HTTPConnection, global_http_connection
 from .core.address_policy import URLPolicy
+from .core.results import DownloadResult
 from .core.retry import RetryPolicy
 from .errors import (
     BlockedURLError,
@@ -32,6 +33,7 @@ __all__ = [
     "BlockedURLError",
     "ChecksumMismatchError",
     "DiskError",
+    "DownloadResult",
     "FetchCache",
     "FetchConnectionError",
     "FetchError",

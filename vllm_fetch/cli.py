@@ -8,7 +8,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from tqdm import tqdm
+
+from .cli_cache import add_cache_parser, cmd_cache
+from .config import env_flag
 from .connections import HTTPConnection
 from .core.urls import redact_url
 from .errors import FetchError
@@ -39,42 +44,62 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("url")
     get.add_argument("-o", "--output", type=Path, help="target path (default: the URL's name)")
     get.add_argument("--sha256", help="expected sha256 of the body (hex)")
-    get.add_argument("--timeout", type=float, help="total deadline in seconds")
+    get.add_argument("--connections", type=_positive_int,
+                     help="parallel ranged connections (default: automatic by size)")
+    _add_fetch_options(get)
 
     pre = sub.add_parser("prefetch", help="download every file a manifest lists")
     pre.add_argument("manifest", type=Path, help="'URL [SHA256] [PATH]' lines, or JSON")
     pre.add_argument("-j", "--jobs", type=_positive_int, default=4, help="files at once (4)")
     pre.add_argument("-d", "--dir", type=Path, default=Path("."), help="download directory")
+    _add_fetch_options(pre)
 
-    sub.add_parser("demo", help="watch retries, resume and verification on a local origin")
+    add_cache_parser(sub)
+    sub.add_parser("demo", help="watch retries, resume, verification and the cache, offline")
     return parser
+
+
+def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, help="total deadline per file, in seconds")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor fill the cache")
+    parser.add_argument("--offline", action="store_true",
+                        help="serve only from the cache; never touch the network")
+
+
+def _connection(args: argparse.Namespace) -> HTTPConnection:
+    return HTTPConnection(cache=False if args.no_cache else None,
+                          offline=True if args.offline else None)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     target = args.output or Path(default_name(args.url))
     started = time.monotonic()
-    with HTTPConnection() as conn:
-        path = conn.download_file(args.url, target, timeout=args.timeout,
-                                  expected_sha256=args.sha256)
-    size = path.stat().st_size
-    print(f"{redact_url(args.url)} -> {path} ({size:,} bytes in "
-          f"{time.monotonic() - started:.2f} s)")
+    with _connection(args) as conn:
+        result = conn.fetch_file(args.url, target, timeout=args.timeout,
+                                 expected_sha256=args.sha256, connections=args.connections)
+    source = "from cache" if result.from_cache else f"{time.monotonic() - started:.2f} s"
+    print(f"{redact_url(args.url)} -> {result.path} ({result.size:,} bytes, {source})")
     return 0
 
 
-def _report(outcome: PrefetchOutcome) -> None:
+def _report(outcome: PrefetchOutcome, bar: tqdm[Any]) -> None:
+    bar.update(1)
     if outcome.ok:
-        print(f"ok      {outcome.target}")
+        bar.write(f"{'cached' if outcome.from_cache else 'ok':<8}{outcome.target}")
     else:
-        print(f"FAILED  {redact_url(outcome.entry.url)}: {outcome.error}", file=sys.stderr)
+        bar.write(f"FAILED  {redact_url(outcome.entry.url)}: {outcome.error}", file=sys.stderr)
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     entries = read_manifest(args.manifest)
-    with HTTPConnection() as conn:
-        outcomes = prefetch(conn, entries, args.dir, jobs=args.jobs, on_done=_report)
+    show_bar = sys.stderr.isatty() and not env_flag("VLLM_FETCH_DISABLE_PROGRESS")
+    with _connection(args) as conn, tqdm(total=len(entries), unit="file", desc="prefetch",
+                                         disable=not show_bar) as bar:
+        outcomes = prefetch(conn, entries, args.dir, jobs=args.jobs, timeout=args.timeout,
+                            on_done=lambda outcome: _report(outcome, bar))
     failed = sum(not o.ok for o in outcomes)
-    print(f"{len(outcomes) - failed} fetched, {failed} failed")
+    cached = sum(o.ok and o.from_cache for o in outcomes)
+    print(f"{len(outcomes) - failed - cached} fetched, {cached} from cache, {failed} failed")
     return EXIT_FAILED if failed else 0
 
 
@@ -87,6 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "get": cmd_get,
     "prefetch": cmd_prefetch,
+    "cache": cmd_cache,
     "demo": cmd_demo,
 }
 
@@ -103,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vllm-fetch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not bad input: still one line, the details with -v
+        if args.verbose:
+            logging.getLogger("vllm_fetch").exception("internal error")
+        print(f"vllm-fetch: internal error: {type(exc).__name__}: {exc}"
+              f"{'' if args.verbose else ' (run with -v for details)'}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import requests
 
 from ._version import DEFAULT_USER_AGENT
-from .async_response import AsyncResponseContext
 from .cache.fetch_cache import FetchCache
 from .cache.flows import Probed, offline_error
 from .cache.runner import AsyncIO, CachedCalls, SyncIO
@@ -33,9 +32,14 @@ from .core.retry import RetryPolicy, status_failure
 from .core.urls import redact_url
 from .download.options import DownloadOptions
 from .download.progress import ProgressSpec
-from .drivers.aiohttp_driver import AiohttpDriver
 from .drivers.requests_driver import RequestsDriver
 from .retry_loop import ResultRetry, async_retrying, sync_retrying
+
+if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start faster
+    import aiohttp
+
+    from .async_response import AsyncResponseContext
+    from .drivers.aiohttp_driver import AiohttpDriver
 
 #: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
 DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
@@ -111,12 +115,27 @@ class HTTPConnection:
         )
         self.options = options
         self._sync = RequestsDriver(options, reuse_client=reuse_client)
-        self._async = AiohttpDriver(options, reuse_client=reuse_client)
+        self._async_driver: AiohttpDriver | None = None
+        self._async_driver_lock = threading.Lock()
         self._cache = CacheSetting(cache)
         self._offline = offline
         self._cached = CachedCalls()
         self._sync_io = SyncIO(self._fetch, self._probe)  # bodies; downloads add their engine
         self._async_io = AsyncIO(self._afetch, self._aprobe)
+
+    @property
+    def _async(self) -> AiohttpDriver:
+        """The aiohttp driver, made on first async use (importing aiohttp costs ~0.1 s)."""
+        driver = self._async_driver
+        if driver is None:
+            with self._async_driver_lock:
+                if self._async_driver is None:
+                    from .drivers.aiohttp_driver import AiohttpDriver
+
+                    self._async_driver = AiohttpDriver(self.options,
+                                                       reuse_client=self.reuse_client)
+                driver = self._async_driver
+        return driver
 
     @property
     def offline(self) -> bool:
@@ -155,7 +174,8 @@ class HTTPConnection:
 
     async def aclose(self) -> None:
         """Close the running loop's aiohttp session and every sync session."""
-        await self._async.aclose()
+        if self._async_driver is not None:
+            await self._async_driver.aclose()
         self._sync.close()
 
     def __enter__(self) -> HTTPConnection:
@@ -247,6 +267,10 @@ class HTTPConnection:
         if self.offline:
             raise offline_error(url, "not available: raw responses are never cached")
 
+        import aiohttp
+
+        from .async_response import AsyncResponseContext
+
         on_result = ResultRetry[aiohttp.ClientResponse](
             failure=lambda r: status_failure(self.retry, r.status, redact_url(str(r.url)),
                                              r.headers),
@@ -254,7 +278,7 @@ class HTTPConnection:
         )
 
         async def run() -> tuple[aiohttp.ClientResponse, aiohttp.ClientSession | None]:
-            session = await self._async.session()
+            session = await self._async.own_session()
             try:
                 retrying = async_retrying(self.retry, req.deadline, "GET", url, on_result)
                 response: aiohttp.ClientResponse = await retrying(self._async.open, session, req)
@@ -438,6 +462,29 @@ class HTTPConnection:
         (``use_cache``), a fresh cached copy (or any stored body with ``expected_sha256``) is
         copied to ``save_path`` without a request, and a downloaded file joins the cache.
         """
+        return self.fetch_file(
+            url, save_path, timeout=timeout, chunk_size=chunk_size, extra_headers=extra_headers,
+            expected_sha256=expected_sha256, expected_size=expected_size, resume=resume,
+            connections=connections, progress=progress, use_cache=use_cache,
+        ).path
+
+    def fetch_file(
+        self,
+        url: str,
+        save_path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: Mapping[str, str] | None = None,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        resume: bool = True,
+        connections: int | None = None,
+        progress: ProgressSpec = None,
+        use_cache: bool = True,
+    ) -> DownloadResult:
+        """:meth:`download_file` returning a :class:`DownloadResult`: path, size, sha256 (when
+        computed), final status and headers, and ``from_cache``."""
         options = DownloadOptions(self.retry, resume, connections, progress)
         req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
                                      extra_headers=extra_headers,
@@ -446,9 +493,9 @@ class HTTPConnection:
         offline = self.offline
         cache = self._cache_for(req, use_cache, offline)
         if cache is None:
-            return self._sync.download(req, target, options).path
+            return self._sync.download(req, target, options)
         io = SyncIO(self._fetch, self._probe, lambda r, t: self._sync.download(r, t, options))
-        return self._cached.download(cache, req, target, io, offline=offline).path
+        return self._cached.download(cache, req, target, io, offline=offline)
 
     async def async_download_file(
         self,
@@ -466,6 +513,29 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> Path:
         """Async twin of :meth:`download_file` (parts run as tasks, file work in threads)."""
+        result = await self.async_fetch_file(
+            url, save_path, timeout=timeout, chunk_size=chunk_size, extra_headers=extra_headers,
+            expected_sha256=expected_sha256, expected_size=expected_size, resume=resume,
+            connections=connections, progress=progress, use_cache=use_cache,
+        )
+        return result.path
+
+    async def async_fetch_file(
+        self,
+        url: str,
+        save_path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        extra_headers: Mapping[str, str] | None = None,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        resume: bool = True,
+        connections: int | None = None,
+        progress: ProgressSpec = None,
+        use_cache: bool = True,
+    ) -> DownloadResult:
+        """Async twin of :meth:`fetch_file`."""
         options = DownloadOptions(self.retry, resume, connections, progress)
         req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
                                      extra_headers=extra_headers,
@@ -474,13 +544,13 @@ class HTTPConnection:
         offline = self.offline
         cache = self._cache_for(req, use_cache, offline)
         if cache is None:
-            return (await self._async.download(req, target, options)).path
+            return await self._async.download(req, target, options)
 
         async def engine(r: FetchRequest, t: Path) -> DownloadResult:
             return await self._async.download(r, t, options)
 
         io = AsyncIO(self._afetch, self._aprobe, engine)
-        return (await self._cached.adownload(cache, req, target, io, offline=offline)).path
+        return await self._cached.adownload(cache, req, target, io, offline=offline)
 
 
 global_http_connection = HTTPConnection()

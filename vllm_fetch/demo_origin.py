@@ -1,29 +1,40 @@
 """A small local origin that misbehaves on purpose, for ``vllm-fetch demo`` (no internet needed).
 
-Each path fails once in a typical way, then behaves: ``/flaky`` answers 503 with Retry-After,
-``/cut`` drops the connection half way, ``/stall`` stops sending mid-body.
+Each path serves its own 2 MiB body and fails once in a typical way, then behaves: ``/flaky``
+answers 503 with Retry-After, ``/cut`` drops the connection half way, ``/stall`` stops sending
+mid-body. It serves byte ranges (``Range: bytes=N-``) like a CDN, so a client can resume, and
+records the Range header of every request so the demo can show what was asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import threading
-from collections import Counter
+from collections import defaultdict
 
 from aiohttp import web
 
-DEMO_BODY = bytes(range(256)) * 8192  # 2 MiB
+BODY_SIZE = 2 * 1024 * 1024
+PATHS = ("/flaky", "/cut", "/stall", "/model.bin")
+_RANGE = re.compile(r"bytes=(\d+)-$")
+
+
+def demo_body(path: str) -> bytes:
+    """A deterministic body per path (distinct, so the cache cannot answer one with another)."""
+    seed = hashlib.sha256(path.encode()).digest()
+    return (seed * (BODY_SIZE // len(seed) + 1))[:BODY_SIZE]
 
 
 class DemoOrigin:
     """An aiohttp.web app on 127.0.0.1 in a background thread."""
 
-    def __init__(self, body: bytes = DEMO_BODY, stall_seconds: float = 30.0) -> None:
-        self.body = body
-        self.sha256 = hashlib.sha256(body).hexdigest()
+    def __init__(self, stall_seconds: float = 30.0) -> None:
+        self.bodies = {path: demo_body(path) for path in PATHS}
         self.stall_seconds = stall_seconds
-        self.hits: Counter[str] = Counter()
+        #: path -> the Range header of each request ("" when none)
+        self.seen: defaultdict[str, list[str]] = defaultdict(list)
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -33,27 +44,45 @@ class DemoOrigin:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def sha256(self, path: str) -> str:
+        return hashlib.sha256(self.bodies[path]).hexdigest()
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        self.hits[path] += 1
-        first = self.hits[path] == 1
-        headers = {"ETag": f'"{self.sha256[:16]}"', "Accept-Ranges": "bytes",
-                   "Cache-Control": "max-age=3600"}
+        body = self.bodies.get(path)
+        if body is None:
+            return web.Response(status=404, text="not found")
+        self.seen[path].append(request.headers.get("Range", ""))
+        first = len(self.seen[path]) == 1
         if path == "/flaky" and first:
             return web.Response(status=503, headers={"Retry-After": "1"}, text="slow down")
+        start = self._range_start(request, body)
+        headers = {"ETag": f'"{self.sha256(path)[:16]}"', "Accept-Ranges": "bytes",
+                   "Cache-Control": "max-age=3600", "Content-Length": str(len(body) - start)}
+        status = 200
+        if start:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
         if path in ("/cut", "/stall") and first:
-            response = web.StreamResponse(headers={**headers,
-                                                   "Content-Length": str(len(self.body))})
-            await response.prepare(request)
-            await response.write(self.body[: len(self.body) // 2])
+            await response.write(body[: len(body) // 2])
             if path == "/stall":
                 await asyncio.sleep(self.stall_seconds)
             assert request.transport is not None
             request.transport.close()
             return response
-        if path in ("/flaky", "/cut", "/stall", "/model.bin"):
-            return web.Response(body=self.body, headers=headers)
-        return web.Response(status=404, text="not found")
+        await response.write(body[start:])
+        return response
+
+    @staticmethod
+    def _range_start(request: web.Request, body: bytes) -> int:
+        match = _RANGE.match(request.headers.get("Range", ""))
+        if_range = request.headers.get("If-Range")
+        if match is None or (if_range is not None and not if_range.startswith('"')):
+            return 0
+        start = int(match.group(1))
+        return start if start < len(body) else 0
 
     async def _start(self) -> None:
         app = web.Application()

@@ -9,8 +9,10 @@ Modes (``--vllm-fetch-mode`` or ``$VLLM_FETCH_TEST_MODE``):
 - ``replay``: the same directory, offline: nothing reaches the network, and a URL that was not
   recorded fails the test with a message naming it and how to record it.
 
-The mode is applied to the environment (``VLLM_FETCH_CACHE_DIR``, ``VLLM_FETCH_OFFLINE``) before
-conftest files load, so connections made anywhere (the global one included) follow it.
+The mode is applied to the environment (``VLLM_FETCH_CACHE_DIR``, ``VLLM_FETCH_OFFLINE``) when
+pytest configures itself. Connections read both lazily (the cache directory on first use, offline
+on every call), so every connection that leaves ``cache`` and ``offline`` at their defaults —
+the global one included — follows the mode.
 Fixtures: ``vllm_fetch_connection`` (bound to the suite's cache, in the chosen mode) and
 ``vllm_fetch_empty_cache`` (a connection on a fresh empty cache, for unit tests).
 """
@@ -57,14 +59,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["VLLM_FETCH_CACHE_DIR"] = str(_cache_dir(config))
     os.environ.pop("VLLM_FETCH_DISABLE_CACHE", None)
     os.environ["VLLM_FETCH_OFFLINE"] = "1" if mode == "replay" else "0"
-    _reset_global_connection()
-
-
-def _reset_global_connection() -> None:
-    """The global connection may predate the environment change: rebind it to the mode."""
-    from . import connections
-
-    connections.global_http_connection.__init__()  # type: ignore[misc]
 
 
 _MODE_KEY = pytest.StashKey[str]()

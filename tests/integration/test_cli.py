@@ -114,5 +114,88 @@ def test_demo_shows_each_behaviour(tmp_path: Path) -> None:
     for step in ("/flaky", "/cut", "/stall"):
         assert step in result.stdout
     assert "All downloads complete and verified" in result.stdout
-    assert "retrying" in result.stderr  # the retry WARNING lines
-    assert result.stdout.count(", 2 requests,") == 3  # each step really met its fault
+    assert result.stderr.count("retrying") == 3  # one retry WARNING per fault
+    assert "HTTP 503" in result.stderr and "broke mid-body" in result.stderr
+    assert "idle timeout" in result.stderr
+    assert result.stdout.count("2 request(s)") == 3  # each step really met its fault
+    assert result.stdout.count("Range: bytes=1048576-") == 2  # /cut and /stall resumed
+    assert "from cache=True, 0 new request(s)" in result.stdout
+
+
+def test_prefetch_twice_second_run_is_from_cache(origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/w.bin", BODY, headers={"Cache-Control": "max-age=3600"})
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"{url} {sha256(BODY)}\n")
+    first = run("prefetch", manifest, "-d", tmp_path / "a", cwd=tmp_path)
+    second = run("prefetch", manifest, "-d", tmp_path / "b", cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "1 fetched, 0 from cache, 0 failed" in first.stdout
+    assert "0 fetched, 1 from cache, 0 failed" in second.stdout
+    assert origin.count("/w.bin") == 1
+    assert sha256((tmp_path / "b" / "w.bin").read_bytes()) == sha256(BODY)
+
+
+def test_get_offline_and_no_cache(origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/o.bin", BODY)
+    missing = run("get", url, "-o", "first", "--offline", cwd=tmp_path)
+    assert_one_line_error(missing)
+    assert "offline" in missing.stderr.lower() and origin.count("/o.bin") == 0
+
+    assert run("get", url, "-o", "first", cwd=tmp_path).returncode == 0
+    offline = run("get", url, "-o", "second", "--offline", cwd=tmp_path)
+    assert offline.returncode == 0, offline.stderr
+    assert "from cache" in offline.stdout and origin.count("/o.bin") == 1
+    assert sha256((tmp_path / "second").read_bytes()) == sha256(BODY)
+
+    assert run("get", url, "-o", "third", "--no-cache", cwd=tmp_path).returncode == 0
+    assert origin.count("/o.bin") == 2
+
+
+def test_get_with_connections_uses_ranges(origin: Origin, tmp_path: Path) -> None:
+    from tests.ranged import RangeFile
+
+    data = os.urandom(4 * 1024 * 1024)
+    url = RangeFile(data).mount(origin, "/big.bin")
+    result = run("get", url, "--connections", "4", "--no-cache", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sha256((tmp_path / "big.bin").read_bytes()) == sha256(data)
+    ranges = [s.headers.get("Range") for s in origin.seen("/big.bin")]
+    assert sum(1 for r in ranges if r and not r.startswith("bytes=0-")) >= 1, ranges
+
+
+def test_cache_commands(origin: Origin, tmp_path: Path) -> None:
+    one = origin.serve_bytes("/one.bin", BODY)
+    two = origin.serve_bytes("/two.bin", b"x" * 5000) + "?token=secret"
+    for url, name in ((one, "one"), (two, "two")):
+        assert run("get", url, "-o", name, cwd=tmp_path).returncode == 0
+
+    info = run("cache", "info", cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert "entries    2" in info.stdout and "205.0 kB" in info.stdout
+
+    listing = run("cache", "ls", cwd=tmp_path)
+    assert "one.bin" in listing.stdout and "two.bin" in listing.stdout
+    assert "secret" not in listing.stdout
+
+    blob = next(p for p in (tmp_path / ".cache" / "blobs").rglob("*")
+                if p.is_file() and p.name.startswith(sha256(BODY)[2:8]))
+    blob.chmod(0o644)
+    blob.write_bytes(b"corrupted")
+    verify = run("cache", "verify", cwd=tmp_path)
+    assert verify.returncode == 0, verify.stderr
+    assert "1 corrupt" in verify.stdout and sha256(BODY) in verify.stdout
+    assert "entries    1" in run("cache", "info", cwd=tmp_path).stdout
+
+    pruned = run("cache", "prune", "--max-size", "0", cwd=tmp_path)
+    assert pruned.returncode == 0 and "removed 1 entries" in pruned.stdout
+    assert run("get", one, "-o", "again", cwd=tmp_path).returncode == 0
+    cleared = run("cache", "clear", cwd=tmp_path)
+    assert cleared.returncode == 0 and "cleared 1 entries" in cleared.stdout
+    assert "entries    0" in run("cache", "info", cwd=tmp_path).stdout
+
+
+@pytest.mark.parametrize("args", [("prune",), ("prune", "--older-than", "soon"),
+                                  ("prune", "--max-size", "lots")])
+def test_cache_bad_arguments(args: tuple[str, ...], tmp_path: Path) -> None:
+    result = run("cache", *args, cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr

@@ -256,3 +256,17 @@ def test_async_clients_close_cleanly(origin: Origin) -> None:
         assert session.closed
 
     asyncio.run(main())
+
+
+def test_sync_programs_never_import_aiohttp(origin: Origin) -> None:
+    """aiohttp costs ~0.1 s to import: a sync-only program (the CLI) must not pay for it."""
+    import subprocess
+    import sys
+
+    url = origin.serve_bytes("/sync-only", b"sync")
+    code = ("import sys; from vllm_fetch import HTTPConnection; "
+            f"assert HTTPConnection(cache=False).get_bytes({url!r}) == b'sync'; "
+            "print(sorted(m for m in sys.modules if m.startswith('aiohttp')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"

@@ -15,7 +15,8 @@ ASSET = os.urandom(50_000)
 
 
 def run_suite(suite: Path, mode: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EXAMPLE_ASSET_URL": url, "EXAMPLE_ASSET_SHA256": sha256(ASSET)}
+    env = {**os.environ, "EXAMPLE_ASSET_URL": url, "EXAMPLE_ASSET_SHA256": sha256(ASSET),
+           "EXAMPLE_CONNECT_LOG": str(suite / f"connects-{mode}.log")}
     env.pop("VLLM_FETCH_CACHE_DIR", None)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -37,10 +38,12 @@ def test_record_then_replay_with_the_origin_stopped(tmp_path: Path) -> None:
     finally:
         origin.stop()
     assert (suite / "recorded_assets").is_dir()
+    assert (suite / "connects-record.log").read_text()  # the log does see connections
 
     replayed = run_suite(suite, "replay", url)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "2 passed" in replayed.stdout
+    assert not (suite / "connects-replay.log").exists()  # nothing reached for the network
 
 
 def test_replay_miss_names_the_url_and_how_to_record(tmp_path: Path) -> None:
@@ -52,3 +55,4 @@ def test_replay_miss_names_the_url_and_how_to_record(tmp_path: Path) -> None:
     assert "never-recorded.png" in result.stdout
     assert "--vllm-fetch-mode=record" in result.stdout
     assert "secret" not in result.stdout
+    assert not (suite / "connects-replay.log").exists()

@@ -240,3 +240,57 @@ def test_s7_no_secret_in_errors_or_logs(mode: str, case: str, origin: Origin,
     assert_clean(info.value, caplog.records)
     if case == "status":
         assert any("retrying" in r.getMessage() for r in caplog.records)  # logs were captured
+
+
+# -- the environment is remembered, never stale ------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_proxy_set_after_a_first_call_is_used(mode: str, origin: Origin,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    origin.serve_bytes("/w", b"direct")
+    conn = HTTPConnection(retry=RetryPolicy.none(),
+                          resolver=StubResolver({"models.test": ["127.0.0.1"]}))
+    url = f"http://models.test:{origin.port}/w"
+    assert call(mode, conn, "get_bytes", url, use_cache=False) == b"direct"
+    server = RawServer(lambda sock, head: sock.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nvia-proxy"))
+    try:
+        monkeypatch.setenv("http_proxy", server.url())
+        assert call(mode, conn, "get_bytes", url, use_cache=False) == b"via-proxy"
+        monkeypatch.setenv("no_proxy", "models.test")
+        assert call(mode, conn, "get_bytes", url, use_cache=False) == b"direct"
+    finally:
+        server.close()
+    assert len(server.heads) == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_netrc_credentials_are_sent_and_reread(mode: str, origin: Origin, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    origin.serve_bytes("/w", b"ok")
+    conn = HTTPConnection(retry=RetryPolicy.none())
+    url = origin.url("/w")
+    assert call(mode, conn, "get_bytes", url, use_cache=False) == b"ok"
+    netrc.write_text("machine 127.0.0.1 login alice password first\n")
+    netrc.chmod(0o600)
+    assert call(mode, conn, "get_bytes", url, use_cache=False) == b"ok"
+    netrc.write_text("machine 127.0.0.1 login alice password second-one\n")
+    assert call(mode, conn, "get_bytes", url, use_cache=False) == b"ok"
+    seen = [r.headers.get("Authorization") for r in origin.seen("/w")]
+    assert seen == [None, "Basic YWxpY2U6Zmlyc3Q=", "Basic YWxpY2U6c2Vjb25kLW9uZQ=="]
+    url_credentials = f"http://bob:pw@127.0.0.1:{origin.port}/w"
+    assert call(mode, conn, "get_bytes", url_credentials, use_cache=False) == b"ok"
+    assert origin.seen("/w")[-1].headers["Authorization"].startswith("Basic ")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_proxy_credentials_from_the_environment(mode: str, proxy: RawServer,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy.url().replace("http://", "http://alice:s3cret@"))
+    conn = HTTPConnection(retry=RetryPolicy.none())
+    assert call(mode, conn, "get_bytes", "http://models.test:1/w", use_cache=False) == b"via-proxy"
+    head = proxy.heads[0].decode("latin-1").lower()
+    assert "proxy-authorization: basic ywxpy2u6cznjcmv0" in head
+    assert head.count("proxy-authorization") == 1

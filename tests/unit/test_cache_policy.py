@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from email.utils import formatdate
 from typing import Any
@@ -658,6 +659,16 @@ def test_to_dict_from_dict_round_trip() -> None:
     data = json.loads(json.dumps(e.to_dict()))
     assert CacheEntry.from_dict(data) == e
     assert data["headers"]["etag"] == ETAG and data["vary"] == {"accept-encoding": "gzip"}
+
+
+def test_to_dict_is_what_dataclasses_asdict_gives() -> None:
+    e = CacheEntry(url="https://example.com/a", headers={"ETag": '"1"'}, stored_at=1.0,
+                   request_time=2.0, response_time=3.0, status=203, sha256="ab" * 32, size=5,
+                   vary={"Accept": "x"}, private=True)
+    record = e.to_dict()
+    assert record == dataclasses.asdict(e)
+    record["headers"]["etag"] = "changed"
+    assert e.headers == {"etag": '"1"'}  # a copy, never the entry's own dict
 
 
 def test_from_dict_defaults_and_int_times() -> None:

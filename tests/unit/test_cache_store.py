@@ -244,3 +244,51 @@ def test_unusable_index_is_bypassed(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert not cache.store_bytes(key, entry("https://example.com/x"), b"x", None)
     assert cache.index.get(key) is None and cache.info().entries == 0
     cache.close()
+
+
+# --- bodies queued for the writer ---------------------------------------------------------------
+
+
+def test_a_queued_body_is_hashed_once_needed_and_served_from_memory(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path)
+    try:
+        data = os.urandom(4096)
+        key = cache_key("https://example.com/q")
+        cache._writer.submit = lambda job: False  # type: ignore[method-assign]  # keep it queued
+        assert cache.submit_bytes(key, entry("https://example.com/q"), data, None) is None
+        _, decision = cache.lookup("https://example.com/q", {}, offline=False, now=time.time())
+        assert decision.entry is not None
+        assert (decision.entry.sha256, decision.entry.size) == (sha(data), len(data))
+        assert cache.read(key, decision.entry, time.time()) == data
+        assert not cache.blobs.exists(sha(data))  # still only in memory
+    finally:
+        cache._pending.clear()
+        cache.close()
+
+
+def test_a_body_stored_without_its_digest_is_named_by_it(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path)
+    try:
+        data = os.urandom(8192)
+        key = store(cache, "https://example.com/h", data)
+        stored = cache.index.get(key)
+        assert stored is not None and (stored.sha256, stored.size) == (sha(data), len(data))
+        assert cache.blobs.read(sha(data), len(data)) == data
+        assert [item.sha256 for item in cache.entries()] == [sha(data)]
+    finally:
+        cache.close()
+
+
+def test_last_use_is_the_store_until_served(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path)
+    try:
+        key = store(cache, "https://example.com/u", b"body")
+        [(found, stored, used)] = list(cache.index.items())
+        assert found == key and used == stored.stored_at
+        assert cache.index.raw().get("u:" + key) is None  # a store writes one record
+        cache.index.touch(key, stored.stored_at + 3600)
+        assert [used for *_, used in cache.index.items()] == [stored.stored_at + 3600]
+        cache.index.raw().set("u:" + key, stored.stored_at - 3600)  # older than the entry
+        assert [used for *_, used in cache.index.items()] == [stored.stored_at]
+    finally:
+        cache.close()

@@ -77,31 +77,33 @@ class BlobStore:
         them. On ext4 and xfs the first fsync commits the journal for the whole group, so the
         rest are cheap: one durable commit instead of one per blob. Failures are per item."""
         outcomes: list[tuple[str, bool] | OSError] = []
-        staged: list[tuple[int, int, Path, Path]] = []  # (outcome slot, fd, temp, final)
+        staged: list[tuple[int, int, Path, str, str]] = []  # (slot, fd, temp, final, digest)
+        staged_digests: set[str] = set()
+        root = os.fspath(self.root)  # plain strings: pathlib costs ~8 us a blob on this thread
         for data, sha256 in items:
             digest = sha256 or hashlib.sha256(data).hexdigest()
             outcomes.append((digest, False))
-            final = self.path(digest)
-            if final.exists() or any(f == final for *_, f in staged):
+            final = os.path.join(root, digest[:2], digest[2:])
+            if digest in staged_digests or os.path.exists(final):
                 continue
+            staged_digests.add(digest)
             try:
                 fd, temp = self._temp()
             except OSError as exc:
                 outcomes[-1] = exc
                 continue
-            staged.append((len(outcomes) - 1, fd, temp, final))
+            staged.append((len(outcomes) - 1, fd, temp, final, digest))
             try:
                 write_all(fd, data, temp)
             except OSError as exc:
                 outcomes[-1] = exc
-        for slot, fd, temp, final in staged:
+        for slot, fd, temp, final, digest in staged:
             try:
                 if not isinstance(outcomes[slot], OSError):
                     os.fsync(fd)
                     os.close(fd)
                     fd = -1
-                    outcomes[slot] = (final.parent.name + final.name,
-                                      self._link_into_place(temp, final))
+                    outcomes[slot] = (digest, self._link_into_place(temp, final))
             except OSError as exc:
                 outcomes[slot] = exc
             finally:
@@ -150,7 +152,7 @@ class BlobStore:
         raise FileExistsError(errno.EEXIST, "no unique temp name", str(self._tmp))
 
     @staticmethod
-    def _link_into_place(source: Path, final: Path) -> bool:
+    def _link_into_place(source: Path, final: Path | str) -> bool:
         """Give the complete file its sha256 name; False when another writer did first.
 
         The directory is not fsynced: a link lost in a crash is only a cache miss (the entry
@@ -161,7 +163,7 @@ class BlobStore:
         except FileNotFoundError:
             if not source.exists():
                 raise
-            final.parent.mkdir(parents=True, exist_ok=True)
+            Path(final).parent.mkdir(parents=True, exist_ok=True)
             return BlobStore._link_into_place(source, final)
         except FileExistsError:
             return False  # same name, same content: nothing to do

@@ -8,7 +8,6 @@ HTTP decisions live in ``core.cache_policy``; this class only stores, reads and 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import threading
@@ -151,8 +150,7 @@ class FetchCache:
     ) -> tuple[StoreJob | None, bool]:
         if len(content) > self.size_limit:
             return None, False
-        digest = sha256 or hashlib.sha256(content).hexdigest()
-        job = StoreJob(key, entry.with_body(digest, len(content)), content)
+        job = StoreJob(key, entry, content, sha256)  # hashed by the writer when sha256 is None
         with self._guard:
             self._pending[key] = job
         return job, self._writer.submit(job)

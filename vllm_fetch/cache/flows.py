@@ -143,10 +143,11 @@ def _check_size(size: int, req: FetchRequest) -> None:
 
 
 def _conditional(req: FetchRequest, decision: LookupDecision) -> FetchRequest:
+    """The request to send: conditional when revalidating. A body is not hashed while it
+    streams: the cache's writer hashes what it stores, off the caller's thread."""
     if decision.action is not LookupAction.REVALIDATE:
-        return replace(req, hash_body=True)
-    return replace(req, headers={**req.headers, **decision.headers}, hash_body=True,
-                   accept_not_modified=True)
+        return req
+    return replace(req, headers={**req.headers, **decision.headers}, accept_not_modified=True)
 
 
 def body_flow(
@@ -247,7 +248,8 @@ def _fits(entry: CacheEntry | None, req: FetchRequest) -> bool:
 
 
 def _published(target: Path, entry: CacheEntry, url: str) -> DownloadResult:
-    return DownloadResult(target, entry.size, entry.sha256, 200, dict(entry.headers), url)
+    return DownloadResult(target, entry.size, entry.sha256, 200, dict(entry.headers), url,
+                          from_cache=True)
 
 
 def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool) -> Flow:
@@ -261,7 +263,8 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     if wanted and size is not None and req.expected_size in (None, size) and (
         yield Disk(lambda: cache.copy_blob_to(wanted, target))
     ):
-        return DownloadResult(target, size, wanted, 200, {}, req.url)  # same bytes, any URL
+        # same bytes, any URL
+        return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
     start = begin(cache, req, offline=offline)
     entry = start.decision.entry
     if _fits(entry, req) and entry is not None:

@@ -5,7 +5,8 @@ worst lose entries, not run code. Keys:
 
 - ``<64 hex>``: the entry (``CacheEntry.to_dict()``) for ``core.cache_policy.cache_key(url)``;
 - ``u:<64 hex>``: when the entry was last served (unix seconds), written at most once a minute
-  per key and process, so a hit is a read, not a write;
+  per key and process, so a hit is a read, not a write; an entry's last use is the later of
+  this and its ``stored_at`` (a store is not a second write);
 - ``n:blob-bytes``: a running total of blob bytes, the cheap trigger for eviction.
 
 A corrupt or unreadable index (fault D8) is logged at WARNING, moved aside and rebuilt empty;
@@ -190,8 +191,7 @@ class Index:
         def write(db: diskcache.Cache) -> int:
             with db.transact():
                 for key, entry, _ in items:
-                    db.set(key, entry.to_dict())
-                    db.set("u:" + key, entry.stored_at)
+                    db.set(key, entry.to_dict())  # last used: its stored_at until served
                 added = sum(n for *_, n in items) + extra_bytes
                 total = int(db.get(BYTES_KEY, 0)) + added
                 if added:
@@ -234,7 +234,8 @@ class Index:
             entry = self.get(key)
             if entry is not None:
                 used = self._last_used(key)
-                yield key, entry, float(used) if isinstance(used, (int, float)) else entry.stored_at
+                served = float(used) if isinstance(used, (int, float)) else 0.0
+                yield key, entry, max(served, entry.stored_at)
 
     def _last_used(self, key: str) -> Any:
         return self._guard("listing", lambda db: db.get("u:" + key), None)

@@ -13,6 +13,7 @@ Queued jobs are flushed at interpreter exit, so another process sees them afterw
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
 import queue
@@ -36,10 +37,26 @@ MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 @dataclass(eq=False)
 class StoreJob:
+    """A body queued for the writer. Its digest is computed when first needed: by the writer
+    thread normally (hashlib releases the GIL there, so the event loop that fetched the body
+    never spends ~50 us per 100 KB on it), or by a lookup that meets the job first."""
+
     key: str
-    entry: CacheEntry  # complete: sha256 and size filled in
+    template: CacheEntry  # the entry to store; its sha256 and size are filled in by ``entry``
     content: bytes
+    sha256: str | None = None  # the digest, when the caller already has it
     done: Future[int | None] = field(default_factory=Future)  # blob total after the commit
+    _entry: CacheEntry | None = field(default=None, repr=False)
+
+    @property
+    def entry(self) -> CacheEntry:
+        """The complete entry (sha256 and size filled in). Two threads racing here compute the
+        same value; either result may be kept."""
+        entry = self._entry
+        if entry is None:
+            digest = self.sha256 or hashlib.sha256(self.content).hexdigest()
+            entry = self._entry = self.template.with_body(digest, len(self.content))
+        return entry
 
 
 _Item = StoreJob | threading.Event | None  # a job, a flush barrier, or "stop"

@@ -14,12 +14,13 @@ import json
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from functools import lru_cache
+from urllib.parse import urljoin
 
 import idna
 
 from ..errors import BlockedURLError, InvalidURLError
-from .urls import origin_of, redact_url, validate_url
+from .urls import URL_CACHE_SIZE, origin_of, redact_url, split_url, validate_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -134,6 +135,14 @@ def normalize_host(host: str) -> str:
         raise InvalidURLError("Invalid HTTP URL: the host is not a valid IDNA name") from None
 
 
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def checked_host(url: str) -> str:
+    """``validate_url`` then ``dialed_host``: the host to check, remembered per URL (both are
+    pure; a refused URL raises every time, as exceptions are never cached)."""
+    validate_url(url)
+    return dialed_host(url)
+
+
 def dialed_host(url: str) -> str:
     """The normalised host a client will connect to for ``url`` (already validated).
 
@@ -141,11 +150,12 @@ def dialed_host(url: str) -> str:
     host name (WHATWG decodes it, RFC 3986 parsers keep it), and more than one ``@`` in the
     authority. A ``%`` is allowed only as the zone id of a bracketed IPv6 address.
     """
-    netloc = urlsplit(url).netloc
+    parts, hostname, _ = split_url(url)
+    netloc = parts.netloc
     bracketed = netloc.rpartition("@")[2].startswith("[")
     if netloc.count("@") > 1:
         raise InvalidURLError(f"Invalid HTTP URL: more than one '@' in {redact_url(url)}")
-    host = urlsplit(url).hostname or ""
+    host = hostname or ""
     if "%" in host and not bracketed:
         raise InvalidURLError(f"Invalid HTTP URL: a '%' in the host of {redact_url(url)}")
     if bracketed:
@@ -216,8 +226,7 @@ class URLPolicy:
 
     def check_url(self, url: str) -> str:
         """Validate ``url`` and refuse it if the policy forbids its host. Returns it unchanged."""
-        validate_url(url)
-        host = dialed_host(url)
+        host = checked_host(url)
         safe = redact_url(url)
         if self.allowed_domains is not None and host not in self.allowed_domains:
             raise BlockedURLError(f"{safe} is refused: host not in allowed_domains", url=safe)

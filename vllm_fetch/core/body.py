@@ -12,11 +12,15 @@ from ..errors import (
     TruncatedBodyError,
 )
 
+#: Mapping types whose ``get`` already ignores case; each driver registers its library's
+#: header types. A miss in one of them is final (no scan of every name, lowercased).
+CASE_INSENSITIVE_TYPES: set[type] = set()
+
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """Case-insensitive header lookup that works on any mapping."""
     value = headers.get(name)
-    if value is not None:
+    if value is not None or type(headers) in CASE_INSENSITIVE_TYPES:
         return value
     lower = name.lower()
     for key, val in headers.items():

@@ -19,7 +19,8 @@ class Body:
 
 @dataclass(frozen=True)
 class DownloadResult:
-    """A file published at ``path``: its size, sha256 (when hashed) and the final response."""
+    """A file published at ``path``: its size, sha256 (when hashed) and the final response;
+    ``from_cache`` when the bytes came from the disk cache rather than a body transfer."""
 
     path: Path
     size: int
@@ -27,3 +28,4 @@ class DownloadResult:
     status: int
     headers: dict[str, str]
     url: str
+    from_cache: bool = False

@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import TracebackType
 
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..core import redirects
-from ..core.body import BodyMeter
+from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import response_meter
 from ..core.results import Body, DownloadResult
@@ -32,7 +34,10 @@ from ..errors import (
     TruncatedBodyError,
 )
 from .address_guard import address_guard
+from .aiohttp_environment import NO_ROUTE, environment_route
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
+
+CASE_INSENSITIVE_TYPES.update((CIMultiDict, CIMultiDictProxy))
 
 #: aiohttp's read buffer; its 64 KiB default makes many tiny chunks on fast links.
 READ_BUFSIZE = 1024 * 1024
@@ -67,47 +72,92 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     raise exc
 
 
-class _LoopSessions:
-    """One aiohttp session per event loop, closed when that loop shuts down.
+class _MappedErrors:
+    """Anything but a FetchError raised inside becomes one (``map_error``); chained."""
 
-    A session is bound to the loop that created it, so the global connection keeps one per loop.
-    Closing rides on the loop's async-generator shutdown (``asyncio.run`` calls it before closing
-    the loop), so sessions never outlive their loop and never warn about being unclosed.
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, FetchError):
+            raise map_error(exc, self.url) from exc
+
+
+class _LoopSessions:
+    """The sessions of each event loop, closed when that loop shuts down.
+
+    A session is bound to the loop that created it, so the global connection keeps one per loop:
+    the driver's own (``trust_env`` off: the driver passes what the environment says itself),
+    and, once ``get_async_client()`` asks for it, the public one, which shares its connector
+    (one pool of connections per loop). Closing rides on the loop's async-generator shutdown
+    (``asyncio.run`` calls it before closing the loop), so sessions never outlive their loop and
+    never warn about being unclosed.
     """
 
-    def __init__(self, factory: Callable[[], aiohttp.ClientSession]) -> None:
-        self._factory = factory
-        self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncIterator[None]]
-        ] = weakref.WeakKeyDictionary()
+    def __init__(self, driver: AiohttpDriver) -> None:
+        self._driver = driver
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sessions] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
+        self._last: _Sessions | None = None
 
-    async def get(self) -> aiohttp.ClientSession:
+    async def get(self, *, public: bool = False) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        with self._lock:
-            found = self._by_loop.get(loop)
-        if found is not None and not found[0].closed:
-            return found[0]
-        session = self._factory()
-        keeper = self._close_at_shutdown(session)
-        await keeper.__anext__()
-        with self._lock:
-            self._by_loop[loop] = (session, keeper)
-        return session
-
-    @staticmethod
-    async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await session.close()
+        found = self._last  # most calls come from the loop of the call before (no weakref)
+        if found is None or found.loop() is not loop:
+            with self._lock:
+                found = self._by_loop.get(loop)
+        if found is None or found.own.closed:
+            found = _Sessions(loop, self._driver.new_session())
+            keeper = found.close_at_shutdown()
+            await keeper.__anext__()
+            found.keeper = keeper
+            with self._lock:
+                self._by_loop[loop] = found
+        self._last = found
+        if not public:
+            return found.own
+        if found.public is None or found.public.closed:
+            found.public = self._driver.new_session(
+                public=True, connector=found.own.connector)
+        return found.public
 
     async def close_current(self) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
             found = self._by_loop.pop(loop, None)
+            if self._last is found:
+                self._last = None
         if found is not None:
-            await found[0].close()
+            await found.close()
+
+
+class _Sessions:
+    """One loop's sessions: the driver's own (it owns the connector) and the public one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, own: aiohttp.ClientSession) -> None:
+        self.loop = weakref.ref(loop)
+        self.own = own
+        self.public: aiohttp.ClientSession | None = None
+        self.keeper: AsyncIterator[None] | None = None
+
+    async def close(self) -> None:
+        if self.public is not None:
+            await self.public.close()
+        await self.own.close()
+
+    async def close_at_shutdown(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.close()
 
 
 class AiohttpDriver:
@@ -116,31 +166,45 @@ class AiohttpDriver:
     def __init__(self, options: TransportOptions, *, reuse_client: bool = True) -> None:
         self.options = options
         self.reuse_client = reuse_client
-        self._sessions = _LoopSessions(self.new_session)
+        self._sessions = _LoopSessions(self)
 
-    def new_session(self) -> aiohttp.ClientSession:
+    def new_session(
+        self, *, public: bool = False, connector: aiohttp.BaseConnector | None = None
+    ) -> aiohttp.ClientSession:
         """A session whose connector dials only checked addresses when the policy asks for it.
 
         No cookie jar: a session is shared by every caller of the connection, so a cookie one
-        origin set must never ride along on another caller's request.
+        origin set must never ride along on another caller's request. The driver's own sessions
+        leave ``trust_env`` off (``_send`` passes the environment's proxy and .netrc answers,
+        remembered in :mod:`.environment`); a ``public`` one (``get_async_client()``) keeps the
+        connection's ``trust_env`` and checks every URL it is asked for by the policy.
         """
-        guard = address_guard(self.options)
-        connector = aiohttp.TCPConnector(
-            limit=100, limit_per_host=0,
-            resolver=PinnedResolver(guard) if guard is not None else None,
-        )
+        owner = connector is None
+        if connector is None:
+            guard = address_guard(self.options)
+            connector = aiohttp.TCPConnector(
+                limit=100, limit_per_host=0,
+                resolver=PinnedResolver(guard) if guard is not None else None,
+            )
         policy = self.options.policy
         return aiohttp.ClientSession(
             connector=connector,
-            trust_env=self.options.trust_env,
+            connector_owner=owner,
+            trust_env=self.options.trust_env if public else False,
             read_bufsize=READ_BUFSIZE,
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=[literal_check_trace(policy)] if policy.restricts else None,
+            trace_configs=[literal_check_trace(policy)] if public and policy.restricts else None,
         )
 
     async def session(self) -> aiohttp.ClientSession:
-        """The running loop's shared session (or a fresh one when reuse_client=False)."""
+        """The running loop's public session (or a fresh one when reuse_client=False)."""
+        if not self.reuse_client:
+            return self.new_session(public=True)
+        return await self._sessions.get(public=True)
+
+    async def own_session(self) -> aiohttp.ClientSession:
+        """The running loop's session for the driver's requests (fresh: reuse_client=False)."""
         if not self.reuse_client:
             return self.new_session()
         return await self._sessions.get()
@@ -172,9 +236,14 @@ class AiohttpDriver:
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
         try:
+            target = URL(url, encoded=True)
+            route = await environment_route(target) if self.options.trust_env else NO_ROUTE
+            proxy_headers = None
+            if route is not NO_ROUTE:
+                headers, proxy_headers = route.credentials(target, headers)
             return await session.get(
-                URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=timeout,
-                read_bufsize=req.read_bufsize,
+                target, headers=headers, allow_redirects=False, timeout=timeout,
+                read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
             )
         except Exception as exc:
             # not chained: aiohttp's own exceptions quote the full URL, query string included
@@ -204,41 +273,51 @@ class AiohttpDriver:
 
     # -- bodies -------------------------------------------------------------------------------
     async def iter_body(
-        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest
+        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest,
+        url: str | None = None,
     ) -> AsyncIterator[bytes]:
-        """Stream decoded chunks as they arrive, each accounted by the meter."""
-        safe = redact_url(str(response.url))
-        try:
+        """Stream decoded chunks as they arrive, each accounted by the meter (``url``: the
+        response's URL, when the caller has it already)."""
+        url = str(response.url) if url is None else url
+        safe = redact_url(url)
+        deadline = req.deadline
+        with _MappedErrors(url):
             async for chunk in response.content.iter_any():
                 meter.feed(chunk)
-                req.deadline.check(safe)
+                deadline.check(safe)
                 yield chunk
-        except FetchError:
-            raise
-        except Exception as exc:
-            raise map_error(exc, str(response.url)) from exc
         meter.finish()
 
-    async def checked_response(
-        self, session: aiohttp.ClientSession, req: FetchRequest
-    ) -> tuple[aiohttp.ClientResponse, BodyMeter]:
-        response = await self.open(session, req)
-        try:
-            url = redact_url(str(response.url))
-            meter = response_meter(req, response.status, response.headers, url,
-                                   reason=response.reason or "")
-        except BaseException:
-            response.release()
-            raise
-        return response, meter
+    async def read_body(
+        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest, url: str
+    ) -> bytes:
+        """The whole body, accounted as :meth:`iter_body` does, without an async generator
+        per response (each one costs a loop hook and a weak set entry)."""
+        safe = redact_url(url)
+        deadline = req.deadline
+        parts = []
+        with _MappedErrors(url):
+            async for chunk in response.content.iter_any():
+                meter.feed(chunk)
+                deadline.check(safe)
+                parts.append(chunk)
+        meter.finish()
+        return b"".join(parts)
 
     async def fetch_body(self, req: FetchRequest) -> Body:
+        if self.reuse_client:
+            return await self._fetch_body(await self._sessions.get(), req)
         async with self.call_session() as session:
-            response, meter = await self.checked_response(session, req)
-            async with response:
-                parts = [chunk async for chunk in self.iter_body(response, meter, req)]
-                return Body(b"".join(parts), response.status, dict(response.headers),
-                                 str(response.url), meter.sha256)
+            return await self._fetch_body(session, req)
+
+    async def _fetch_body(self, session: aiohttp.ClientSession, req: FetchRequest) -> Body:
+        response = await self.open(session, req)
+        async with response:
+            url = str(response.url)
+            meter = response_meter(req, response.status, response.headers, redact_url(url),
+                                   reason=response.reason or "")
+            content = await self.read_body(response, meter, req, url)
+            return Body(content, response.status, dict(response.headers), url, meter.sha256)
 
     async def download(self, req: FetchRequest, target: Path, options: DownloadOptions
                        ) -> DownloadResult:

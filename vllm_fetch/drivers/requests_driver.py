@@ -13,9 +13,10 @@ from pathlib import Path
 
 import requests
 import urllib3.exceptions as u3
+from requests.structures import CaseInsensitiveDict
 
 from ..core import redirects
-from ..core.body import BodyMeter
+from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import response_meter
 from ..core.results import Body, DownloadResult
@@ -34,6 +35,9 @@ from ..errors import (
 )
 from .address_guard import address_guard
 from .requests_adapter import FetchAdapter, response_deadline, verbatim_target
+from .requests_environment import send_settings
+
+CASE_INSENSITIVE_TYPES.add(CaseInsensitiveDict)
 
 
 def _wrapped(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
@@ -158,9 +162,10 @@ class RequestsDriver:
             idle=self.options.idle_timeout, connect=self.options.connect_timeout
         )
         try:
-            prepared = session.prepare_request(requests.Request("GET", url, headers=headers))
+            settings, auth = send_settings(session, url)
+            prepared = session.prepare_request(
+                requests.Request("GET", url, headers=headers, auth=auth))
             prepared.url = url  # requests re-quotes (%7e -> ~): signed URLs must go verbatim
-            settings = session.merge_environment_settings(url, {}, True, None, None)
             # The adapter, not Session.send: even with allow_redirects=False, Session.send reads
             # a redirect's whole body (to precompute response.next), and keeps cookies.
             verify: bool | str = settings["verify"] if settings["verify"] is not None else True

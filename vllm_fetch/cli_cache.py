@@ -1,0 +1,110 @@
+"""``vllm-fetch cache …``: look after the shared cache (sizes in human units)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+
+from .cache.fetch_cache import FetchCache
+from .config import parse_size
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def human_size(n: int) -> str:
+    """Bytes in decimal units, as disk sizes are sold: 1.5 GB, 320 kB, 12 B."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``45m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 90s, 45m, 12h, 7d)")
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cache = sub.add_parser("cache", help="inspect and clean the shared download cache")
+    cache.add_argument("--dir", help="cache directory (default: $VLLM_FETCH_CACHE_DIR or the "
+                                     "user cache dir)")
+    what = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    what.add_parser("info", help="where the cache is, how many entries, how many bytes")
+    what.add_parser("ls", help="every entry, most recently used first")
+    verify = what.add_parser("verify", help="re-hash every blob; remove corrupt ones")
+    verify.add_argument("--keep", action="store_true", help="report corrupt blobs, keep them")
+    prune = what.add_parser("prune", help="remove old or least recently used entries")
+    prune.add_argument("--max-size", type=_size, help="keep at most this much (e.g. 5GB)")
+    prune.add_argument("--older-than", type=parse_duration,
+                       help="remove what was not used for this long (e.g. 7d, 12h)")
+    what.add_parser("clear", help="remove every entry and blob")
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    cache = FetchCache(args.dir)
+    try:
+        return ACTIONS[args.cache_command](cache, args)
+    finally:
+        cache.close()
+
+
+def _info(cache: FetchCache, _: argparse.Namespace) -> int:
+    info = cache.info()
+    print(f"directory  {info.directory}")
+    print(f"entries    {info.entries}")
+    print(f"blobs      {info.blobs}")
+    print(f"size       {human_size(info.bytes)} of {human_size(info.size_limit)}")
+    return 0
+
+
+def _ls(cache: FetchCache, _: argparse.Namespace) -> int:
+    for item in cache.entries():
+        print(f"{human_size(item.size):>10}  {_when(item.last_used)}  {item.sha256[:12]}  "
+              f"{item.url}")
+    return 0
+
+
+def _verify(cache: FetchCache, args: argparse.Namespace) -> int:
+    report = cache.verify(remove=not args.keep)
+    for sha256 in report.corrupt:
+        print(f"corrupt  {sha256}{'' if args.keep else '  (removed)'}")
+    print(f"{report.checked} blobs checked, {len(report.corrupt)} corrupt, "
+          f"{report.removed_entries} entries removed")
+    return 1 if report.corrupt and args.keep else 0
+
+
+def _prune(cache: FetchCache, args: argparse.Namespace) -> int:
+    if args.max_size is None and args.older_than is None:
+        raise ValueError("prune needs --max-size and/or --older-than")
+    report = cache.prune(max_size=args.max_size, older_than=args.older_than)
+    print(f"removed {report.removed_entries} entries and {report.removed_blobs} blobs, "
+          f"freed {human_size(report.freed_bytes)}")
+    return 0
+
+
+def _clear(cache: FetchCache, _: argparse.Namespace) -> int:
+    before = cache.info()
+    cache.clear()
+    print(f"cleared {before.entries} entries, {human_size(before.bytes)}")
+    return 0
+
+
+ACTIONS = {"info": _info, "ls": _ls, "verify": _verify, "prune": _prune, "clear": _clear}
