@@ -185,7 +185,8 @@ def test_d7_worker_processes_leave_nothing_unclosed(mode: str, connections: str,
 def test_d7_console_script_leaves_nothing_unclosed(origin: Origin, tmp_path: Path) -> None:
     url = origin.serve_bytes("/c.bin", DATA)
     for args in (["get", url, "-o", "a.bin"], ["get", url, "-o", "b.bin"],  # a miss, then a hit
-                 ["get", origin.url("/missing?token=secret"), "-o", "c.bin"]):
+                 ["get", origin.url("/missing?token=secret"), "-o", "c.bin"],
+                 ["cache", "info"], ["cache", "ls"], ["cache", "verify"], ["cache", "prune"]):
         result = subprocess.run([str(SCRIPT), *args], cwd=tmp_path, env=strict_env(tmp_path),
                                 capture_output=True, text=True, timeout=60)
         assert not unclean(result.stderr), result.stderr
