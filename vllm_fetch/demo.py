@@ -1,13 +1,16 @@
 """``vllm-fetch demo``: a newcomer's first run, against a local origin that misbehaves on purpose.
 
 No internet needed: the origin runs in-process on 127.0.0.1 (``demo_origin.DemoOrigin``), and
-the cache lives in a temporary directory that is removed afterwards.
+the cache and the download locks live in a temporary directory that is removed afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .cache.fetch_cache import FetchCache
@@ -27,9 +30,24 @@ def _requests_seen(origin: DemoOrigin, path: str) -> str:
     return f"{len(asked)} request(s): " + ", ".join(asked)
 
 
+@contextlib.contextmanager
+def _locks_in(directory: Path) -> Iterator[None]:
+    """Download locks in ``directory`` for the demo: it leaves nothing in the user's cache."""
+    before = os.environ.get("VLLM_FETCH_LOCK_DIR")
+    os.environ["VLLM_FETCH_LOCK_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["VLLM_FETCH_LOCK_DIR"]
+        else:
+            os.environ["VLLM_FETCH_LOCK_DIR"] = before
+
+
 def run_demo() -> int:
     """Run every step, print what happened, return the exit status."""
-    with DemoOrigin(stall_seconds=30) as origin, tempfile.TemporaryDirectory() as tmp:
+    with DemoOrigin(stall_seconds=30) as origin, tempfile.TemporaryDirectory() as tmp, \
+            _locks_in(Path(tmp) / "locks"):
         work = Path(tmp)
         cache = FetchCache(work / "cache")
         conn = HTTPConnection(idle_timeout=1.0, retry=RetryPolicy(backoff_base=0.1),

@@ -108,8 +108,13 @@ def test_prefetch_bad_manifest_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(run("prefetch", tmp_path / "missing.txt", cwd=tmp_path))
 
 
-def test_demo_shows_each_behaviour(tmp_path: Path) -> None:
+def test_demo_shows_each_behaviour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("VLLM_FETCH_LOCK_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     result = run("demo", cwd=tmp_path, timeout=120)
+    assert not home.exists()  # nothing left in the user's cache (locks included)
     assert result.returncode == 0, result.stderr
     for step in ("/flaky", "/cut", "/stall"):
         assert step in result.stdout
