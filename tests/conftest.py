@@ -35,3 +35,9 @@ def origin() -> Iterator[Origin]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cache_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections made with ``cache=None`` use no cache (``VLLM_FETCH_DISABLE_CACHE=1``)."""
+    monkeypatch.setenv("VLLM_FETCH_DISABLE_CACHE", "1")

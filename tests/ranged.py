@@ -124,3 +124,8 @@ class RangeFile:
             position = block_end
             if self.delay:
                 await asyncio.sleep(self.delay)
+
+
+def ranges_asked(origin: Origin, path: str) -> list[str | None]:
+    """The Range header of every request the origin saw for ``path`` (None: none sent)."""
+    return [seen.headers.get("Range") for seen in origin.seen(path)]

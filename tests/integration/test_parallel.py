@@ -10,7 +10,7 @@ from aiohttp import web
 
 from tests.helpers import call, leftovers
 from tests.origin import Origin, sha256
-from tests.ranged import RangeFile
+from tests.ranged import RangeFile, ranges_asked
 from vllm_fetch import ChecksumMismatchError, HTTPConnection, RetryPolicy
 
 MODES = ["sync", "async"]
@@ -19,11 +19,9 @@ BODY = os.urandom(SIZE)
 FAST_RETRY = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05)
 
 
-@pytest.fixture(autouse=True)
-def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests count the engine's requests and partial files: the cache (shared by the
-    session, tested in test_cache*.py) would answer some downloads from disk."""
-    monkeypatch.setenv("VLLM_FETCH_DISABLE_CACHE", "1")
+# These tests count the engine's requests and partial files: the session's shared cache
+# (tested in test_cache*.py) would answer some downloads from disk.
+pytestmark = pytest.mark.usefixtures("cache_disabled")
 
 
 
@@ -31,9 +29,6 @@ def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 def conn() -> HTTPConnection:
     return HTTPConnection(retry=FAST_RETRY)
 
-
-def ranges_seen(origin: Origin, path: str) -> list[str | None]:
-    return [seen.headers.get("Range") for seen in origin.seen(path)]
 
 
 def covered(ranges: list[str | None], total: int) -> bool:
@@ -60,7 +55,7 @@ def test_four_connections(mode: str, origin: Origin, conn: HTTPConnection,
     call(mode, conn, "download_file", url, target, connections=4,
          expected_sha256=sha256(BODY))
     assert sha256(target.read_bytes()) == sha256(BODY)
-    ranges = ranges_seen(origin, "/par")
+    ranges = ranges_asked(origin, "/par")
     assert len(ranges) == 4 and all(r is not None for r in ranges)
     assert covered(ranges, SIZE)
     assert leftovers(tmp_path) == ["par.bin"]
@@ -106,7 +101,7 @@ def test_reset_part_resumes_on_its_own(mode: str, origin: Origin, conn: HTTPConn
     call(mode, conn, "download_file", url, target, connections=4,
          expected_sha256=sha256(BODY))
     assert sha256(target.read_bytes()) == sha256(BODY)
-    ranges = ranges_seen(origin, "/pcut")
+    ranges = ranges_asked(origin, "/pcut")
     assert len(ranges) == 5
     # the dropped part alone was asked again, from where its bytes stopped
     assert ranges[-1] is not None and ranges[-1].startswith(f"bytes={cut}-")
@@ -178,7 +173,7 @@ def test_reset_of_the_first_part_resumes_the_parts(mode: str, origin: Origin,
     call(mode, conn, "download_file", url, target, connections=4,
          expected_sha256=sha256(BODY))
     assert sha256(target.read_bytes()) == sha256(BODY)
-    ranges = ranges_seen(origin, "/p0cut")
+    ranges = ranges_asked(origin, "/p0cut")
     assert ranges[0] == "bytes=0-"
     assert f"bytes=100000-{(SIZE + 3) // 4 - 1}" in ranges  # part 0 resumed where it broke
     assert leftovers(tmp_path) == ["p0cut.bin"]
@@ -194,7 +189,7 @@ def test_automatic_connections_for_a_large_file(mode: str, origin: Origin,
     target = tmp_path / "big.bin"
     call(mode, conn, "download_file", url, target, progress=False)
     assert sha256(target.read_bytes()) == sha256(BIG)
-    ranges = ranges_seen(origin, "/big")
+    ranges = ranges_asked(origin, "/big")
     assert ranges[0] == "bytes=0-" and len(ranges) > 1 and covered(ranges, len(BIG))
 
 
@@ -203,4 +198,4 @@ def test_small_expected_size_skips_the_probe(mode: str, origin: Origin, conn: HT
                                              tmp_path: Path) -> None:
     url = RangeFile(BODY).mount(origin, "/small")
     call(mode, conn, "download_file", url, tmp_path / "s.bin", expected_size=SIZE)
-    assert ranges_seen(origin, "/small") == [None]
+    assert ranges_asked(origin, "/small") == [None]

@@ -27,11 +27,9 @@ SIZE = 8 * 1024 * 1024
 BODY = os.urandom(SIZE)
 
 
-@pytest.fixture(autouse=True)
-def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests count the engine's requests and partial files: the cache (shared by the
-    session, tested in test_cache*.py) would answer some downloads from disk."""
-    monkeypatch.setenv("VLLM_FETCH_DISABLE_CACHE", "1")
+# These tests count the engine's requests and partial files: the session's shared cache
+# (tested in test_cache*.py) would answer some downloads from disk.
+pytestmark = pytest.mark.usefixtures("cache_disabled")
 
 
 

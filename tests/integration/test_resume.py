@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import call, leftovers
 from tests.origin import Origin, sha256
-from tests.ranged import RangeFile
+from tests.ranged import RangeFile, ranges_asked
 from vllm_fetch import ChecksumMismatchError, HTTPConnection, RetryPolicy, TruncatedBodyError
 from vllm_fetch.core.resume import Owner, PartialState, owned_partial_name, safe_host
 
@@ -23,11 +23,9 @@ BODY = os.urandom(SIZE)
 FAST_RETRY = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05)
 
 
-@pytest.fixture(autouse=True)
-def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests count the engine's requests and partial files: the cache (shared by the
-    session, tested in test_cache*.py) would answer some downloads from disk."""
-    monkeypatch.setenv("VLLM_FETCH_DISABLE_CACHE", "1")
+# These tests count the engine's requests and partial files: the session's shared cache
+# (tested in test_cache*.py) would answer some downloads from disk.
+pytestmark = pytest.mark.usefixtures("cache_disabled")
 
 
 
@@ -35,9 +33,6 @@ def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 def conn() -> HTTPConnection:
     return HTTPConnection(retry=FAST_RETRY)
 
-
-def ranged_requests(origin: Origin, path: str) -> list[str | None]:
-    return [seen.headers.get("Range") for seen in origin.seen(path)]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -67,7 +62,7 @@ def test_origin_ignoring_range_on_retry_restarts(mode: str, origin: Origin,
     assert target.stat().st_size == SIZE
     assert sha256(target.read_bytes()) == sha256(BODY)
     assert leftovers(tmp_path) == ["f7.bin"]
-    assert ranged_requests(origin, "/f7")[1] is not None  # it asked to resume, got a 200
+    assert ranges_asked(origin, "/f7")[1] is not None  # it asked to resume, got a 200
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -109,7 +104,7 @@ def test_wrong_sha256_after_resume_publishes_nothing(mode: str, origin: Origin,
     with pytest.raises(ChecksumMismatchError):
         call(mode, conn, "download_file", url, tmp_path / "x.bin", expected_sha256="ab" * 32)
     assert leftovers(tmp_path) == []
-    assert ranged_requests(origin, "/f6r")[1] is not None
+    assert ranges_asked(origin, "/f6r")[1] is not None
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -163,7 +158,7 @@ def test_416_with_complete_partial_publishes_it(mode: str, origin: Origin,
     target = tmp_path / "f9.bin"
     call(mode, conn, "download_file", url, target, expected_sha256=sha256(BODY))
     assert sha256(target.read_bytes()) == sha256(BODY)
-    assert ranged_requests(origin, "/f9") == [f"bytes={SIZE}-"]
+    assert ranges_asked(origin, "/f9") == [f"bytes={SIZE}-"]
     assert origin.bytes_sent == 0
     assert leftovers(tmp_path) == ["f9.bin"]
 
@@ -176,8 +171,8 @@ def test_416_with_corrupt_partial_restarts(mode: str, origin: Origin, conn: HTTP
     target = tmp_path / "f9b.bin"
     call(mode, conn, "download_file", url, target, expected_sha256=sha256(BODY))
     assert sha256(target.read_bytes()) == sha256(BODY)
-    assert ranged_requests(origin, "/f9b")[0] == f"bytes={SIZE}-"
-    assert ranged_requests(origin, "/f9b")[1] in (None, "bytes=0-")
+    assert ranges_asked(origin, "/f9b")[0] == f"bytes={SIZE}-"
+    assert ranges_asked(origin, "/f9b")[1] in (None, "bytes=0-")
     assert leftovers(tmp_path) == ["f9b.bin"]
 
 
@@ -191,7 +186,7 @@ def test_planted_partial_is_resumed_and_hash_covers_it(mode: str, origin: Origin
     call(mode, conn, "download_file", url, target, expected_sha256=sha256(BODY),
          connections=1)
     assert sha256(target.read_bytes()) == sha256(BODY)
-    assert ranged_requests(origin, "/plant") == ["bytes=1000-"]
+    assert ranges_asked(origin, "/plant") == ["bytes=1000-"]
     assert origin.bytes_sent == SIZE - 1000
 
 
@@ -203,7 +198,7 @@ def test_stale_partials_are_removed(mode: str, origin: Origin, conn: HTTPConnect
     target = tmp_path / "s.bin"
     call(mode, conn, "download_file", url, target, connections=1)
     assert sha256(target.read_bytes()) == sha256(BODY)
-    assert ranged_requests(origin, "/stale") == [None]  # not resumed: cleaned by age
+    assert ranges_asked(origin, "/stale") == [None]  # not resumed: cleaned by age
     assert leftovers(tmp_path) == ["s.bin"]
 
 
@@ -215,7 +210,7 @@ def test_partial_without_validator_is_not_resumed(mode: str, origin: Origin,
     target = tmp_path / "nov.bin"
     call(mode, conn, "download_file", url, target, connections=1)
     assert sha256(target.read_bytes()) == sha256(BODY)
-    assert ranged_requests(origin, "/nov") == [None, None]  # no If-Range possible: restart
+    assert ranges_asked(origin, "/nov") == [None, None]  # no If-Range possible: restart
 
 
 def test_cancelled_async_download_is_resumed_later(origin: Origin, tmp_path: Path) -> None:
@@ -242,4 +237,4 @@ def test_cancelled_async_download_is_resumed_later(origin: Origin, tmp_path: Pat
     HTTPConnection(retry=RetryPolicy.none()).download_file(url, target, connections=1,
                                                            expected_sha256=sha256(BODY))
     assert sha256(target.read_bytes()) == sha256(BODY)
-    assert ranged_requests(origin, "/cancel")[1] == f"bytes={resumed_from}-"
+    assert ranges_asked(origin, "/cancel")[1] == f"bytes={resumed_from}-"
