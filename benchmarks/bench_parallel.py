@@ -1,14 +1,14 @@
 """Parallel ranged downloads vs aria2, and peak memory, against a loopback nginx.
 
-Needs nginx and aria2c (``apt-get install -y nginx-light aria2``). Starts its own nginx on
-127.0.0.1 (temp prefix and config; ``limit_rate 20m`` per connection under ``/capped/``, no cap
-under ``/fast/``), then:
+Needs nginx and aria2c (``apt-get install -y nginx-light aria2``; installed when run as root).
+Starts its own nginx on 127.0.0.1 (``loopback_nginx``: temp prefix and config; ``limit_rate 20m``
+per connection under ``/capped/``, no cap elsewhere), then:
 
 1. ``connections=8`` (sync and async) vs ``aria2c -x8 -s8`` on a 256 MiB file under ``/capped/``,
    in alternating rounds. vllm_fetch is timed inside its own process around the call (imports
    excluded), and once more as a whole process (interpreter start-up and imports included, as
    aria2c is timed: its own start-up is a few ms).
-2. Peak RSS of a process downloading 1 GiB with ``connections=8`` from ``/fast/`` (``ru_maxrss``
+2. Peak RSS of a process downloading 1 GiB with ``connections=8`` , uncapped (``ru_maxrss``
    after the call; the target is < 80 MiB).
 
 Run: ``.venv/bin/python benchmarks/bench_parallel.py [--rounds 3] [--size-mib 256]
@@ -31,8 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,30 +39,7 @@ import textwrap
 import time
 from pathlib import Path
 
-NGINX_CONF = """
-daemon off;
-worker_processes 2;
-user root;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 10000;
-    client_body_temp_path {root}/tmp;
-    proxy_temp_path {root}/tmp;
-    fastcgi_temp_path {root}/tmp;
-    uwsgi_temp_path {root}/tmp;
-    scgi_temp_path {root}/tmp;
-    server {{
-        listen 127.0.0.1:{port};
-        location /capped/ {{ alias {root}/www/; limit_rate 20m; }}
-        location /fast/ {{ alias {root}/www/; }}
-    }}
-}}
-"""
+from loopback_nginx import ensure_tools, loopback_nginx
 
 CHILD = textwrap.dedent("""
     import asyncio, json, resource, sys, time
@@ -86,33 +61,12 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def make_file(path: Path, mib: int) -> None:
     block = os.urandom(1 << 20)
     with open(path, "wb") as out:
         for index in range(mib):
             out.write(block[:-8] + index.to_bytes(8, "big"))
 
-
-def start_nginx(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    (root / "tmp").mkdir(exist_ok=True)
-    conf = root / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(root=root, port=port))
-    proc = subprocess.Popen(["nginx", "-p", str(root), "-c", str(conf)])
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"nginx did not start: {(root / 'error.log').read_text()}")
 
 
 def run_vllm_fetch(mode: str, url: str, target: Path, connections: int,
@@ -144,23 +98,18 @@ def main() -> None:
     parser.add_argument("--rss-mib", type=int, default=1024)
     parser.add_argument("--rss-only", action="store_true", help="skip the timed rounds")
     args = parser.parse_args()
-    for tool in ("nginx", "aria2c"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: apt-get install -y nginx-light aria2")
+    ensure_tools("nginx", "aria2c")
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
         root = Path(tmp)
+        root.chmod(0o755)  # nginx's workers (user nobody) must reach www/
         (root / "www").mkdir()
         make_file(root / "www" / "capped.bin", args.size_mib)
         args.capped_sha256 = file_sha256(root / "www" / "capped.bin")
         make_file(root / "www" / "big.bin", args.rss_mib)
         out = root / "out"
         out.mkdir()
-        nginx, port = start_nginx(root)
-        try:
-            bench(f"http://127.0.0.1:{port}", out, args)
-        finally:
-            nginx.terminate()
-            nginx.wait(10)
+        with loopback_nginx(root / "www", workers=2) as base:
+            bench(base, out, args)
 
 
 def file_sha256(path: Path) -> str:
@@ -201,7 +150,7 @@ def bench(base: str, out: Path, args: argparse.Namespace) -> None:
         median = statistics.median(times[name])
         print(f"  {name:22s} {median:6.2f} s  {args.size_mib / median:7.1f} MiB/s")
     for mode in ("sync", "async"):
-        result = run_vllm_fetch(mode, f"{base}/fast/big.bin", out / "big.bin", 8)
+        result = run_vllm_fetch(mode, f"{base}/big.bin", out / "big.bin", 8)
         print(f"peak RSS {mode}, {args.rss_mib} MiB with connections=8 (uncapped): "
               f"{result['rss_peak_kib'] / 1024:.1f} MiB (after imports: "
               f"{result['rss_before_kib'] / 1024:.1f} MiB), {result['seconds']:.2f} s")

@@ -14,14 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+PACKAGES = {"nginx": "nginx-light", "aria2c": "aria2"}
 INSTALL_HINT = (
-    "nginx is needed for this benchmark (Debian's nginx-light). Install it with\n"
-    "    sudo apt-get update && sudo apt-get install -y nginx-light curl\n"
+    "nginx (Debian's nginx-light), curl and, for bench_parallel.py, aria2c are needed. Install\n"
+    "    sudo apt-get update && sudo apt-get install -y nginx-light curl aria2\n"
     "or run this script as root to let it install them."
 )
 
 CONFIG = """\
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -40,13 +41,15 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        # the same files at 20 MiB/s per connection (a CDN edge; bench_parallel.py)
+        location /capped/ {{ alias {root}/; limit_rate 20m; }}
     }}
 }}
 """
 
 
 def ensure_tools(*tools: str) -> None:
-    """Install nginx-light and curl with apt-get when missing and we are root; else explain."""
+    """Install the Debian packages of missing tools when we are root; else explain."""
     missing = [t for t in tools if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
     if not missing:
         return
@@ -54,7 +57,8 @@ def ensure_tools(*tools: str) -> None:
         sys.exit(f"missing: {', '.join(missing)}\n{INSTALL_HINT}")
     print(f"installing {', '.join(missing)} with apt-get ...", file=sys.stderr)
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "curl"], check=True)
+    packages = [PACKAGES.get(tool, tool) for tool in missing]
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True)
 
 
 def free_port() -> int:
@@ -78,15 +82,16 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 1
 
 
 @contextmanager
-def loopback_nginx(root: Path) -> Iterator[str]:
-    """Serve ``root`` on 127.0.0.1; yields the base URL (no trailing slash)."""
+def loopback_nginx(root: Path, *, workers: int = 1) -> Iterator[str]:
+    """Serve ``root`` on 127.0.0.1 (and again, rate-capped per connection, under ``/capped/``);
+    yields the base URL (no trailing slash)."""
     ensure_tools("nginx")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     root.chmod(0o755)  # workers run as "nobody" when started by root
     with tempfile.TemporaryDirectory(prefix="vllm-fetch-nginx-") as prefix:
         port = free_port()
         conf = Path(prefix) / "nginx.conf"
-        conf.write_text(CONFIG.format(prefix=prefix, port=port, root=root))
+        conf.write_text(CONFIG.format(prefix=prefix, port=port, root=root, workers=workers))
         proc = subprocess.Popen([nginx, "-p", prefix, "-c", str(conf), "-e",
                                  f"{prefix}/error.log"], stdin=subprocess.DEVNULL)
         try:
