@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import requests
 
@@ -43,6 +43,16 @@ if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start
 
 #: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
 DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
+
+
+class _DownloadPlan(NamedTuple):
+    """A download after validation: the request, where it goes, how, and through which cache."""
+
+    req: FetchRequest
+    target: Path
+    options: DownloadOptions
+    cache: FetchCache | None
+    offline: bool
 
 
 def proxies_allowed(policy: URLPolicy, trust_env: bool | None) -> bool:
@@ -425,16 +435,22 @@ class HTTPConnection:
             use_cache=use_cache))
 
     # -- files ----------------------------------------------------------------------------------
-    def _download_request(
-        self, url: str, *, timeout: float | None, chunk_size: int,
-        extra_headers: Mapping[str, str] | None, expected_sha256: str | None,
-        expected_size: int | None,
-    ) -> FetchRequest:
+    def _plan_download(
+        self, url: str, save_path: str | os.PathLike[str], *, timeout: float | None,
+        chunk_size: int, extra_headers: Mapping[str, str] | None, expected_sha256: str | None,
+        expected_size: int | None, resume: bool, connections: int | None,
+        progress: ProgressSpec, use_cache: bool,
+    ) -> _DownloadPlan:
+        """Everything a download needs, sync or async, before the first byte moves."""
         if expected_size is not None and expected_size < 0:
             raise ValueError(f"expected_size must be >= 0, got {expected_size}")
-        return self._request(url, timeout=timeout, extra_headers=extra_headers,
-                             chunk_size=chunk_size, expected_sha256=expected_sha256,
-                             expected_size=expected_size)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            chunk_size=chunk_size, expected_sha256=expected_sha256,
+                            expected_size=expected_size)
+        offline = self.offline
+        return _DownloadPlan(req, Path(save_path),
+                             DownloadOptions(self.retry, resume, connections, progress),
+                             self._cache_for(req, use_cache, offline), offline)
 
     def download_file(
         self,
@@ -485,17 +501,16 @@ class HTTPConnection:
     ) -> DownloadResult:
         """:meth:`download_file` returning a :class:`DownloadResult`: path, size, sha256 (when
         computed), final status and headers, and ``from_cache``."""
-        options = DownloadOptions(self.retry, resume, connections, progress)
-        req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
-                                     extra_headers=extra_headers,
-                                     expected_sha256=expected_sha256, expected_size=expected_size)
-        target = Path(save_path)
-        offline = self.offline
-        cache = self._cache_for(req, use_cache, offline)
-        if cache is None:
-            return self._sync.download(req, target, options)
-        io = SyncIO(self._fetch, self._probe, lambda r, t: self._sync.download(r, t, options))
-        return self._cached.download(cache, req, target, io, offline=offline)
+        plan = self._plan_download(
+            url, save_path, timeout=timeout, chunk_size=chunk_size, extra_headers=extra_headers,
+            expected_sha256=expected_sha256, expected_size=expected_size, resume=resume,
+            connections=connections, progress=progress, use_cache=use_cache,
+        )
+        if plan.cache is None:
+            return self._sync.download(plan.req, plan.target, plan.options)
+        io = SyncIO(self._fetch, self._probe,
+                    lambda r, t: self._sync.download(r, t, plan.options))
+        return self._cached.download(plan.cache, plan.req, plan.target, io, offline=plan.offline)
 
     async def async_download_file(
         self,
@@ -536,21 +551,20 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> DownloadResult:
         """Async twin of :meth:`fetch_file`."""
-        options = DownloadOptions(self.retry, resume, connections, progress)
-        req = self._download_request(url, timeout=timeout, chunk_size=chunk_size,
-                                     extra_headers=extra_headers,
-                                     expected_sha256=expected_sha256, expected_size=expected_size)
-        target = Path(save_path)
-        offline = self.offline
-        cache = self._cache_for(req, use_cache, offline)
-        if cache is None:
-            return await self._async.download(req, target, options)
+        plan = self._plan_download(
+            url, save_path, timeout=timeout, chunk_size=chunk_size, extra_headers=extra_headers,
+            expected_sha256=expected_sha256, expected_size=expected_size, resume=resume,
+            connections=connections, progress=progress, use_cache=use_cache,
+        )
+        if plan.cache is None:
+            return await self._async.download(plan.req, plan.target, plan.options)
 
         async def engine(r: FetchRequest, t: Path) -> DownloadResult:
-            return await self._async.download(r, t, options)
+            return await self._async.download(r, t, plan.options)
 
         io = AsyncIO(self._afetch, self._aprobe, engine)
-        return await self._cached.adownload(cache, req, target, io, offline=offline)
+        return await self._cached.adownload(plan.cache, plan.req, plan.target, io,
+                                            offline=plan.offline)
 
 
 global_http_connection = HTTPConnection()
