@@ -161,6 +161,7 @@ class FetchCache:
         job, _ = self._submit(key, entry, content, sha256)
         if job is None:
             return False
+        self._writer.flush()  # written now, not after the writer's linger
         try:
             return job.done.result() is not None
         except OSError:

@@ -6,6 +6,11 @@ fetch is still not a second transfer. One background thread per cache takes what
 as one group — blobs written, fsynced together, linked — and commits their entries in one index
 transaction: one durable commit for many bodies, and fetch latency never waits for a disk flush.
 
+The writer stays out of the way of a burst of fetches (see :func:`take_burst`): it starts once
+stores pause for ``LINGER``, or ``MAX_LINGER`` after the first one, or when ``LINGER_BYTES`` are
+queued, or at once for a flush. Its Python work (and each GIL hand-off after its hashing and
+file syscalls) would otherwise interleave with the event loop that is still fetching.
+
 Queued bytes are bounded (``MAX_PENDING_BYTES``): past that a caller waits for its own job.
 Queued jobs are flushed at interpreter exit, so another process sees them afterwards.
 """
@@ -18,6 +23,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,6 +37,12 @@ logger = logging.getLogger("vllm_fetch.cache")
 
 #: Most stores committed as one group.
 MAX_GROUP = 128
+#: Seconds without a new store before the writer starts on what is queued...
+LINGER = 0.02
+#: ...but never later than this after the first of them was queued...
+MAX_LINGER = 1.0
+#: ...nor once this many bytes are queued.
+LINGER_BYTES = 64 * 1024 * 1024
 #: Bytes queued before callers start waiting for their own store.
 MAX_PENDING_BYTES = 256 * 1024 * 1024
 
@@ -132,26 +144,12 @@ class StoreWriter:
 
     def _run(self, items: queue.SimpleQueue[_Item]) -> None:
         while True:
-            group: list[StoreJob] = []
-            barriers: list[threading.Event] = []
-            item: _Item = items.get()
-            while True:
-                if item is None:
-                    self._commit(group)
-                    _release(barriers)
-                    return
-                if isinstance(item, threading.Event):
-                    barriers.append(item)
-                else:
-                    group.append(item)
-                if len(group) >= MAX_GROUP:
-                    break
-                try:
-                    item = items.get_nowait()
-                except queue.Empty:
-                    break
-            self._commit(group)
+            jobs, barriers, stop = take_burst(items)
+            for start in range(0, len(jobs), MAX_GROUP):
+                self._commit(jobs[start:start + MAX_GROUP])
             _release(barriers)
+            if stop:
+                return
 
     def _commit(self, group: list[StoreJob]) -> None:
         if not group:
@@ -190,6 +188,34 @@ class StoreWriter:
             job.done.set_result(total)
         if total is not None:
             self._on_total(total)
+
+
+def take_burst(
+    items: queue.SimpleQueue[_Item], *, clock: Callable[[], float] = time.monotonic
+) -> tuple[list[StoreJob], list[threading.Event], bool]:
+    """Wait for a first item, then keep taking items while stores keep coming: until none
+    arrives for ``LINGER``, ``MAX_LINGER`` has passed, ``LINGER_BYTES`` are queued, or a flush
+    barrier or the stop signal arrives (then only what is already queued is taken).
+    Returns (jobs, flush barriers, stop)."""
+    jobs: list[StoreJob] = []
+    barriers: list[threading.Event] = []
+    item: _Item = items.get()
+    give_up = clock() + MAX_LINGER
+    queued = 0
+    while True:
+        if item is None:
+            return jobs, barriers, True
+        if isinstance(item, threading.Event):
+            barriers.append(item)
+        else:
+            jobs.append(item)
+            queued += len(item.content)
+        urgent = bool(barriers) or queued >= LINGER_BYTES
+        wait = 0.0 if urgent else min(LINGER, give_up - clock())
+        try:
+            item = items.get(timeout=wait) if wait > 0 else items.get_nowait()
+        except queue.Empty:
+            return jobs, barriers, False
 
 
 def _release(barriers: list[threading.Event]) -> None:
