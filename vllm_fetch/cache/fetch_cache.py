@@ -162,10 +162,7 @@ class FetchCache:
         if job is None:
             return False
         self._writer.flush()  # written now, not after the writer's linger
-        try:
-            return job.done.result() is not None
-        except OSError:
-            return False  # the writer has logged it
+        return job.committed  # a failure was logged by the writer
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued body is written and committed."""

@@ -57,7 +57,10 @@ class StoreJob:
     template: CacheEntry  # the entry to store; its sha256 and size are filled in by ``entry``
     content: bytes
     sha256: str | None = None  # the digest, when the caller already has it
-    done: Future[int | None] = field(default_factory=Future)  # blob total after the commit
+    #: Settled with the blob total after the commit, for a caller that must wait for its job
+    #: (made by ``submit`` only then: a Future is a dozen objects for the GC to track).
+    done: Future[int | None] | None = None
+    committed: bool = False  # the entry is in the index
     _entry: CacheEntry | None = field(default=None, repr=False)
 
     @property
@@ -109,8 +112,11 @@ class StoreWriter:
         with self._lock:
             self._ensure_thread()
             self.pending_bytes += len(job.content)
+            wait = self.pending_bytes > MAX_PENDING_BYTES
+            if wait:
+                job.done = Future()
             self._queue.put(job)
-            return self.pending_bytes > MAX_PENDING_BYTES
+            return wait
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -158,10 +164,10 @@ class StoreWriter:
             self._write(group)
         except BaseException as exc:  # never leave a caller waiting, never let the thread die
             logger.warning("cache writer failed: %s", exc)
+            error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
             for job in group:
-                if not job.done.done():
-                    job.done.set_exception(exc if isinstance(exc, Exception) else
-                                           RuntimeError(str(exc)))
+                if job.done is not None and not job.done.done():
+                    job.done.set_exception(error)
         finally:
             with self._lock:
                 self.pending_bytes -= sum(len(job.content) for job in group)
@@ -174,7 +180,8 @@ class StoreWriter:
         for job, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, OSError):
                 logger.warning("cannot cache %s: %s", job.entry.url, outcome)
-                job.done.set_exception(outcome)
+                if job.done is not None:
+                    job.done.set_exception(outcome)
             else:
                 written.append((job, job.entry.size if outcome[1] else 0))
         # A job superseded meanwhile (invalidated, or a newer store for its key) only adds its
@@ -185,7 +192,9 @@ class StoreWriter:
                 [(job.key, job.entry, added) for job, added, ok in current if ok],
                 extra_bytes=sum(added for _, added, ok in current if not ok))
         for job, _ in written:
-            job.done.set_result(total)
+            job.committed = total is not None
+            if job.done is not None:
+                job.done.set_result(total)
         if total is not None:
             self._on_total(total)
 
