@@ -34,14 +34,17 @@ from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy
 SIZE = 100 * 1024
 
 
-def serve() -> None:
-    """The origin: ``/obj/N`` is a distinct, cacheable 100 KB body."""
+def serve(delay: float = 0.0) -> None:
+    """The origin: ``/obj/N`` is a distinct, cacheable 100 KB body, sent after ``delay``
+    seconds (a stand-in for a remote origin's round trip; 0 on loopback)."""
     from aiohttp import web
 
     base = os.urandom(SIZE)
 
     async def obj(request: web.Request) -> web.Response:
         n = request.match_info["n"]
+        if delay:
+            await asyncio.sleep(delay)
         body = n.encode().ljust(16, b"-") + base[16:]
         return web.Response(body=body, headers={"Cache-Control": "max-age=600",
                                                 "ETag": f'"{n}"'})
@@ -220,11 +223,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sync", action="store_true", help="also compare the sync side")
     parser.add_argument("--sync-count", type=int, default=500)
+    parser.add_argument("--origin-delay-ms", type=float, default=0.0,
+                        help="the origin waits this long before each response (a remote "
+                             "origin's round trip; the target is defined on loopback: 0)")
     args = parser.parse_args()
     if args.serve:
-        serve()
+        serve(args.origin_delay_ms / 1000)
         return
-    origin = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE,
+    origin = subprocess.Popen([sys.executable, __file__, "--serve", "--origin-delay-ms",
+                               str(args.origin_delay_ms)], stdout=subprocess.PIPE,
                               text=True)
     try:
         assert origin.stdout is not None
