@@ -2,7 +2,7 @@
 
 1. A fresh hit of a 100 KB object, in-process: median microseconds per ``get_bytes`` (target
    < 100 µs), next to requests-cache's hit in the same run when it is installed
-   (``pip install requests-cache``; never a dependency of vllm_fetch).
+   (``pip install -e '.[bench]'``; never a dependency of vllm_fetch itself).
 2. 1000 distinct 100 KB objects fetched with ``async_get_bytes`` at concurrency 64 into a cold
    cache, against raw aiohttp (target ≤ 1.25x), and vllm_fetch with the cache off. One more
    row, raw aiohttp keeping every body it fetched, shows what holding 100 MB of new bodies in
