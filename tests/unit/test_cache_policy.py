@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from email.utils import formatdate
 from typing import Any
@@ -113,6 +114,22 @@ def test_cache_key_distinguishes(a: str, b: str) -> None:
 def test_normalize_url_keeps_path_and_query_verbatim() -> None:
     url = "HTTPS://Example.COM:443/P%2fa/th;x?b=2&a=%7e#top"
     assert normalize_url(url) == "https://example.com/P%2fa/th;x?b=2&a=%7e"
+
+
+@pytest.mark.parametrize("url", [
+    "https://example.com/a",
+    'https://example.com/"quoted"/a?q="x"',
+    "https://example.com/caf\u00e9/\u56fe?\u2603=1",
+    "https://example.com/\ud83d\ude00",
+    "https://u:p@example.com:8443/a?x=%41",
+])
+@pytest.mark.parametrize("scope", ["", '["allowed.example"],true,[]'])
+def test_cache_key_text_is_unchanged(url: str, scope: str) -> None:
+    """Keys already on disk stay reachable: the key is the sha256 of this exact JSON text."""
+    parts: list[object] = [normalize_url(url), [], *([scope] if scope else [])]
+    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    expected = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    assert cache_key(url, scope=scope) == expected
 
 
 def test_cache_key_is_sha256_hex_without_secrets() -> None:

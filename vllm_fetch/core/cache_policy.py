@@ -30,12 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
+from json.encoder import encode_basestring as _json_string  # what json.dumps writes for a str
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 from ..errors import InvalidURLError
 from .body import header
-from .urls import URL_CACHE_SIZE
+from .urls import URL_CACHE_SIZE, split_url
 
 #: Response header fields kept in the index (lowercase). Everything else is dropped.
 KEPT_HEADERS = frozenset(
@@ -82,12 +83,11 @@ _T = TypeVar("_T")
 def normalize_url(url: str) -> str:
     """Scheme and host lowercased, default port and fragment dropped; path and query verbatim."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        parts, hostname, port = split_url(url)  # the parse the URL check already made
     except ValueError as exc:
         raise InvalidURLError(f"Invalid HTTP URL: {exc}") from None
     scheme = parts.scheme.lower()
-    host = parts.hostname or ""
+    host = hostname or ""
     if ":" in host:
         host = f"[{host}]"
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
@@ -106,8 +106,12 @@ def cache_key(
     a stored body is only served to a caller whose policy was checked when it was fetched.
     """
     fields = sorted((name.lower(), _normalize_field(v)) for name, v in (vary_headers or {}).items())
-    parts: list[Any] = [normalize_url(url), fields, *([scope] if scope else [])]
-    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    if fields:
+        parts: list[Any] = [normalize_url(url), fields, *([scope] if scope else [])]
+        text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    else:  # the same text as above, built without the JSON encoder's setup (every lookup)
+        text = f"[{_json_string(normalize_url(url))},[]" + (
+            f",{_json_string(scope)}]" if scope else "]")
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -247,6 +251,8 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
 
 
 def _split_outside_quotes(value: str) -> list[str]:
+    if '"' not in value:
+        return value.split(",")  # the common case: no quoted string can hide a comma
     items: list[str] = []
     current: list[str] = []
     quoted = escaped = False
@@ -326,16 +332,30 @@ def is_storable(
     ``shared_ok_for_private``: whether this cache keeps private responses at all (flagged and
     served only to callers that opt in). When False a private response is not storable.
     """
+    storable, private, _ = _storability(status, request_headers, response_headers,
+                                       shared_ok_for_private=shared_ok_for_private)
+    return storable, private
+
+
+def _storability(
+    status: int,
+    request_headers: Mapping[str, str],
+    response_headers: Mapping[str, str],
+    *,
+    shared_ok_for_private: bool,
+) -> tuple[bool, bool, dict[str, str] | None]:
+    """``is_storable`` plus the request's values of the Vary-named fields (None for ``*``)."""
     request_cc = parse_cache_control(header(request_headers, "Cache-Control"))
     response_cc = parse_cache_control(header(response_headers, "Cache-Control"))
     private = _is_private(request_headers, response_cc)
     if status not in CACHEABLE_STATUSES:
-        return False, private
+        return False, private, None
     if "no-store" in request_cc or "no-store" in response_cc:
-        return False, private
-    if vary_values(response_headers, request_headers) is None:
-        return False, private
-    return (shared_ok_for_private or not private), private
+        return False, private, None
+    vary = vary_values(response_headers, request_headers)
+    if vary is None:
+        return False, private, None
+    return (shared_ok_for_private or not private), private, vary
 
 
 # --- freshness ----------------------------------------------------------------------------------
@@ -596,7 +616,7 @@ def on_response(
             entry, response_headers, request_headers, now, request_time, store_private
         )
     if status in CACHEABLE_STATUSES:
-        storable, private = is_storable(
+        storable, private, vary = _storability(
             status, request_headers, response_headers, shared_ok_for_private=store_private
         )
         if not storable:
@@ -610,7 +630,7 @@ def on_response(
             request_time=request_time,
             response_time=now,
             status=status,
-            vary=vary_values(response_headers, request_headers) or {},
+            vary=vary or {},
             private=private,
         )
         return ResponseDecision(ResponseAction.STORE, template, reason="storable")
