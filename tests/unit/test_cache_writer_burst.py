@@ -1,5 +1,5 @@
 """The writer's burst rule (``take_burst``): when the background writer starts on what is queued
-(driven with a fake clock and a real queue), and that queued bodies still reach the disk."""
+(driven by a fake queue and clock), and that queued bodies still reach the disk."""
 
 from __future__ import annotations
 
@@ -19,81 +19,94 @@ from vllm_fetch.core.cache_policy import CacheEntry, cache_key
 
 TEMPLATE = CacheEntry(url="http://example.com/x", headers={}, stored_at=0.0, request_time=0.0,
                       response_time=0.0)
+Item = StoreJob | threading.Event | None
 
 
 def job(size: int = 10, key: str = "k") -> StoreJob:
     return StoreJob(key, TEMPLATE, b"x" * size)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
+class FakeQueue:
+    """Hands out ``items`` in order; a wait on an empty queue moves the clock by its timeout
+    (or, with ``arrival`` set, a new job arrives every ``arrival`` seconds, without end)."""
 
-    def __call__(self) -> float:
+    def __init__(self, items: list[Item], *, arrival: float | None = None) -> None:
+        self.items = list(items)
+        self.arrival = arrival
+        self.now = 100.0
+        self.waits: list[float | None] = []
+
+    def clock(self) -> float:
         return self.now
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Item:
+        if timeout is not None and timeout < 0:  # as queue.SimpleQueue does
+            raise ValueError("'timeout' must be a non-negative number")
+        assert len(self.waits) < 1000, "the burst never ends"
+        self.waits.append(timeout)
+        if self.items:
+            return self.items.pop(0)
+        if self.arrival is not None and (timeout is None or timeout >= self.arrival):
+            self.now += self.arrival
+            return job(key=str(self.now))
+        if timeout is None:
+            raise AssertionError("the writer would wait forever on an empty queue")
+        self.now += timeout
+        raise queue.Empty
+
+
+@pytest.fixture(autouse=True)
+def _slow_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A linger long enough that only the rule under test can end a burst."""
+    monkeypatch.setattr(writer, "LINGER", 0.5)
+    monkeypatch.setattr(writer, "MAX_LINGER", 10.0)
 
 
 def test_everything_queued_is_taken_once_stores_pause() -> None:
-    items: queue.SimpleQueue[object] = queue.SimpleQueue()
     jobs = [job(key=str(n)) for n in range(5)]
-    for j in jobs:
-        items.put(j)
-    taken, barriers, stop = take_burst(items)  # type: ignore[arg-type]
-    assert taken == jobs and barriers == [] and not stop
-    assert items.empty()
+    items = FakeQueue(list(jobs))
+    taken, barrier, stop = take_burst(items, clock=items.clock)
+    assert (taken, barrier, stop) == (jobs, None, False)
+    assert items.waits == [None, 0.5, 0.5, 0.5, 0.5, 0.5]  # then waited LINGER for more
 
 
-def test_a_flush_barrier_ends_the_linger_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer, "LINGER", 3600.0)  # a lingering writer would block the test
-    items: queue.SimpleQueue[object] = queue.SimpleQueue()
-    first, barrier = job(), threading.Event()
-    items.put(first)
-    items.put(barrier)
-    assert take_burst(items) == ([first], [barrier], False)  # type: ignore[arg-type]
+def test_a_flush_barrier_ends_the_burst_at_once() -> None:
+    first, flush, later = job(), threading.Event(), job(key="later")
+    items = FakeQueue([first, flush, later])
+    assert take_burst(items, clock=items.clock) == ([first], flush, False)
+    assert items.items == [later]  # queued after the flush: the next burst's
+    assert items.now == 100.0  # no waiting
 
 
 def test_the_stop_signal_takes_what_is_queued_and_stops() -> None:
-    items: queue.SimpleQueue[object] = queue.SimpleQueue()
     first = job()
-    items.put(first)
-    items.put(None)
-    assert take_burst(items) == ([first], [], True)  # type: ignore[arg-type]
+    items = FakeQueue([first, None])
+    assert take_burst(items, clock=items.clock) == ([first], None, True)
 
 
 def test_enough_queued_bytes_start_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer, "LINGER", 3600.0)
     monkeypatch.setattr(writer, "LINGER_BYTES", 100)
-    items: queue.SimpleQueue[object] = queue.SimpleQueue()
-    big, later = job(60), job(60)
-    for j in (big, later):
-        items.put(j)
-    taken, _, _ = take_burst(items)  # type: ignore[arg-type]
-    assert taken == [big, later]
+    first, second, third = job(60), job(60), job(60)
+    items = FakeQueue([first, second, third])
+    assert take_burst(items, clock=items.clock) == ([first, second], None, False)
+    assert items.items == [third]
 
 
-def test_a_steady_stream_is_written_after_max_linger(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stores that never pause still get written: the clock passes MAX_LINGER."""
-    clock = Clock()
-    monkeypatch.setattr(writer, "LINGER", 3600.0)
-
-    class Stream(queue.SimpleQueue):  # type: ignore[type-arg]
-        """Hands out a new job on every get, as a busy server would; time moves 0.3 s each."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.handed = 0
-
-        def get(self, block: bool = True, timeout: float | None = None) -> StoreJob:
-            assert timeout is None or timeout <= writer.MAX_LINGER
-            self.handed += 1
-            clock.now += 0.3
-            return job(key=str(self.handed))
-
-    stream = Stream()
-    taken, _, stop = take_burst(stream, clock=clock)
+def test_a_steady_stream_is_written_after_max_linger() -> None:
+    """Stores that never pause for LINGER still get written: MAX_LINGER after the first."""
+    items = FakeQueue([], arrival=0.3)
+    items.items.append(job(key="first"))
+    taken, _, stop = take_burst(items, clock=items.clock)
     assert not stop
-    assert len(taken) == stream.handed
-    assert 3 <= len(taken) <= 5  # about MAX_LINGER (1 s) worth of 0.3 s arrivals, then written
+    # the first, then one every 0.3 s while one more could still arrive within MAX_LINGER
+    assert len(taken) == 34
+    assert items.now == pytest.approx(110.0)  # then it waited only until MAX_LINGER was up
+
+
+def _entry(url: str) -> CacheEntry:
+    now = time.time()
+    return CacheEntry(url=url, headers={"cache-control": "max-age=600"}, stored_at=now,
+                      request_time=now, response_time=now)
 
 
 def test_a_queued_body_reaches_disk_without_a_flush(tmp_path: Path) -> None:
@@ -101,12 +114,8 @@ def test_a_queued_body_reaches_disk_without_a_flush(tmp_path: Path) -> None:
     cache = FetchCache(tmp_path)
     try:
         data = os.urandom(4096)
-        url = "https://example.com/later"
-        key = cache_key(url)
-        now = time.time()
-        stored = CacheEntry(url=url, headers={"cache-control": "max-age=600"}, stored_at=now,
-                            request_time=now, response_time=now)
-        assert cache.submit_bytes(key, stored, data, None) is None  # queued, nothing to wait for
+        key = cache_key("https://example.com/later")
+        assert cache.submit_bytes(key, _entry("https://example.com/later"), data, None) is None
         give_up = time.monotonic() + 30  # generous: linger is 20 ms, at most 1 s
         while cache.index.get(key) is None and time.monotonic() < give_up:
             time.sleep(0.01)
@@ -124,13 +133,23 @@ def test_a_store_that_must_wait_gets_a_future_that_settles(
     monkeypatch.setattr(writer, "MAX_PENDING_BYTES", 0)
     cache = FetchCache(tmp_path)
     try:
-        url = "https://example.com/backlog"
-        now = time.time()
-        stored = CacheEntry(url=url, headers={"cache-control": "max-age=600"}, stored_at=now,
-                            request_time=now, response_time=now)
-        done = cache.submit_bytes(cache_key(url), stored, b"body", None)
+        key = cache_key("https://example.com/backlog")
+        done = cache.submit_bytes(key, _entry("https://example.com/backlog"), b"body", None)
         assert done is not None
         assert done.result(timeout=30) == len(b"body")  # the blob total after the commit
-        assert cache.index.get(cache_key(url)) is not None
+        assert cache.index.get(key) is not None
     finally:
         cache.close()
+
+
+def test_max_linger_also_counts_time_between_gets() -> None:
+    """A burst that keeps the queue full ends on time, and never asks for a negative wait."""
+    items = FakeQueue([job(key=str(n)) for n in range(100)])
+
+    def slow_clock() -> float:  # every look at the clock costs 0.4 s here
+        items.now += 0.4
+        return items.now
+
+    taken, _, _ = take_burst(items, clock=slow_clock)
+    assert 20 <= len(taken) <= 30  # about MAX_LINGER (10 s) / 0.4 s
+    assert len(items.items) == 100 - len(taken)

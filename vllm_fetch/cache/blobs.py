@@ -55,6 +55,11 @@ class BlobStore:
         self._pins: Counter[str] = Counter()
         self._pin_lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's readers pin nothing here; the lock starts free."""
+        self._pins = Counter()
+        self._pin_lock = threading.Lock()
+
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:]
 

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -93,6 +94,14 @@ class FetchCache:
                                    is_current=self._is_current, finished=self._finished,
                                    on_total=self._over_limit)
         self._lock_path = self.directory / "lock"
+        _open_caches.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent writes the bodies it queued; locks start free."""
+        self._pending = {}
+        self._guard = threading.Lock()
+        self._writer.after_fork(self._guard)
+        self.blobs.after_fork()
 
     def __repr__(self) -> str:
         return f"FetchCache({str(self.directory)!r}, size_limit={self.size_limit})"
@@ -125,7 +134,8 @@ class FetchCache:
 
     def copy_to(self, key: str, entry: CacheEntry, target: Path, now: float) -> bool:
         """Publish the stored body at ``target`` (crash-safe); False when the blob is gone."""
-        self.flush()  # a body still queued for the writer has no blob yet
+        if key in self._pending:
+            self.flush()  # a body still queued for the writer has no blob yet
         if not self.blobs.copy_to(entry.sha256, target):
             self._lost(key, entry)
             return False
@@ -206,7 +216,8 @@ class FetchCache:
 
     def refresh(self, key: str, entry: CacheEntry) -> None:
         """Write updated metadata (after a 304) for an entry whose blob is unchanged."""
-        self.flush()
+        if key in self._pending:
+            self.flush()  # its queued store must not land after (and over) this update
         self.index.set(key, entry)
 
     def invalidate(self, key: str) -> None:
@@ -273,6 +284,18 @@ class FetchCache:
         """Finish queued stores and close the index's database connections."""
         self._writer.close()
         self.index.close()
+
+
+_open_caches: weakref.WeakSet[FetchCache] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for cache in list(_open_caches):
+        cache._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _size_limit(value: int | str | None) -> int:

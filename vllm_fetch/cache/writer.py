@@ -22,12 +22,14 @@ import hashlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..core.cache_policy import CacheEntry
 from .blobs import BlobStore
@@ -84,6 +86,23 @@ def _flush_all() -> None:
         writer.flush(timeout=30.0)
 
 
+def _flush_at_child_exit(writer: StoreWriter) -> None:
+    """A multiprocessing child ends with ``os._exit``, which skips atexit: have
+    multiprocessing's own exit hook flush the writer there."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.parent_process() is None:
+        return
+    from multiprocessing.util import Finalize
+
+    Finalize(None, _flush_if_alive, args=(weakref.ref(writer),), exitpriority=10)
+
+
+def _flush_if_alive(ref: weakref.ref[StoreWriter]) -> None:
+    writer = ref()
+    if writer is not None:
+        writer.flush(timeout=30.0)
+
+
 class StoreWriter:
     """The background writer. Restarts itself in a forked child (threads do not survive fork).
 
@@ -128,6 +147,15 @@ class StoreWriter:
         self._pid = os.getpid()
         self._thread.start()
         _live.add(self)
+        _flush_at_child_exit(self)
+
+    def after_fork(self, guard: threading.Lock) -> None:
+        """In a forked child: no thread, nothing queued, and locks no parent thread holds."""
+        self._guard = guard
+        self._lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
+        self._thread = None
+        self.pending_bytes = 0
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything queued so far is committed."""
@@ -150,10 +178,11 @@ class StoreWriter:
 
     def _run(self, items: queue.SimpleQueue[_Item]) -> None:
         while True:
-            jobs, barriers, stop = take_burst(items)
+            jobs, barrier, stop = take_burst(items)
             for start in range(0, len(jobs), MAX_GROUP):
                 self._commit(jobs[start:start + MAX_GROUP])
-            _release(barriers)
+            if barrier is not None:
+                barrier.set()
             if stop:
                 return
 
@@ -199,34 +228,34 @@ class StoreWriter:
             self._on_total(total)
 
 
+class ItemQueue(Protocol):
+    """What :func:`take_burst` needs of the queue (``queue.SimpleQueue`` has it)."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> _Item: ...
+
+
 def take_burst(
-    items: queue.SimpleQueue[_Item], *, clock: Callable[[], float] = time.monotonic
-) -> tuple[list[StoreJob], list[threading.Event], bool]:
-    """Wait for a first item, then keep taking items while stores keep coming: until none
-    arrives for ``LINGER``, ``MAX_LINGER`` has passed, ``LINGER_BYTES`` are queued, or a flush
-    barrier or the stop signal arrives (then only what is already queued is taken).
-    Returns (jobs, flush barriers, stop)."""
+    items: ItemQueue, *, clock: Callable[[], float] = time.monotonic
+) -> tuple[list[StoreJob], threading.Event | None, bool]:
+    """Wait for a first item, then keep taking jobs while stores keep coming. Stops when none
+    arrives for ``LINGER``, ``MAX_LINGER`` after the first, once ``LINGER_BYTES`` are taken, or
+    at a flush barrier or the stop signal (the queue is FIFO: whatever was queued before either
+    has been taken). Returns (jobs, the flush barrier taken, stop)."""
     jobs: list[StoreJob] = []
-    barriers: list[threading.Event] = []
-    item: _Item = items.get()
+    item = items.get()
     give_up = clock() + MAX_LINGER
     queued = 0
     while True:
         if item is None:
-            return jobs, barriers, True
+            return jobs, None, True
         if isinstance(item, threading.Event):
-            barriers.append(item)
-        else:
-            jobs.append(item)
-            queued += len(item.content)
-        urgent = bool(barriers) or queued >= LINGER_BYTES
-        wait = 0.0 if urgent else min(LINGER, give_up - clock())
+            return jobs, item, False
+        jobs.append(item)
+        queued += len(item.content)
+        wait = min(LINGER, give_up - clock())
+        if queued >= LINGER_BYTES or wait <= 0:
+            return jobs, None, False
         try:
-            item = items.get(timeout=wait) if wait > 0 else items.get_nowait()
+            item = items.get(timeout=wait)
         except queue.Empty:
-            return jobs, barriers, False
-
-
-def _release(barriers: list[threading.Event]) -> None:
-    for barrier in barriers:
-        barrier.set()
+            return jobs, None, False
