@@ -14,7 +14,11 @@ import pytest
 from vllm_fetch import FetchCache
 from vllm_fetch.core.cache_policy import CacheEntry, cache_key
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX-only")
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX-only"),
+    # forking with the cache writer's thread alive is the point (Python 3.12+ warns about it)
+    pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning"),
+]
 
 FORK = multiprocessing.get_context("fork")
 
