@@ -6,13 +6,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.cache_entries import fresh_entry
 from vllm_fetch import FetchCache
-from vllm_fetch.core.cache_policy import CacheEntry, cache_key
+from vllm_fetch.core.cache_policy import cache_key
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX-only"),
@@ -23,15 +23,9 @@ pytestmark = [
 FORK = multiprocessing.get_context("fork")
 
 
-def _entry(url: str) -> CacheEntry:
-    now = time.time()
-    return CacheEntry(url=url, headers={"cache-control": "max-age=600"}, stored_at=now,
-                      request_time=now, response_time=now)
-
-
 def _queue_one_and_exit(directory: str, url: str, body: bytes) -> None:
     cache = FetchCache(directory)
-    assert cache.submit_bytes(cache_key(url), _entry(url), body, None) is None
+    assert cache.submit_bytes(cache_key(url), fresh_entry(url), body, None) is None
     # returns at once: multiprocessing ends the child with os._exit (no atexit)
 
 
@@ -52,7 +46,7 @@ def test_a_child_that_exits_at_once_still_stores_its_body(tmp_path: Path) -> Non
 
 def _store_while_parent_holds_the_lock(cache: FetchCache, parents_url: str, url: str) -> None:
     assert cache_key(parents_url) not in cache._pending  # the parent's queue stays the parent's
-    assert cache.store_bytes(cache_key(url), _entry(url), b"child", None)
+    assert cache.store_bytes(cache_key(url), fresh_entry(url), b"child", None)
     cache.close()
 
 
@@ -60,7 +54,7 @@ def test_a_forked_child_starts_with_no_queue_and_free_locks(tmp_path: Path) -> N
     cache = FetchCache(tmp_path)
     parents_url, childs_url = "https://example.com/parent", "https://example.com/child"
     try:
-        cache.submit_bytes(cache_key(parents_url), _entry(parents_url), b"parent", None)
+        cache.submit_bytes(cache_key(parents_url), fresh_entry(parents_url), b"parent", None)
         with cache._guard:  # a parent thread inside the cache at the moment of the fork
             child = FORK.Process(target=_store_while_parent_holds_the_lock,
                                  args=(cache, parents_url, childs_url))

@@ -11,26 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.cache_entries import fresh_entry
 from vllm_fetch import FetchCache, HTTPStatusError
 from vllm_fetch.cache.blobs import BlobStore
 from vllm_fetch.cache.single_flight import AsyncSingleFlight, SingleFlight
 from vllm_fetch.config import parse_size
-from vllm_fetch.core.cache_policy import CacheEntry, cache_key
+from vllm_fetch.core.cache_policy import cache_key
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def entry(url: str, *, max_age: int = 600) -> CacheEntry:
-    now = time.time()
-    return CacheEntry(url=url, headers={"cache-control": f"max-age={max_age}"}, stored_at=now,
-                      request_time=now, response_time=now)
-
-
 def store(cache: FetchCache, url: str, data: bytes) -> str:
     key = cache_key(url)
-    assert cache.store_bytes(key, entry(url), data, None)
+    assert cache.store_bytes(key, fresh_entry(url), data, None)
     return key
 
 
@@ -241,7 +236,7 @@ def test_unusable_index_is_bypassed(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert not cache.index.available
     assert any("bypassing" in r.getMessage() for r in caplog.records)
     key = cache_key("https://example.com/x")
-    assert not cache.store_bytes(key, entry("https://example.com/x"), b"x", None)
+    assert not cache.store_bytes(key, fresh_entry("https://example.com/x"), b"x", None)
     assert cache.index.get(key) is None and cache.info().entries == 0
     cache.close()
 
@@ -255,7 +250,7 @@ def test_a_queued_body_is_hashed_once_needed_and_served_from_memory(tmp_path: Pa
         data = os.urandom(4096)
         key = cache_key("https://example.com/q")
         cache._writer.submit = lambda job: False  # type: ignore[method-assign]  # keep it queued
-        assert cache.submit_bytes(key, entry("https://example.com/q"), data, None) is None
+        assert cache.submit_bytes(key, fresh_entry("https://example.com/q"), data, None) is None
         _, decision = cache.lookup("https://example.com/q", {}, offline=False, now=time.time())
         assert decision.entry is not None
         assert (decision.entry.sha256, decision.entry.size) == (sha(data), len(data))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cache_entries import fresh_entry
 from vllm_fetch import FetchCache
 from vllm_fetch.cache import writer
 from vllm_fetch.cache.writer import StoreJob, take_burst
@@ -103,19 +104,13 @@ def test_a_steady_stream_is_written_after_max_linger() -> None:
     assert items.now == pytest.approx(110.0)  # then it waited only until MAX_LINGER was up
 
 
-def _entry(url: str) -> CacheEntry:
-    now = time.time()
-    return CacheEntry(url=url, headers={"cache-control": "max-age=600"}, stored_at=now,
-                      request_time=now, response_time=now)
-
-
 def test_a_queued_body_reaches_disk_without_a_flush(tmp_path: Path) -> None:
     """The linger only delays the writer: another process sees the body soon, unasked."""
     cache = FetchCache(tmp_path)
     try:
         data = os.urandom(4096)
         key = cache_key("https://example.com/later")
-        assert cache.submit_bytes(key, _entry("https://example.com/later"), data, None) is None
+        assert cache.submit_bytes(key, fresh_entry("https://example.com/later"), data, None) is None
         give_up = time.monotonic() + 30  # generous: linger is 20 ms, at most 1 s
         while cache.index.get(key) is None and time.monotonic() < give_up:
             time.sleep(0.01)
@@ -134,7 +129,7 @@ def test_a_store_that_must_wait_gets_a_future_that_settles(
     cache = FetchCache(tmp_path)
     try:
         key = cache_key("https://example.com/backlog")
-        done = cache.submit_bytes(key, _entry("https://example.com/backlog"), b"body", None)
+        done = cache.submit_bytes(key, fresh_entry("https://example.com/backlog"), b"body", None)
         assert done is not None
         assert done.result(timeout=30) == len(b"body")  # the blob total after the commit
         assert cache.index.get(key) is not None
