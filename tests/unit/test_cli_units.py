@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from vllm_fetch.cli_cache import human_size, parse_duration
+from vllm_fetch.cli.cache import human_size, parse_duration
 
 
 @pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"),

@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from vllm_fetch.manifest import ManifestError, default_name, parse_manifest
+from vllm_fetch.cli.manifest import ManifestError, default_name, parse_manifest
 
 SHA = "a" * 64
 

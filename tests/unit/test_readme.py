@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vllm_fetch.cli import _parser
-from vllm_fetch.manifest import parse_manifest
+from vllm_fetch.cli.manifest import parse_manifest
 
 README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"^ *```(\w+)\n(.*?)^ *```", README, flags=re.S | re.M)

@@ -6,8 +6,8 @@ import argparse
 import datetime as dt
 import re
 
-from .cache.fetch_cache import FetchCache
-from .config import parse_size
+from ..cache.fetch_cache import FetchCache
+from ..config import parse_size
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -12,11 +12,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .cli_cache import add_cache_parser, cmd_cache
-from .config import env_flag
-from .connections import HTTPConnection
-from .core.urls import redact_url
-from .errors import FetchError
+from ..config import env_flag
+from ..connections import HTTPConnection
+from ..core.urls import redact_url
+from ..errors import FetchError
+from .cache import add_cache_parser, cmd_cache
 from .manifest import default_name, read_manifest
 from .prefetch import PrefetchOutcome, prefetch
 

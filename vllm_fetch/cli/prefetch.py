@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .connections import HTTPConnection
-from .core.urls import redact_url
-from .errors import FetchError
+from ..connections import HTTPConnection
+from ..core.urls import redact_url
+from ..errors import FetchError
 from .manifest import ManifestEntry
 
 logger = logging.getLogger("vllm_fetch.prefetch")

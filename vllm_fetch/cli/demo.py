@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .cache.fetch_cache import FetchCache
-from .connections import HTTPConnection
-from .core.retry import RetryPolicy
+from ..cache.fetch_cache import FetchCache
+from ..connections import HTTPConnection
+from ..core.retry import RetryPolicy
 from .demo_origin import DemoOrigin
 
 STEPS = [

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .core.urls import validate_url
+from ..core.urls import validate_url
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _COMMENT = re.compile(r"(?:^|\s)#")  # a '#' inside a URL is not a comment
