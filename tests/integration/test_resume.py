@@ -15,7 +15,8 @@ from tests.helpers import call, leftovers
 from tests.origin import Origin, sha256
 from tests.ranged import RangeFile, ranges_asked
 from vllm_fetch import ChecksumMismatchError, HTTPConnection, RetryPolicy, TruncatedBodyError
-from vllm_fetch.core.resume import Owner, PartialState, owned_partial_name, safe_host
+from vllm_fetch.core.partial_names import Owner, owned_partial_name, safe_host
+from vllm_fetch.core.resume import PartialState
 
 MODES = ["sync", "async"]
 SIZE = 2 * 1024 * 1024 + 123

@@ -6,8 +6,13 @@ import json
 
 import pytest
 
-from vllm_fetch.core.resume import (
+from vllm_fetch.core.partial_names import (
     STALE_PARTIAL_AGE,
+    partial_name,
+    should_discard_stale,
+    sidecar_name,
+)
+from vllm_fetch.core.resume import (
     PartialState,
     ResumeAction,
     header_value,
@@ -15,10 +20,7 @@ from vllm_fetch.core.resume import (
     on_response,
     parse_content_range,
     parse_unsatisfied_range,
-    partial_name,
     plan_request,
-    should_discard_stale,
-    sidecar_name,
     validator_for,
 )
 

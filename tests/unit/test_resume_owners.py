@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from vllm_fetch.core.resume import (
+from vllm_fetch.core.partial_names import (
     FOREIGN_PARTIAL_IDLE,
     Owner,
-    PartialState,
     is_partial_of,
     may_take_over,
     owned_partial_name,
     partial_owner,
     safe_host,
 )
+from vllm_fetch.core.resume import PartialState
 
 URL = "https://example.com/model.safetensors"
 ME = Owner("node-1", 100, "deadbeef")

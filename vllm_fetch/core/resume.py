@@ -8,7 +8,6 @@ Any doubt means starting again: two versions of a file must never be spliced (fa
 from __future__ import annotations
 
 import enum
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,17 +16,12 @@ from typing import Any
 
 from .body import is_encoded
 
-#: Partials older than this are deleted instead of resumed (seconds; 7 days).
-STALE_PARTIAL_AGE: float = 7 * 24 * 3600.0
-
 # RFC 9110 §8.8.3: entity-tag = [ W/ ] DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text.
 _STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')
 # RFC 9110 §14.4: Content-Range = range-unit SP ( range-resp / unsatisfied-range ).
 _CONTENT_RANGE = re.compile(r"bytes[ \t]+([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE)
 _UNSATISFIED = re.compile(r"bytes[ \t]+\*/([0-9]+)", re.IGNORECASE)
 _DIGITS = re.compile(r"[0-9]+")
-# Keep partial names under NAME_MAX (255) however long the target name is.
-_MAX_TARGET_IN_NAME = 200
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str | None:
@@ -337,128 +331,15 @@ def on_response(
     )
 
 
-def should_discard_stale(mtime: float, now: float, max_age: float = STALE_PARTIAL_AGE) -> bool:
-    """True when a partial last written at ``mtime`` is older than ``max_age`` seconds."""
-    return now - mtime > max_age
-
-
-def partial_name(target_name: str, url: str) -> str:
-    """Deterministic temp file name for the resumable partial of ``target_name`` from ``url``.
-
-    ``target_name`` is a base name (no directory). The URL hash makes the name distinct per URL,
-    so a later process finds the partial of the same download and never another URL's bytes.
-    """
-    if not target_name or "/" in target_name or "\\" in target_name:
-        raise ValueError(f"partial_name needs a base name, got {target_name!r}")
-    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f".{target_name[:_MAX_TARGET_IN_NAME]}.{digest}.part"
-
-
-def sidecar_name(partial: str) -> str:
-    """Name of the JSON sidecar holding the :class:`PartialState` of ``partial``."""
-    return f"{partial}.json"
-
-
-#: Partials written on another host (a shared filesystem) are taken over after this long idle.
-FOREIGN_PARTIAL_IDLE: float = 3600.0
-_OWNER = re.compile(r"([A-Za-z0-9-]{1,64})~([0-9]{1,10})~([0-9a-f]{8,32})")
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who writes a partial: host name, process id and a random token (unique per writer).
-
-    Each writer has its own partial file, so two writers never share bytes even when the
-    machine lock does nothing (NFS, Lustre, or locks disabled).
-    """
-
-    host: str
-    pid: int
-    token: str
-
-    def __str__(self) -> str:
-        return f"{self.host}~{self.pid}~{self.token}"
-
-    @classmethod
-    def parse(cls, text: str) -> Owner | None:
-        match = _OWNER.fullmatch(text)
-        return cls(match[1], int(match[2]), match[3]) if match else None
-
-
-def safe_host(hostname: str) -> str:
-    """A host name reduced to the characters allowed in an owner tag (20 at most)."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", hostname)[:20] or "host"
-
-
-# Owned names add an owner tag: keep the target's share short enough for NAME_MAX with ".json".
-_MAX_TARGET_IN_OWNED = 150
-_URL_HASH = re.compile(r"[0-9a-f]{16}")
-
-
-def _owned_prefix(target_name: str, url: str) -> str:
-    digest = partial_name(target_name, url)[-len("0123456789abcdef.part"):-len(".part")]
-    return f".{target_name[:_MAX_TARGET_IN_OWNED]}.{digest}."
-
-
-def owned_partial_name(target_name: str, url: str, owner: Owner) -> str:
-    """The partial of ``target_name`` from ``url`` written by ``owner``."""
-    return f"{_owned_prefix(target_name, url)}{owner}.part"
-
-
-def partial_owner(name: str, target_name: str, url: str) -> Owner | None:
-    """The owner encoded in ``name`` if it is a partial of this target and URL, else None."""
-    prefix = _owned_prefix(target_name, url)
-    if not (name.startswith(prefix) and name.endswith(".part")):
-        return None
-    return Owner.parse(name[len(prefix):-len(".part")])
-
-
-def is_partial_of(name: str, target_name: str) -> bool:
-    """Whether ``name`` is a partial (or its sidecar) of ``target_name`` from any URL."""
-    if name.endswith(".part.json"):
-        name = name[:-len(".json")]
-    prefix = f".{target_name[:_MAX_TARGET_IN_OWNED]}."
-    if not (name.startswith(prefix) and name.endswith(".part")):
-        return False
-    digest, _, owner = name[len(prefix):-len(".part")].partition(".")
-    return _URL_HASH.fullmatch(digest) is not None and Owner.parse(owner) is not None
-
-
-def may_take_over(
-    owner: Owner, *, host: str, pid: int, pid_alive: bool, idle: float,
-    foreign_idle: float = FOREIGN_PARTIAL_IDLE,
-) -> bool:
-    """Whether a partial written by ``owner`` is abandoned, so this writer may continue it.
-
-    ``host``/``pid`` are this process's; ``pid_alive`` says whether ``owner.pid`` runs on this
-    host; ``idle`` is seconds since the partial was last written. Partials of this process are
-    handed over by the caller only when no live writer holds them (it tracks its own writers).
-    """
-    if owner.host != host:
-        return idle > foreign_idle
-    return owner.pid == pid or not pid_alive
-
-
 __all__ = [
-    "FOREIGN_PARTIAL_IDLE",
-    "STALE_PARTIAL_AGE",
-    "Owner",
     "PartialState",
     "ResumeAction",
     "ResumeDecision",
     "header_value",
-    "is_partial_of",
     "is_strong_etag",
-    "may_take_over",
     "on_response",
-    "owned_partial_name",
     "parse_content_range",
     "parse_unsatisfied_range",
-    "partial_name",
-    "partial_owner",
     "plan_request",
-    "safe_host",
-    "should_discard_stale",
-    "sidecar_name",
     "validator_for",
 ]

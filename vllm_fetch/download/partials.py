@@ -25,17 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-from ..core.resume import (
+from ..core.partial_names import (
     Owner,
-    PartialState,
     is_partial_of,
     may_take_over,
     owned_partial_name,
     partial_owner,
     safe_host,
     should_discard_stale,
-    validator_for,
 )
+from ..core.resume import PartialState, validator_for
 from ..errors import ChecksumMismatchError, DiskError, SizeLimitExceededError
 from ..files import disk_error, fsync_dir, fsync_fd, pwrite_all, pwritev_all, remove_quietly
 
