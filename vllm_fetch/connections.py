@@ -30,6 +30,7 @@ from .core.responses import decode_text, request_headers
 from .core.results import Body, DownloadResult
 from .core.retry import RetryPolicy, status_failure
 from .core.urls import redact_url
+from .download import sync_runner
 from .download.options import DownloadOptions
 from .download.progress import ProgressSpec
 from .drivers.requests_driver import RequestsDriver
@@ -507,9 +508,9 @@ class HTTPConnection:
             connections=connections, progress=progress, use_cache=use_cache,
         )
         if plan.cache is None:
-            return self._sync.download(plan.req, plan.target, plan.options)
+            return sync_runner.download(self._sync, plan.req, plan.target, plan.options)
         io = SyncIO(self._fetch, self._probe,
-                    lambda r, t: self._sync.download(r, t, plan.options))
+                    lambda r, t: sync_runner.download(self._sync, r, t, plan.options))
         return self._cached.download(plan.cache, plan.req, plan.target, io, offline=plan.offline)
 
     async def async_download_file(
@@ -556,11 +557,14 @@ class HTTPConnection:
             expected_sha256=expected_sha256, expected_size=expected_size, resume=resume,
             connections=connections, progress=progress, use_cache=use_cache,
         )
+        from .download import async_runner  # imports aiohttp: on first async use only
+
         if plan.cache is None:
-            return await self._async.download(plan.req, plan.target, plan.options)
+            return await async_runner.download(self._async, plan.req, plan.target,
+                                              plan.options)
 
         async def engine(r: FetchRequest, t: Path) -> DownloadResult:
-            return await self._async.download(r, t, plan.options)
+            return await async_runner.download(self._async, r, t, plan.options)
 
         io = AsyncIO(self._afetch, self._aprobe, engine)
         return await self._cached.adownload(plan.cache, plan.req, plan.target, io,

@@ -14,7 +14,7 @@ from tests.ranged import RangeFile
 from vllm_fetch import HTTPConnection, RetryPolicy
 from vllm_fetch.core.body import header
 from vllm_fetch.core.results import DownloadResult
-from vllm_fetch.download import DownloadOptions
+from vllm_fetch.download import DownloadOptions, async_runner, sync_runner
 
 BODY = os.urandom(1024 * 1024 + 3)
 
@@ -25,11 +25,11 @@ def run(mode: str, conn: HTTPConnection, url: str, target: Path, *, hash_body: b
                               hash_body=hash_body)
     options = DownloadOptions(RetryPolicy.none(), connections=connections, progress=False)
     if mode == "sync":
-        return conn._sync.download(req, target, options)
+        return sync_runner.download(conn._sync, req, target, options)
 
     async def main() -> DownloadResult:
         try:
-            return await conn._async.download(req, target, options)
+            return await async_runner.download(conn._async, req, target, options)
         finally:
             await conn.aclose()
 

@@ -171,6 +171,38 @@ def validator_for(state: PartialState) -> str | None:
     return None
 
 
+def _acts_as_strong(last_modified: str | None, date: str | None) -> bool:
+    """RFC 9110 §8.8.2.2: a Last-Modified is strong when the response's Date is at least one
+    second later (a change within that second could otherwise go unseen)."""
+    try:
+        return (parsedate_to_datetime(date or "") - parsedate_to_datetime(last_modified or "")
+                ).total_seconds() >= 1
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def strong_validators(
+    headers: Mapping[str, str], etag: str | None = None, last_modified: str | None = None
+) -> tuple[str | None, str | None]:
+    """The validators that can prove two answers are of one version: the ETag when strong, the
+    Last-Modified when it acts as strong; ``etag``/``last_modified`` replace the headers'."""
+    etag = header_value(headers, "ETag") if etag is None else etag
+    if last_modified is None:
+        last_modified = header_value(headers, "Last-Modified")
+    strong_date = _acts_as_strong(last_modified, header_value(headers, "Date"))
+    return (etag if is_strong_etag(etag) else None, last_modified if strong_date else None)
+
+
+def same_validator(state: PartialState, headers: Mapping[str, str]) -> bool:
+    """Whether an answer carries the partial's own validator (a part of a split download must:
+    a missing or different one may be another version)."""
+    if is_strong_etag(state.etag):
+        return _strong_equal(header_value(headers, "ETag"), state.etag)
+    last_modified = header_value(headers, "Last-Modified")
+    return (_valid_http_date(state.last_modified) and last_modified is not None
+            and _same_date(last_modified, state.last_modified or ""))
+
+
 def plan_request(state: PartialState | None) -> dict[str, str]:
     """Headers for (re)starting a download: Range + If-Range when the partial can be resumed."""
     if state is None or state.offset == 0:
@@ -341,5 +373,7 @@ __all__ = [
     "parse_content_range",
     "parse_unsatisfied_range",
     "plan_request",
+    "same_validator",
+    "strong_validators",
     "validator_for",
 ]

@@ -21,10 +21,12 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
 
+from ..core.download_machine import Start
 from ..core.partial_names import (
     Owner,
     is_partial_of,
@@ -60,9 +62,46 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+#: Partials and sidecars are never opened through a symlink (fault D9).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _check_own_file(fd: int, path: Path, directory_dev: int | None = None) -> None:
+    """Refuse anything but a regular file owned by this user (on the target's filesystem)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or (
+            directory_dev is not None and info.st_dev != directory_dev):
+        raise DiskError(f"{path} is not a regular file of this user: refusing to use it")
+
+
+def _open_checked(path: Path, flags: int, directory_dev: int | None = None) -> int:
+    fd = os.open(path, flags | _NOFOLLOW, 0o666)
+    try:
+        _check_own_file(fd, path, directory_dev)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_own_regular(path: str) -> bool:
+    """Whether ``path`` itself (not what a link points to) is a regular file of this user."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _read_text(path: Path) -> str:
+    fd = _open_checked(path, os.O_RDONLY)
+    with os.fdopen(fd, "r", encoding="utf-8") as file:
+        return file.read()
+
+
 def _read_state(path: Path, url: str) -> PartialState | None:
     try:
-        state = PartialState.from_dict(json.loads(_sidecar(path).read_text("utf-8")))
+        state = PartialState.from_dict(json.loads(_read_text(_sidecar(path))))
     except (OSError, ValueError) as exc:
         logger.info("partial %s has no usable sidecar (%s): starting over", path.name, exc)
         return None
@@ -85,7 +124,7 @@ def clean_stale(target: Path, now: float | None = None) -> None:
             if not is_partial_of(entry.name, target.name) or entry.path in _active:
                 continue
             with contextlib.suppress(OSError):
-                if should_discard_stale(entry.stat().st_mtime, now):
+                if should_discard_stale(entry.stat(follow_symlinks=False).st_mtime, now):
                     logger.info("removing stale partial %s", entry.name)
                     os.unlink(entry.path)
 
@@ -103,6 +142,7 @@ class Partial:
         self.fd = -1
         #: (offset, hasher) of the bytes on disk, kept between attempts of one call.
         self.hashed: tuple[int, hashlib._Hash] | None = None
+        self._save_lock = threading.Lock()
 
     # -- finding one -----------------------------------------------------------------------
     @classmethod
@@ -132,14 +172,14 @@ class Partial:
         with contextlib.suppress(OSError), os.scandir(target.parent) as entries:
             for entry in entries:
                 owner = partial_owner(entry.name, target.name, url)
-                if owner is None or entry.path in _active:
-                    continue
+                if owner is None or entry.path in _active or not _is_own_regular(entry.path):
+                    continue  # a symlink or anything else planted there is never taken over
                 with contextlib.suppress(OSError):
-                    stat = entry.stat()
+                    info = entry.stat(follow_symlinks=False)
                     alive = owner.host == host and _pid_alive(owner.pid)
                     if may_take_over(owner, host=host, pid=pid, pid_alive=alive,
-                                     idle=now - stat.st_mtime):
-                        found.append((stat.st_size, Path(entry.path)))
+                                     idle=now - info.st_mtime):
+                        found.append((info.st_size, Path(entry.path)))
         return [path for _, path in sorted(found, key=lambda item: -item[0])]
 
     @staticmethod
@@ -149,22 +189,42 @@ class Partial:
             os.rename(candidate, mine)
         except OSError:
             return False
-        with contextlib.suppress(OSError):
-            os.rename(_sidecar(candidate), _sidecar(mine))
+        if not _is_own_regular(str(mine)):  # swapped between the scan and the rename
+            remove_quietly(mine)
+            return False
+        sidecar = _sidecar(candidate)
+        if _is_own_regular(str(sidecar)):
+            with contextlib.suppress(OSError):
+                os.rename(sidecar, _sidecar(mine))
         return True
 
     # -- bytes on disk ---------------------------------------------------------------------
     def open(self) -> int:
+        """The partial's descriptor: never through a symlink, only a regular file of this
+        user on the target's filesystem (anything planted under its name is refused)."""
         if self.fd < 0:
-            try:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as exc:
-                raise disk_error(exc, self.path) from exc
+            self.fd = self.opener(str(self.path), os.O_RDWR | os.O_CREAT)
         return self.fd
 
-    def size(self) -> int:
+    def opener(self, path: str, flags: int) -> int:
+        """``open()``'s opener for this partial (the async runner's aiofiles handles)."""
         try:
-            return os.stat(self.path).st_size
+            return _open_checked(Path(path), flags, os.stat(self.target.parent).st_dev)
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+
+    def start(self) -> Start:
+        """What the machine starts from: the sidecar's state and the partial's size."""
+        return Start(self.state, self.size())
+
+    def size(self) -> int:
+        if self.fd >= 0:
+            try:
+                return os.fstat(self.fd).st_size
+            except OSError as exc:
+                raise disk_error(exc, self.path) from exc
+        try:
+            return os.lstat(self.path).st_size
         except FileNotFoundError:
             return 0
         except OSError as exc:
@@ -191,8 +251,15 @@ class Partial:
             remove_quietly(sidecar)
             return
         temp = sidecar.with_name(sidecar.name + ".tmp")
+        with self._save_lock:  # parts checkpoint from several threads
+            self._write_sidecar(state, sidecar, temp)
+
+    def _write_sidecar(self, state: PartialState, sidecar: Path, temp: Path) -> None:
         try:
-            temp.write_text(json.dumps({**state.to_dict(), "url": _url_key(state.url)}), "utf-8")
+            remove_quietly(temp)
+            fd = _open_checked(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(json.dumps({**state.to_dict(), "url": _url_key(state.url)}))
             os.replace(temp, sidecar)
         except OSError as exc:
             remove_quietly(temp)
@@ -252,7 +319,10 @@ class Partial:
         """fsync the file, ``os.replace`` it onto the target, fsync the directory."""
         fd = self.open()
         fsync_fd(fd, self.path)
+        opened, named = os.fstat(fd), _lstat_or_none(self.path)
         self._close()
+        if named is None or (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+            raise DiskError(f"{self.path} was replaced while downloading: not publishing it")
         try:
             os.replace(self.path, self.target)
         except OSError as exc:
@@ -291,6 +361,13 @@ class Partial:
     def _release(self) -> None:
         with _active_lock:
             _active.discard(str(self.path))
+
+
+def _lstat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _discards(error: BaseException | None) -> bool:

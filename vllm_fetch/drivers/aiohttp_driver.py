@@ -7,7 +7,6 @@ import contextlib
 import threading
 import weakref
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import TracebackType
 
 import aiohttp
@@ -19,10 +18,8 @@ from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import response_meter
-from ..core.results import Body, DownloadResult
+from ..core.results import Body
 from ..core.urls import redact_url
-from ..download import async_engine
-from ..download.options import DownloadOptions
 from ..errors import (
     FetchConnectionError,
     FetchError,
@@ -318,9 +315,3 @@ class AiohttpDriver:
                                    reason=response.reason or "")
             content = await self.read_body(response, meter, req, url)
             return Body(content, response.status, dict(response.headers), url, meter.sha256)
-
-    async def download(self, req: FetchRequest, target: Path, options: DownloadOptions
-                       ) -> DownloadResult:
-        """The whole download (lock, resume, parts, verify, publish): ``download.async_engine``.
-        """
-        return await async_engine.download(self, req, target, options)

@@ -9,7 +9,6 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
 
 import requests
 import urllib3.exceptions as u3
@@ -19,10 +18,8 @@ from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import response_meter
-from ..core.results import Body, DownloadResult
+from ..core.results import Body
 from ..core.urls import redact_url
-from ..download import sync_engine
-from ..download.options import DownloadOptions
 from ..errors import (
     FetchConnectionError,
     FetchError,
@@ -244,9 +241,3 @@ class RequestsDriver:
                 content = b"".join(self.iter_body(response, meter, req))
                 return Body(content, response.status_code, dict(response.headers),
                                 response.url or req.url, meter.sha256)
-
-    def download(self, req: FetchRequest, target: Path, options: DownloadOptions
-                 ) -> DownloadResult:
-        """The whole download (lock, resume, parts, verify, publish): see ``download.sync_engine``.
-        """
-        return sync_engine.download(self, req, target, options)

@@ -1,0 +1,203 @@
+"""The async download runner: performs the machine's effects with aiohttp, tasks and aiofiles.
+
+It only executes what ``core.download_machine`` yields. Nothing blocking runs on the event loop:
+bodies are written through aiofiles (one handle per body, positioned once, written in order, in
+batches gathered into one reused buffer), every other file effect runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiofiles
+import aiohttp
+
+from ..core.download_machine import (
+    Answer,
+    Effect,
+    Flow,
+    Kind,
+    Machine,
+    Receive,
+    RunParts,
+    Send,
+    Sink,
+    Sleep,
+)
+from ..core.request import FetchRequest
+from ..core.results import DownloadResult
+from ..errors import DiskError
+from ..files import disk_error
+from .effects import Stepper, abandon, perform_file
+from .locking import TargetLock
+from .options import DownloadOptions
+from .partials import Partial
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from ..drivers.aiohttp_driver import AiohttpDriver
+
+#: Bytes gathered before one write (one stream; each part: smaller, as up to 8 parts buffer
+#: at once and peak memory must stay low).
+WRITE_BATCH = 2 * 1024 * 1024
+PART_WRITE_BATCH = 1024 * 1024
+T = TypeVar("T")
+
+
+async def _off_loop(func: Callable[..., T], *args: Any) -> T:
+    """Run file work in a thread and wait for it even if cancelled: a write still in flight
+    must never outlive the file descriptor it uses."""
+    future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+async def download(driver: AiohttpDriver, req: FetchRequest, target: Path,
+                   options: DownloadOptions) -> DownloadResult:
+    """Download ``req.url`` to ``target``: one transfer per machine, resumed, verified."""
+    lock = TargetLock(target, req.url)
+    progress = Progress(options.progress, target.name)
+    try:
+        async with lock.ahold(req.deadline):
+            reused = await _off_loop(lock.reusable, req.expected_sha256, req.expected_size)
+            if reused is not None:
+                return reused
+            partial = await _off_loop(_claim, target, req.url, options.resume)
+            machine = Machine(req, await _off_loop(partial.start), retry=options.retry,
+                              connections=options.connections)
+            try:
+                async with driver.call_session() as session:
+                    result: DownloadResult = await _Runner(driver, session, machine, partial,
+                                                           progress).run(machine.flow())
+            except BaseException as exc:
+                await _off_loop(abandon, machine, partial, exc)
+                raise
+            await _off_loop(lock.record, result)
+            return result
+    finally:
+        progress.close()
+
+
+def _claim(target: Path, url: str, resume: bool) -> Partial:
+    return Partial.claim(target, url, resume=resume)
+
+
+class _Runner:
+    """Performs one flow's effects on one session (and one open response at a time)."""
+
+    def __init__(self, driver: AiohttpDriver, session: aiohttp.ClientSession, machine: Machine,
+                 partial: Partial, progress: Progress,
+                 response: tuple[aiohttp.ClientResponse, FetchRequest] | None = None) -> None:
+        self.driver, self.session, self.machine = driver, session, machine
+        self.partial, self.progress = partial, progress
+        self.response = response
+
+    async def run(self, flow: Flow) -> Any:
+        stepper = Stepper(flow)
+        try:
+            while (effect := stepper.next()) is not None:
+                try:
+                    stepper.value = await self.perform(effect)
+                except Exception as exc:
+                    stepper.error = exc
+            return stepper.result
+        finally:
+            flow.close()
+            self.hang_up()
+
+    def hang_up(self) -> None:
+        if self.response is not None:
+            self.response[0].release()
+            self.response = None
+
+    async def perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Send):
+            self.hang_up()
+            response = await self.driver.open(self.session, effect.req)
+            self.response = (response, effect.req)
+            return Answer(response.status, response.headers, str(response.url))
+        if isinstance(effect, Receive):
+            return await self.receive(effect.sink)
+        if isinstance(effect, Sleep):
+            return await asyncio.sleep(effect.seconds)
+        if isinstance(effect, RunParts):
+            return await self.run_parts(effect)
+        return await _off_loop(perform_file, effect, self.machine, self.partial, self.progress)
+
+    async def receive(self, sink: Sink) -> None:
+        """Write the body from the sink's position through one aiofiles handle, in batches."""
+        assert self.response is not None
+        (response, req), self.response = self.response, None
+        machine, partial = self.machine, self.partial
+        buffer = bytearray(WRITE_BATCH if sink.kind is Kind.STREAM else PART_WRITE_BATCH)
+        view = memoryview(buffer)
+        batched = 0
+        try:
+            handle = await aiofiles.open(partial.path, "r+b", buffering=0,
+                                         opener=partial.opener)
+        except OSError as exc:
+            raise disk_error(exc, partial.path) from exc
+
+        async def flush() -> None:
+            nonlocal batched
+            done = 0
+            try:
+                while done < batched:
+                    done += await handle.write(view[done:batched])
+            except OSError as exc:
+                raise disk_error(exc, partial.path) from exc
+            size, batched = batched, 0
+            save = machine.wrote(sink, size)
+            self.progress.add(size)
+            if save is not None:
+                await _off_loop(partial.save, save.state)
+            if machine.hash_due():
+                await _off_loop(machine.hash_ahead, partial.read_into)
+
+        async with response:
+            try:
+                await handle.seek(sink.position)
+                async for chunk in self.driver.iter_body(response, sink.meter, req):
+                    data = sink.clip(chunk, batched)
+                    if batched + len(data) > len(buffer):
+                        await flush()
+                    if len(data) > len(buffer):
+                        buffer = bytearray(len(data))
+                        view = memoryview(buffer)
+                    view[batched:batched + len(data)] = data
+                    batched += len(data)
+                    if sink.limit is not None and sink.position + batched >= sink.limit:
+                        break
+                await flush()
+            except BaseException as exc:
+                if not isinstance(exc, DiskError):
+                    await flush()  # the bytes that did arrive are good (cancelled too): keep them
+                raise
+            finally:
+                await handle.close()
+
+    async def run_parts(self, effect: RunParts) -> None:
+        """``effect.workers`` tasks run part flows (one takes part 0 from the open probe when
+        there is one); on the first error the others are cancelled and it is raised."""
+        first, self.response = self.response, None
+        tasks = [asyncio.create_task(self._worker(None, None))
+                 for _ in range(effect.workers - 1)]
+        tasks.append(asyncio.create_task(self._worker(first, effect.first)))
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _worker(self, response: tuple[aiohttp.ClientResponse, FetchRequest] | None,
+                      sink: Sink | None) -> None:
+        await _Runner(self.driver, self.session, self.machine, self.partial, self.progress,
+                      response).run(self.machine.part_flow(sink))
