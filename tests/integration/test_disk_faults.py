@@ -7,12 +7,14 @@ process (portable), and, when the tests run as root, by a real 1 MiB tmpfs.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiofiles.threadpool
 import pytest
 
 from tests.helpers import call, leftovers
@@ -40,12 +42,23 @@ def _full(*args: Any) -> int:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+class _FullFile(io.FileIO):
+    """A file on a full disk: opens, but every write fails (aiofiles opens through this)."""
+
+    def __init__(self, file: Any, mode: str, buffering: int = -1, **kwargs: Any) -> None:
+        super().__init__(file, mode.replace("b", ""), opener=kwargs.get("opener"))
+
+    def write(self, data: Any) -> int:
+        return _full()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_enospc_while_writing(mode: str, origin: Origin, conn: HTTPConnection, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     url = RangeFile(BODY).mount(origin, "/full")
     monkeypatch.setattr(os, "pwrite", _full)
     monkeypatch.setattr(os, "pwritev", _full)
+    monkeypatch.setattr(aiofiles.threadpool, "sync_open", _FullFile)  # the async side's writes
     with pytest.raises(DiskError) as info:
         call(mode, conn, "download_file", url, tmp_path / "full.bin", connections=1)
     assert info.value.errno == errno.ENOSPC

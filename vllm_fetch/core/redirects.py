@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import TooManyRedirectsError
 from .address_policy import URLPolicy, headers_for_hop, redirect_target
 from .body import header
 from .responses import is_redirect
 from .urls import redact_url
+
+if TYPE_CHECKING:
+    from .request import FetchRequest, TransportOptions
 
 
 @dataclass(frozen=True)
@@ -46,3 +50,32 @@ def next_hop(
     target = redirect_target(url, location)
     policy.check_url(target)
     return Hop(url=target, headers=headers_for_hop(request_headers, url, target))
+
+
+class Chain:
+    """One request's redirect chain, for both drivers: the URL and headers to send next, and
+    whether an answer is the final one (a redirect's response is closed, never read)."""
+
+    __slots__ = ("follow", "headers", "hops", "options", "url")
+
+    def __init__(self, req: FetchRequest, options: TransportOptions) -> None:
+        self.url, self.headers = req.url, req.headers
+        self.follow, self.options = req.allow_redirects, options
+        self.hops = 0
+
+    def arrived(self, status: int, headers: Mapping[str, str], close: Callable[[], object]
+                ) -> bool:
+        """True for the final answer; else step to the next hop (or raise) and ``close()``
+        this one."""
+        try:
+            hop = next_hop(self.url, status, headers, self.headers, hops_done=self.hops,
+                           follow=self.follow, max_redirects=self.options.max_redirects,
+                           policy=self.options.policy)
+        except BaseException:
+            close()
+            raise
+        if hop is None:
+            return True
+        close()
+        self.url, self.headers, self.hops = hop.url, hop.headers, self.hops + 1
+        return False

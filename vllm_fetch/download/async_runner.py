@@ -15,18 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiofiles
 import aiohttp
 
-from ..core.download_machine import (
-    Answer,
-    Effect,
-    Flow,
-    Kind,
-    Machine,
-    Receive,
-    RunParts,
-    Send,
-    Sink,
-    Sleep,
-)
+from ..core import download_machine as dm
 from ..core.request import FetchRequest
 from ..core.results import DownloadResult
 from ..errors import DiskError
@@ -69,7 +58,7 @@ async def download(driver: AiohttpDriver, req: FetchRequest, target: Path,
             if reused is not None:
                 return reused
             partial = await _off_loop(_claim, target, req.url, options.resume)
-            machine = Machine(req, await _off_loop(partial.start), retry=options.retry,
+            machine = dm.Machine(req, await _off_loop(partial.start), retry=options.retry,
                               connections=options.connections)
             try:
                 async with driver.call_session() as session:
@@ -91,51 +80,45 @@ def _claim(target: Path, url: str, resume: bool) -> Partial:
 class _Runner:
     """Performs one flow's effects on one session (and one open response at a time)."""
 
-    def __init__(self, driver: AiohttpDriver, session: aiohttp.ClientSession, machine: Machine,
+    def __init__(self, driver: AiohttpDriver, session: aiohttp.ClientSession, machine: dm.Machine,
                  partial: Partial, progress: Progress,
                  response: tuple[aiohttp.ClientResponse, FetchRequest] | None = None) -> None:
         self.driver, self.session, self.machine = driver, session, machine
         self.partial, self.progress = partial, progress
         self.response = response
 
-    async def run(self, flow: Flow) -> Any:
-        stepper = Stepper(flow)
-        try:
-            while (effect := stepper.next()) is not None:
-                try:
-                    stepper.value = await self.perform(effect)
-                except Exception as exc:
-                    stepper.error = exc
-            return stepper.result
-        finally:
-            flow.close()
-            self.hang_up()
+    async def run(self, flow: dm.Flow) -> Any:
+        with Stepper(flow, self.release) as step:
+            while (effect := step.next()) is not None:
+                await step.asettle(self.perform, effect)
+            return step.result
 
-    def hang_up(self) -> None:
+    def release(self) -> None:
+        """Let go of a response whose body the flow did not read."""
         if self.response is not None:
             self.response[0].release()
             self.response = None
 
-    async def perform(self, effect: Effect) -> Any:
-        if isinstance(effect, Send):
-            self.hang_up()
+    async def perform(self, effect: dm.Effect) -> Any:
+        if isinstance(effect, dm.Receive):
+            return await self.receive(effect.sink)
+        if isinstance(effect, dm.Send):
+            self.release()
             response = await self.driver.open(self.session, effect.req)
             self.response = (response, effect.req)
-            return Answer(response.status, response.headers, str(response.url))
-        if isinstance(effect, Receive):
-            return await self.receive(effect.sink)
-        if isinstance(effect, Sleep):
+            return dm.Answer(response.status, response.headers, str(response.url))
+        if isinstance(effect, dm.Sleep):
             return await asyncio.sleep(effect.seconds)
-        if isinstance(effect, RunParts):
+        if isinstance(effect, dm.RunParts):
             return await self.run_parts(effect)
         return await _off_loop(perform_file, effect, self.machine, self.partial, self.progress)
 
-    async def receive(self, sink: Sink) -> None:
+    async def receive(self, sink: dm.Sink) -> None:
         """Write the body from the sink's position through one aiofiles handle, in batches."""
         assert self.response is not None
         (response, req), self.response = self.response, None
         machine, partial = self.machine, self.partial
-        buffer = bytearray(WRITE_BATCH if sink.kind is Kind.STREAM else PART_WRITE_BATCH)
+        buffer = bytearray(WRITE_BATCH if sink.kind is dm.Kind.STREAM else PART_WRITE_BATCH)
         view = memoryview(buffer)
         batched = 0
         try:
@@ -182,7 +165,7 @@ class _Runner:
             finally:
                 await handle.close()
 
-    async def run_parts(self, effect: RunParts) -> None:
+    async def run_parts(self, effect: dm.RunParts) -> None:
         """``effect.workers`` tasks run part flows (one takes part 0 from the open probe when
         there is one); on the first error the others are cancelled and it is raised."""
         first, self.response = self.response, None
@@ -198,6 +181,6 @@ class _Runner:
             raise
 
     async def _worker(self, response: tuple[aiohttp.ClientResponse, FetchRequest] | None,
-                      sink: Sink | None) -> None:
+                      sink: dm.Sink | None) -> None:
         await _Runner(self.driver, self.session, self.machine, self.partial, self.progress,
                       response).run(self.machine.part_flow(sink))

@@ -7,7 +7,7 @@ a worker thread. Neither decides anything: the machine (``core.download_machine`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from ..core.download_machine import (
@@ -29,15 +29,40 @@ from .progress import Progress
 
 class Stepper:
     """Steps a flow: sends it the last effect's outcome (``value`` or ``error``), and returns its
-    next effect, or None once it returned (its value is then ``result``)."""
+    next effect, or None once it returned (its value is then ``result``). As a context manager
+    it closes the flow and calls ``on_exit`` however the run ends."""
 
-    __slots__ = ("error", "flow", "result", "value")
+    __slots__ = ("error", "flow", "on_exit", "result", "value")
 
-    def __init__(self, flow: Generator[Effect, Any, Any]) -> None:
-        self.flow = flow
+    def __init__(self, flow: Generator[Effect, Any, Any], on_exit: Callable[[], None]) -> None:
+        self.flow, self.on_exit = flow, on_exit
         self.value: Any = None
         self.error: BaseException | None = None
         self.result: Any = None
+
+    def __enter__(self) -> Stepper:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the flow, then ``on_exit`` (the runner lets go of an unread response)."""
+        try:
+            self.flow.close()
+        finally:
+            self.on_exit()
+
+    def settle(self, perform: Callable[[Effect], Any], effect: Effect) -> None:
+        """Perform ``effect``; its outcome (or its error) goes to the flow next."""
+        try:
+            self.value = perform(effect)
+        except Exception as exc:
+            self.error = exc
+
+    async def asettle(self, perform: Callable[[Effect], Awaitable[Any]], effect: Effect) -> None:
+        """:meth:`settle` for an async ``perform``."""
+        try:
+            self.value = await perform(effect)
+        except Exception as exc:
+            self.error = exc
 
     def next(self) -> Effect | None:
         value, error = self.value, self.error

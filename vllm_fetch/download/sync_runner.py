@@ -15,17 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from ..core.download_machine import (
-    Answer,
-    Effect,
-    Flow,
-    Machine,
-    Receive,
-    RunParts,
-    Send,
-    Sink,
-    Sleep,
-)
+from ..core import download_machine as dm
 from ..core.request import FetchRequest
 from ..core.results import DownloadResult
 from .effects import Stepper, abandon, perform_file
@@ -53,7 +43,7 @@ def download(driver: RequestsDriver, req: FetchRequest, target: Path,
             if reused is not None:
                 return reused
             partial = Partial.claim(target, req.url, resume=options.resume)
-            machine = Machine(req, partial.start(), retry=options.retry,
+            machine = dm.Machine(req, partial.start(), retry=options.retry,
                               connections=options.connections)
             try:
                 with driver.call_session() as session:
@@ -71,52 +61,48 @@ def download(driver: RequestsDriver, req: FetchRequest, target: Path,
 class _Runner:
     """Performs one flow's effects on one session (and one open response at a time)."""
 
-    def __init__(self, driver: RequestsDriver, session: requests.Session, machine: Machine,
+    def __init__(self, driver: RequestsDriver, session: requests.Session, machine: dm.Machine,
                  partial: Partial, progress: Progress, stop: threading.Event | None = None,
                  response: tuple[requests.Response, FetchRequest] | None = None) -> None:
         self.driver, self.session, self.machine = driver, session, machine
         self.partial, self.progress, self.stop = partial, progress, stop
         self.response = response
 
-    def run(self, flow: Flow) -> Any:
-        stepper = Stepper(flow)
-        try:
-            while (effect := stepper.next()) is not None:
-                try:
-                    stepper.value = self.perform(effect)
-                except Exception as exc:
-                    stepper.error = exc
-            return stepper.result
-        finally:
-            flow.close()
-            self.hang_up()
+    def run(self, flow: dm.Flow) -> Any:
+        with Stepper(flow, self.hang_up) as step:
+            while (effect := step.next()) is not None:
+                step.settle(self.perform, effect)
+            return step.result
+
+    def perform(self, effect: dm.Effect) -> Any:
+        if self.stop is not None and self.stop.is_set():
+            raise _Stopped
+        if isinstance(effect, dm.Send):
+            return self.send(effect.req)
+        if isinstance(effect, dm.Receive):
+            return self.receive(effect.sink)
+        if isinstance(effect, dm.Sleep):
+            if self.stop is None:
+                return time.sleep(effect.seconds)
+            if self.stop.wait(effect.seconds):
+                raise _Stopped
+            return None
+        if isinstance(effect, dm.RunParts):
+            return self.run_parts(effect)
+        return perform_file(effect, self.machine, self.partial, self.progress)
+
+    def send(self, req: FetchRequest) -> dm.Answer:
+        self.hang_up()
+        response = self.driver.open(self.session, req)
+        self.response = (response, req)
+        return dm.Answer(response.status_code, response.headers, response.url or req.url)
 
     def hang_up(self) -> None:
         if self.response is not None:
             self.response[0].close()
             self.response = None
 
-    def perform(self, effect: Effect) -> Any:
-        if self.stop is not None and self.stop.is_set():
-            raise _Stopped
-        if isinstance(effect, Send):
-            self.hang_up()
-            response = self.driver.open(self.session, effect.req)
-            self.response = (response, effect.req)
-            return Answer(response.status_code, response.headers, response.url or effect.req.url)
-        if isinstance(effect, Receive):
-            return self.receive(effect.sink)
-        if isinstance(effect, Sleep):
-            if self.stop is None:
-                return time.sleep(effect.seconds)
-            if self.stop.wait(effect.seconds):
-                raise _Stopped
-            return None
-        if isinstance(effect, RunParts):
-            return self.run_parts(effect)
-        return perform_file(effect, self.machine, self.partial, self.progress)
-
-    def receive(self, sink: Sink) -> None:
+    def receive(self, sink: dm.Sink) -> None:
         assert self.response is not None
         (response, req), self.response = self.response, None
         machine, partial, stop = self.machine, self.partial, self.stop
@@ -135,7 +121,7 @@ class _Runner:
                 if sink.full:
                     return
 
-    def run_parts(self, effect: RunParts) -> None:
+    def run_parts(self, effect: dm.RunParts) -> None:
         """``effect.workers`` threads run part flows (this thread is one of them, and takes
         part 0 from the open probe when there is one); the first real error is raised."""
         stop = threading.Event()
@@ -152,7 +138,7 @@ class _Runner:
                 _raise_first(futures)
 
     def _worker(self, session: requests.Session | None,
-                first: tuple[tuple[requests.Response, FetchRequest] | None, Sink | None] | None,
+                first: tuple[tuple[requests.Response, FetchRequest] | None, dm.Sink | None] | None,
                 stop: threading.Event) -> None:
         own = session is None
         session = self.driver.new_session() if session is None else session

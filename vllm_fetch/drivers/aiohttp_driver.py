@@ -250,23 +250,11 @@ class AiohttpDriver:
         self, session: aiohttp.ClientSession, req: FetchRequest
     ) -> aiohttp.ClientResponse:
         """Send the request and follow redirects; the body of the final response is unread."""
-        url, headers = req.url, req.headers
-        for hops_done in range(self.options.max_redirects + 2):
-            response = await self._send(session, url, headers, req)
-            try:
-                hop = redirects.next_hop(
-                    url, response.status, response.headers, headers,
-                    hops_done=hops_done, follow=req.allow_redirects,
-                    max_redirects=self.options.max_redirects, policy=self.options.policy,
-                )
-            except BaseException:
-                response.release()
-                raise
-            if hop is None:
+        chain = redirects.Chain(req, self.options)
+        while True:
+            response = await self._send(session, chain.url, chain.headers, req)
+            if chain.arrived(response.status, response.headers, response.release):
                 return response
-            response.release()  # a redirect body is never read
-            url, headers = hop.url, hop.headers
-        raise AssertionError("unreachable: next_hop enforces the redirect cap")
 
     # -- bodies -------------------------------------------------------------------------------
     async def iter_body(

@@ -180,23 +180,11 @@ class RequestsDriver:
 
     def open(self, session: requests.Session, req: FetchRequest) -> requests.Response:
         """Send the request and follow redirects; the body of the final response is unread."""
-        url, headers = req.url, req.headers
-        for hops_done in range(self.options.max_redirects + 2):
-            response = self._send(session, url, headers, req)
-            try:
-                hop = redirects.next_hop(
-                    url, response.status_code, response.headers, headers,
-                    hops_done=hops_done, follow=req.allow_redirects,
-                    max_redirects=self.options.max_redirects, policy=self.options.policy,
-                )
-            except BaseException:
-                response.close()
-                raise
-            if hop is None:
+        chain = redirects.Chain(req, self.options)
+        while True:
+            response = self._send(session, chain.url, chain.headers, req)
+            if chain.arrived(response.status_code, response.headers, response.close):
                 return response
-            response.close()  # a redirect body is never read
-            url, headers = hop.url, hop.headers
-        raise AssertionError("unreachable: next_hop enforces the redirect cap")
 
     # -- bodies -------------------------------------------------------------------------------
     def iter_body(
