@@ -13,10 +13,6 @@ from .errors import DiskError
 
 logger = logging.getLogger(__name__)
 
-#: Errors that mean the local disk, not the network, failed: never retried.
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                         errno.EFBIG, errno.EIO})
-
 
 def disk_error(exc: OSError, path: Path) -> DiskError:
     """A typed, non-retryable error for a local write failure."""

@@ -241,16 +241,6 @@ class Index:
         return self._guard("listing", lambda db: db.get("u:" + key), None)
 
     # -- the blob byte counter ----------------------------------------------------------------
-    def add_bytes(self, delta: int) -> int:
-        """Add to the running blob total (atomic across processes); the new total."""
-        def add(db: diskcache.Cache) -> int:
-            with db.transact():  # diskcache's incr assumes pickled ints; this index holds JSON
-                total = int(db.get(BYTES_KEY, 0)) + delta
-                db.set(BYTES_KEY, total)
-            return total
-
-        return self._guard("count", add, 0)
-
     def set_bytes(self, total: int) -> None:
         self._guard("count", lambda db: db.set(BYTES_KEY, total), None)
 

@@ -21,7 +21,6 @@ from .manifest import default_name, read_manifest
 from .prefetch import PrefetchOutcome, prefetch
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
@@ -48,7 +48,6 @@ class FetchRequest:
     hash_body: bool = False
     #: A conditional request from the cache: a 304 is an answer (headers, empty body), not an error.
     accept_not_modified: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
     #: aiohttp's per-response buffer (None: the session's). Parallel parts use a smaller one:
     #: eight connections each buffering 2 MiB would dominate peak memory.
     read_bufsize: int | None = None
