@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from vllm_fetch.core.body import header as header_value
 from vllm_fetch.core.partial_names import (
     STALE_PARTIAL_AGE,
     partial_name,
@@ -15,7 +16,6 @@ from vllm_fetch.core.partial_names import (
 from vllm_fetch.core.resume import (
     PartialState,
     ResumeAction,
-    header_value,
     is_strong_etag,
     on_response,
     parse_content_range,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 
 from ..errors import (
@@ -15,6 +16,8 @@ from ..errors import (
 #: Mapping types whose ``get`` already ignores case; each driver registers its library's
 #: header types. A miss in one of them is final (no scan of every name, lowercased).
 CASE_INSENSITIVE_TYPES: set[type] = set()
+#: Content-Length is ASCII digits only (RFC 9110 §8.6); str.isdigit would accept "²".
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -42,9 +45,18 @@ def parse_content_length(headers: Mapping[str, str], url: str) -> int | None:
     if len(values) != 1:
         raise ResponseHeadersError(f"conflicting Content-Length {raw!r} from {url}", url=url)
     value = values.pop()
-    if not value.isdigit():
+    if not _DIGITS.fullmatch(value):
         raise ResponseHeadersError(f"invalid Content-Length {raw!r} from {url}", url=url)
     return int(value)
+
+
+def announced_length(headers: Mapping[str, str]) -> int | None:
+    """The Content-Length when it is one plain number, else None (never raises): for decisions
+    that only trust a clean length; :func:`parse_content_length` refuses a bad one instead."""
+    raw = header(headers, "Content-Length")
+    if raw is None or not _DIGITS.fullmatch(raw.strip()):
+        return None
+    return int(raw.strip())
 
 
 def is_encoded(headers: Mapping[str, str]) -> bool:

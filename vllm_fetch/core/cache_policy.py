@@ -28,7 +28,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from json.encoder import encode_basestring as _json_string  # what json.dumps writes for a str
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from urllib.parse import urlunsplit
 
 from ..errors import InvalidURLError
 from .body import header
+from .http_dates import parse_http_date as _http_date
 from .urls import URL_CACHE_SIZE, split_url
 
 #: Response header fields kept in the index (lowercase). Everything else is dropped.
@@ -284,15 +284,6 @@ def _seconds(directives: Mapping[str, str | None], name: str) -> float | None:
         return None
     raw = (directives[name] or "").strip()
     return float(min(int(raw), _DELTA_SECONDS_CAP)) if _DIGITS.fullmatch(raw) else 0.0
-
-
-def _http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 def _date_value(entry: CacheEntry) -> float:

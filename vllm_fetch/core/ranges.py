@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .resume import header_value, is_strong_etag, parse_content_range
+from .body import header
+from .resume import is_strong_etag, parse_content_range
 
 MIB = 1024 * 1024
 #: Below this size one connection is as fast as several (no split).
@@ -19,7 +20,7 @@ def supports_ranges(status: int, headers: Mapping[str, str]) -> bool:
     """True when the origin serves byte ranges: ``Accept-Ranges: bytes`` or a 206 answer."""
     if status == 206:
         return True
-    value = header_value(headers, "Accept-Ranges") or ""
+    value = header(headers, "Accept-Ranges") or ""
     return "bytes" in (unit.strip().lower() for unit in value.split(","))
 
 
@@ -127,9 +128,9 @@ def part_response_ok(
     """
     if status != 206:
         return False
-    if parse_content_range(header_value(headers, "Content-Range")) != (*part, total):
+    if parse_content_range(header(headers, "Content-Range")) != (*part, total):
         return False
-    got = header_value(headers, "ETag")
+    got = header(headers, "ETag")
     return not (is_strong_etag(etag) and got is not None and got != etag)
 
 

@@ -11,29 +11,16 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
-from .body import is_encoded
+from .body import announced_length, header, is_encoded
+from .http_dates import parse_http_date
 
 # RFC 9110 §8.8.3: entity-tag = [ W/ ] DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text.
 _STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')
 # RFC 9110 §14.4: Content-Range = range-unit SP ( range-resp / unsatisfied-range ).
 _CONTENT_RANGE = re.compile(r"bytes[ \t]+([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE)
 _UNSATISFIED = re.compile(r"bytes[ \t]+\*/([0-9]+)", re.IGNORECASE)
-_DIGITS = re.compile(r"[0-9]+")
-
-
-def header_value(headers: Mapping[str, str], name: str) -> str | None:
-    """``headers[name]``, case-insensitively, for plain dicts as well as CI mappings."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, val in headers.items():
-        if key.lower() == lowered:
-            return val
-    return None
 
 
 def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
@@ -132,20 +119,12 @@ def _strong_equal(a: str | None, b: str | None) -> bool:
 
 
 def _valid_http_date(value: str | None) -> bool:
-    if not value:
-        return False
-    try:
-        parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return False
-    return True
+    return parse_http_date(value) is not None
 
 
 def _same_date(a: str, b: str) -> bool:
-    try:
-        return parsedate_to_datetime(a) == parsedate_to_datetime(b)
-    except (TypeError, ValueError, IndexError):
-        return a == b
+    when_a, when_b = parse_http_date(a), parse_http_date(b)
+    return a == b if when_a is None or when_b is None else when_a == when_b
 
 
 def _matches(validator: str, etag: str | None, last_modified: str | None) -> bool:
@@ -174,11 +153,8 @@ def validator_for(state: PartialState) -> str | None:
 def _acts_as_strong(last_modified: str | None, date: str | None) -> bool:
     """RFC 9110 §8.8.2.2: a Last-Modified is strong when the response's Date is at least one
     second later (a change within that second could otherwise go unseen)."""
-    try:
-        return (parsedate_to_datetime(date or "") - parsedate_to_datetime(last_modified or "")
-                ).total_seconds() >= 1
-    except (TypeError, ValueError, IndexError):
-        return False
+    modified, now = parse_http_date(last_modified), parse_http_date(date)
+    return modified is not None and now is not None and now - modified >= 1
 
 
 def strong_validators(
@@ -186,10 +162,10 @@ def strong_validators(
 ) -> tuple[str | None, str | None]:
     """The validators that can prove two answers are of one version: the ETag when strong, the
     Last-Modified when it acts as strong; ``etag``/``last_modified`` replace the headers'."""
-    etag = header_value(headers, "ETag") if etag is None else etag
+    etag = header(headers, "ETag") if etag is None else etag
     if last_modified is None:
-        last_modified = header_value(headers, "Last-Modified")
-    strong_date = _acts_as_strong(last_modified, header_value(headers, "Date"))
+        last_modified = header(headers, "Last-Modified")
+    strong_date = _acts_as_strong(last_modified, header(headers, "Date"))
     return (etag if is_strong_etag(etag) else None, last_modified if strong_date else None)
 
 
@@ -197,8 +173,8 @@ def same_validator(state: PartialState, headers: Mapping[str, str]) -> bool:
     """Whether an answer carries the partial's own validator (a part of a split download must:
     a missing or different one may be another version)."""
     if is_strong_etag(state.etag):
-        return _strong_equal(header_value(headers, "ETag"), state.etag)
-    last_modified = header_value(headers, "Last-Modified")
+        return _strong_equal(header(headers, "ETag"), state.etag)
+    last_modified = header(headers, "Last-Modified")
     return (_valid_http_date(state.last_modified) and last_modified is not None
             and _same_date(last_modified, state.last_modified or ""))
 
@@ -234,13 +210,6 @@ def parse_unsatisfied_range(value: str | None) -> int | None:
     return int(match[1]) if match else None
 
 
-def _content_length(headers: Mapping[str, str]) -> int | None:
-    value = header_value(headers, "Content-Length")
-    if value is None or not _DIGITS.fullmatch(value.strip()):
-        return None
-    return int(value.strip())
-
-
 class ResumeAction(enum.Enum):
     """What the driver does with the body of a (resume) response."""
 
@@ -274,7 +243,7 @@ def _discard(reason: str) -> ResumeDecision:
 def _on_partial(
     state: PartialState, requested_offset: int, headers: Mapping[str, str]
 ) -> ResumeDecision:
-    parsed = parse_content_range(header_value(headers, "Content-Range"))
+    parsed = parse_content_range(header(headers, "Content-Range"))
     if parsed is None:
         return _discard("206 without a valid single Content-Range")
     start, end, total = parsed
@@ -282,14 +251,14 @@ def _on_partial(
         return _discard(f"206 starts at {start}, asked for {requested_offset}")
     if total is not None and state.total is not None and total != state.total:
         return _discard(f"206 total {total} differs from the partial's {state.total}")
-    length = _content_length(headers)
+    length = announced_length(headers)
     if length is not None and length != end - start + 1:
         return _discard(f"206 Content-Length {length} disagrees with Content-Range")
     validator = validator_for(state) if requested_offset else None
     if requested_offset and validator is None:
         return _discard("206 for a partial without a safe validator")
-    etag = header_value(headers, "ETag")
-    last_modified = header_value(headers, "Last-Modified")
+    etag = header(headers, "ETag")
+    last_modified = header(headers, "Last-Modified")
     if validator is not None and not _matches(validator, etag, last_modified):
         return _discard("206 carries a different validator than the one sent in If-Range")
     return ResumeDecision(
@@ -305,12 +274,12 @@ def _on_partial(
 def _on_unsatisfiable(
     state: PartialState, requested_offset: int, headers: Mapping[str, str]
 ) -> ResumeDecision:
-    total = parse_unsatisfied_range(header_value(headers, "Content-Range"))
+    total = parse_unsatisfied_range(header(headers, "Content-Range"))
     if total is None or total != requested_offset:
         return _discard(f"416 with complete length {total}, local part is {requested_offset}")
     if state.total is not None and state.total != total:
         return _discard(f"416 complete length {total} differs from the partial's {state.total}")
-    etag = header_value(headers, "ETag")
+    etag = header(headers, "ETag")
     if etag is not None and is_strong_etag(state.etag) and not _strong_equal(etag, state.etag):
         return _discard("416 carries a different ETag than the partial's")
     return ResumeDecision(
@@ -346,9 +315,9 @@ def on_response(
         return ResumeDecision(
             ResumeAction.RESTART,
             0,
-            _content_length(headers),
-            header_value(headers, "ETag"),
-            header_value(headers, "Last-Modified"),
+            announced_length(headers),
+            header(headers, "ETag"),
+            header(headers, "Last-Modified"),
             "200: full body, start from zero",
         )
     if status == 416:
@@ -367,7 +336,6 @@ __all__ = [
     "PartialState",
     "ResumeAction",
     "ResumeDecision",
-    "header_value",
     "is_strong_etag",
     "on_response",
     "parse_content_range",

@@ -11,8 +11,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import timezone
-from email.utils import parsedate_to_datetime
 
 from ..errors import (
     ChecksumMismatchError,
@@ -22,6 +20,7 @@ from ..errors import (
     TruncatedBodyError,
 )
 from .body import header
+from .http_dates import parse_http_date
 
 #: Statuses that mean "try again later" (RFC 9110 §15.5.9 408, RFC 8470 425, RFC 6585 429, 5xx).
 DEFAULT_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -113,13 +112,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if _DELAY_SECONDS.fullmatch(value):
         return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-        if when.tzinfo is None:  # asctime form or "-0000": HTTP-dates are always UTC
-            when = when.replace(tzinfo=timezone.utc)
-        return max(0.0, when.timestamp() - now)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    when = parse_http_date(value)
+    return None if when is None else max(0.0, when - now)
 
 
 def describe(error: BaseException) -> str:
