@@ -10,6 +10,17 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
+def env_str(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A variable's value, stripped; None when it is unset or blank."""
+    value = (environ if environ is not None else os.environ).get(name)
+    return value.strip() or None if value is not None else None
+
+
+def ca_bundle() -> str | None:
+    """``$REQUESTS_CA_BUNDLE``, else ``$CURL_CA_BUNDLE``, as requests itself reads them."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
 def env_flag(name: str, default: bool = False, environ: Mapping[str, str] | None = None) -> bool:
     """A boolean variable: 1/true/yes/on or 0/false/no/off; anything else is an error."""
     value = (environ if environ is not None else os.environ).get(name)

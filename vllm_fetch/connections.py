@@ -22,7 +22,7 @@ from .cache.fetch_cache import FetchCache
 from .cache.flows import Probed, offline_error
 from .cache.runner import AsyncIO, CachedCalls, SyncIO
 from .cache.settings import CacheArg, CacheSetting
-from .config import env_flag, env_float
+from .config import env_flag, env_float, env_str
 from .core.address_policy import Resolver, URLPolicy
 from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
@@ -65,7 +65,7 @@ def proxies_allowed(policy: URLPolicy, trust_env: bool | None) -> bool:
     """
     if trust_env is not None:
         return trust_env
-    if os.environ.get("VLLM_FETCH_TRUST_ENV", "").strip():
+    if env_str("VLLM_FETCH_TRUST_ENV"):
         return env_flag("VLLM_FETCH_TRUST_ENV", True)
     return not policy.restricts
 

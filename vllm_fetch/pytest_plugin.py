@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from .config import env_str
+
 MODES = ("live", "record", "replay")
 DEFAULT_CACHE_DIR = "tests/vllm_fetch_cache"
 
@@ -39,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _mode(config: pytest.Config) -> str:
-    mode = config.getoption("--vllm-fetch-mode") or os.environ.get("VLLM_FETCH_TEST_MODE")
+    mode = config.getoption("--vllm-fetch-mode") or env_str("VLLM_FETCH_TEST_MODE")
     mode = (mode or "live").strip().lower()
     if mode not in MODES:
         raise pytest.UsageError(f"VLLM_FETCH_TEST_MODE={mode!r}: use one of {', '.join(MODES)}")

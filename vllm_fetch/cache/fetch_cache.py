@@ -20,7 +20,7 @@ from pathlib import Path
 
 import platformdirs
 
-from ..config import env_size, parse_size
+from ..config import env_size, env_str, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
 from .blobs import BlobStore, is_sha256
 from .housekeeping import PruneReport, VerifyReport, prune, verify
@@ -36,7 +36,7 @@ EVICT_TO = 0.9
 
 def default_cache_dir() -> Path:
     """``$VLLM_FETCH_CACHE_DIR``, else the platform's user cache dir + ``vllm_fetch``."""
-    env = os.environ.get("VLLM_FETCH_CACHE_DIR", "").strip()
+    env = env_str("VLLM_FETCH_CACHE_DIR")
     return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("vllm_fetch"))
 
 

@@ -7,11 +7,11 @@ tenacity runs the loop (``vllm_fetch.retry_loop``); nothing here sleeps or touch
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from ..config import env_str
 from ..errors import (
     ChecksumMismatchError,
     FetchConnectionError,
@@ -72,8 +72,8 @@ class RetryPolicy:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
         """The default policy, with ``VLLM_FETCH_MAX_RETRIES`` (retries after the first try)."""
-        raw = (environ if environ is not None else os.environ).get("VLLM_FETCH_MAX_RETRIES")
-        if raw is None or not raw.strip():
+        raw = env_str("VLLM_FETCH_MAX_RETRIES", environ)
+        if raw is None:
             return cls()
         try:
             retries = int(raw)

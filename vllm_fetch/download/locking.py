@@ -26,7 +26,7 @@ from pathlib import Path
 import platformdirs
 from filelock import AsyncFileLock, FileLock, Timeout
 
-from ..config import env_flag
+from ..config import env_flag, env_str
 from ..core.deadline import Deadline
 from ..core.results import DownloadResult
 from ..core.urls import redact_url
@@ -44,7 +44,7 @@ def locks_enabled() -> bool:
 
 
 def lock_dir() -> Path:
-    configured = os.environ.get("VLLM_FETCH_LOCK_DIR")
+    configured = env_str("VLLM_FETCH_LOCK_DIR")
     return Path(configured) if configured else Path(
         platformdirs.user_cache_dir("vllm_fetch")) / "locks"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.cookiejar
-import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import requests
 import urllib3.exceptions as u3
 from requests.structures import CaseInsensitiveDict
 
+from ..config import ca_bundle
 from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.request import FetchRequest, TransportOptions
@@ -90,7 +90,7 @@ def map_error(exc: BaseException, url: str) -> FetchError:
 
 def ca_bundle_from_env() -> str | bool:
     """``$REQUESTS_CA_BUNDLE`` / ``$CURL_CA_BUNDLE`` as requests reads them, else True."""
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return ca_bundle() or True
 
 
 class RequestsDriver:

@@ -7,7 +7,6 @@ request when ``trust_env`` is on; the driver asks :func:`send_settings` instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.utils import NETRC_FILES, get_environ_proxies, get_netrc_auth
 
+from ..config import ca_bundle
 from .environment import EnvironmentMemo, home_netrc
 
 
@@ -44,7 +44,7 @@ def environment_route(url: str) -> Route:
     key = (parts.hostname, parts.port)
     route: Route | None = known.get(key)
     if route is None:
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        bundle = ca_bundle()
         route = known[key] = Route(get_environ_proxies(url), bundle, get_netrc_auth(url))
     return route
 
