@@ -368,7 +368,8 @@ class Machine:
             yield from self._truncate()
         hasher = yield from self._hasher_at(decision.offset)
         meter = self._meter(headers, decision.offset, hasher)
-        etag, last_modified = strong_validators(headers, decision.etag, decision.last_modified)
+        etag, last_modified = strong_validators(decision.etag, decision.last_modified,
+                                                header(headers, "Date"))
         yield self._save(PartialState(decision.offset, etag, last_modified, decision.total,
                                       self.req.url))
         yield StartProgress(decision.total, decision.offset)
@@ -412,7 +413,9 @@ class Machine:
         parsed = parse_content_range(header(headers, "Content-Range"))
         if status != 206 or parsed is None or parsed[0] != 0 or parsed[2] is None:
             return None
-        etag, last_modified = strong_validators(headers)
+        etag, last_modified = strong_validators(header(headers, "ETag"),
+                                                header(headers, "Last-Modified"),
+                                                header(headers, "Date"))
         if is_encoded(headers) or (etag is None and last_modified is None):
             return None  # coded ranges cannot place decoded bytes; no validator, no proof
         total = parsed[2]

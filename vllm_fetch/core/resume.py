@@ -158,14 +158,11 @@ def _acts_as_strong(last_modified: str | None, date: str | None) -> bool:
 
 
 def strong_validators(
-    headers: Mapping[str, str], etag: str | None = None, last_modified: str | None = None
+    etag: str | None, last_modified: str | None, date: str | None
 ) -> tuple[str | None, str | None]:
-    """The validators that can prove two answers are of one version: the ETag when strong, the
-    Last-Modified when it acts as strong; ``etag``/``last_modified`` replace the headers'."""
-    etag = header(headers, "ETag") if etag is None else etag
-    if last_modified is None:
-        last_modified = header(headers, "Last-Modified")
-    strong_date = _acts_as_strong(last_modified, header(headers, "Date"))
+    """Of an answer's validators, those that can prove two answers are of one version: the
+    ETag when strong, the Last-Modified when it acts as strong (given the answer's Date)."""
+    strong_date = _acts_as_strong(last_modified, date)
     return (etag if is_strong_etag(etag) else None, last_modified if strong_date else None)
 
 
