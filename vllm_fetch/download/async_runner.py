@@ -8,7 +8,7 @@ batches gathered into one reused buffer), every other file effect runs in a work
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,7 +39,12 @@ T = TypeVar("T")
 async def _off_loop(func: Callable[..., T], *args: Any) -> T:
     """Run file work in a thread and wait for it even if cancelled: a write still in flight
     must never outlive the file descriptor it uses."""
-    future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    return await _finished(asyncio.to_thread(func, *args))
+
+
+async def _finished(work: Awaitable[T]) -> T:
+    """Await ``work``; when cancelled, wait for it to end before the cancellation goes on."""
+    future = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -121,20 +126,17 @@ class _Runner:
         buffer = bytearray(WRITE_BATCH if sink.kind is dm.Kind.STREAM else PART_WRITE_BATCH)
         view = memoryview(buffer)
         batched = 0
-        try:
-            handle = await aiofiles.open(partial.path, "r+b", buffering=0,
-                                         opener=partial.opener)
-        except OSError as exc:
-            raise disk_error(exc, partial.path) from exc
+        flushing = False  # a flush cut by an error is not repeated (its bytes may be written)
 
         async def flush() -> None:
-            nonlocal batched
-            done = 0
+            nonlocal batched, flushing
+            flushing, done = True, 0
             try:
                 while done < batched:
-                    done += await handle.write(view[done:batched])
+                    done += await _finished(handle.write(view[done:batched]))
             except OSError as exc:
                 raise disk_error(exc, partial.path) from exc
+            flushing = False
             size, batched = batched, 0
             save = machine.wrote(sink, size)
             self.progress.add(size)
@@ -144,6 +146,11 @@ class _Runner:
                 await _off_loop(machine.hash_ahead, partial.read_into)
 
         async with response:
+            try:
+                handle = await aiofiles.open(partial.path, "r+b", buffering=0,
+                                             opener=partial.opener)
+            except OSError as exc:
+                raise disk_error(exc, partial.path) from exc
             try:
                 await handle.seek(sink.position)
                 async for chunk in self.driver.iter_body(response, sink.meter, req):
@@ -159,7 +166,7 @@ class _Runner:
                         break
                 await flush()
             except BaseException as exc:
-                if not isinstance(exc, DiskError):
+                if not isinstance(exc, DiskError) and not flushing:
                     await flush()  # the bytes that did arrive are good (cancelled too): keep them
                 raise
             finally:
