@@ -266,10 +266,14 @@ def _get(data: Mapping[str, Any], key: str, kind: type[_T], default: _T | None =
 
 
 def _lines(value: list[Any]) -> Fields:
-    if not all(isinstance(line, list) and len(line) == 2 and isinstance(line[0], str)
-               and isinstance(line[1], str) for line in value):
-        raise ValueError("cache entry header line is not a [name, value] pair")
-    return tuple((name, text) for name, text in value)
+    try:  # every hit reads this: one pass, no per-item isinstance over generics
+        lines = tuple([(name, text) for name, text in value])
+    except (TypeError, ValueError):
+        raise ValueError("cache entry header line is not a [name, value] pair") from None
+    for name, text in lines:
+        if type(name) is not str or type(text) is not str:
+            raise ValueError("cache entry header line holds a non-string")
+    return lines
 
 
 def _str_dict(value: dict[Any, Any]) -> dict[str, str]:
@@ -570,12 +574,10 @@ def _while_revalidate(
     return age - lifetime <= window
 
 
-def _with_range(decision: LookupDecision, request_headers: Mapping[str, str]) -> LookupDecision:
+def _with_range(decision: LookupDecision, range_value: str, if_range: str | None
+                ) -> LookupDecision:
     """A decision for a request with ``Range``: a HIT answers it from the stored full body (or
     whole, when ``If-Range`` fails, RFC 9110 §13.1.5); anything else goes to the origin."""
-    range_value = header(request_headers, "Range")
-    if range_value is None:
-        return decision
     entry = decision.entry
     if decision.action not in (LookupAction.HIT, LookupAction.OFFLINE_HIT) or entry is None:
         if decision.action is LookupAction.OFFLINE_MISS:
@@ -585,7 +587,7 @@ def _with_range(decision: LookupDecision, request_headers: Mapping[str, str]) ->
         return LookupDecision(LookupAction.BYPASS, reason="Range of a stored non-200")
     if decision.background:
         return LookupDecision(LookupAction.BYPASS, reason="Range of a stale response")
-    if not if_range_holds(header(request_headers, "If-Range"), entry.headers):
+    if not if_range_holds(if_range, entry.headers):
         return decision  # the whole stored response
     byte_range = parse_range(range_value, entry.size)
     if byte_range is None:
@@ -607,16 +609,26 @@ def on_lookup(
     must-revalidate: offline is the caller's explicit choice (record once, replay). A request
     ``only-if-cached`` (§5.2.1.7) is answered from the cache or not at all (OFFLINE_MISS).
     """
-    decision = _lookup(entry, request_headers, now, offline, caller_private_ok)
-    return _with_range(decision, request_headers)
+    cc_value = range_value = if_range = None
+    for name, value in request_headers.items():  # one pass over the request's few fields
+        lower = name.lower()
+        if lower == "cache-control":
+            cc_value = value
+        elif lower == "range":
+            range_value = value
+        elif lower == "if-range":
+            if_range = value
+    request_cc = parse_cache_control(cc_value) if cc_value else _NO_DIRECTIVES
+    decision = _lookup(entry, request_headers, request_cc, now, offline, caller_private_ok)
+    if range_value is None:
+        return decision
+    return _with_range(decision, range_value, if_range)
 
 
 def _lookup(
-    entry: CacheEntry | None, request_headers: Mapping[str, str], now: float, offline: bool,
-    caller_private_ok: bool,
+    entry: CacheEntry | None, request_headers: Mapping[str, str],
+    request_cc: Mapping[str, str | None], now: float, offline: bool, caller_private_ok: bool,
 ) -> LookupDecision:
-    cc_value = header(request_headers, "Cache-Control")
-    request_cc = parse_cache_control(cc_value) if cc_value else _NO_DIRECTIVES
     only_cached = offline or "only-if-cached" in request_cc
     reason = (
         "nothing stored"

@@ -6,13 +6,13 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .body import CASE_INSENSITIVE_TYPES
 
-Headers = CIMultiDictProxy[str]
+Headers: TypeAlias = "CIMultiDictProxy[str]"
 CASE_INSENSITIVE_TYPES.update((CIMultiDict, CIMultiDictProxy))
 
 
