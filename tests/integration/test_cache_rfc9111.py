@@ -436,3 +436,26 @@ def test_stale_if_error_serves_the_stored_copy_within_its_bound(
     with pytest.raises(HTTPStatusError):  # RFC 5861 §4: the request's own bound
         fetch(mode, conn, url, extra_headers={"Cache-Control": "stale-if-error=1"})
     assert origin.count("/sie") == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stored_redirect_or_error_is_never_a_downloaded_file(
+        mode: str, origin: Origin, cache: FetchCache, tmp_path: Path) -> None:
+    async def moved(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=308, headers={"Location": "/file",
+                                                 "Cache-Control": "max-age=600"})
+
+    origin.route("/moved", moved)
+    serve(origin, "/file", BODY, [("Cache-Control", "max-age=600")])
+    missing = serve(origin, "/missing", b"", [("Cache-Control", "max-age=600")], status=404)
+    conn = connect(cache)
+    fetch(mode, conn, origin.url("/moved"))  # stores the 308 under /moved, the body under /file
+    with pytest.raises(HTTPStatusError):
+        fetch(mode, conn, missing)
+    cache.flush()
+    target = tmp_path / "out.bin"
+    call(mode, conn, "download_file", origin.url("/moved"), target)
+    assert sha256(target.read_bytes()) == sha256(BODY)
+    with pytest.raises(HTTPStatusError):
+        call(mode, conn, "download_file", missing, tmp_path / "missing.bin")
+    assert not (tmp_path / "missing.bin").exists()

@@ -336,8 +336,9 @@ def _may_serve_stale(cache: FetchCache, start: Start, req: FetchRequest, exc: Fe
 
 
 def _fits(entry: CacheEntry | None, req: FetchRequest) -> bool:
-    """Whether a stored body satisfies the caller's expected_sha256 / expected_size."""
-    if entry is None:
+    """Whether a stored body satisfies the caller's expected_sha256 / expected_size. Only a
+    2xx body is a file: a stored redirect or error status (the body flow's) never is."""
+    if entry is None or not 200 <= entry.status < 300:
         return False
     sha_ok = req.expected_sha256 is None or req.expected_sha256.lower() == entry.sha256
     return sha_ok and (req.expected_size is None or req.expected_size == entry.size)
