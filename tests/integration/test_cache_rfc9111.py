@@ -23,6 +23,7 @@ from vllm_fetch import (
     HTTPStatusError,
     OfflineError,
     RetryPolicy,
+    SizeLimitExceededError,
 )
 
 MODES = ["sync", "async"]
@@ -459,3 +460,16 @@ def test_a_stored_redirect_or_error_is_never_a_downloaded_file(
     with pytest.raises(HTTPStatusError):
         call(mode, conn, "download_file", missing, tmp_path / "missing.bin")
     assert not (tmp_path / "missing.bin").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_bytes_applies_to_the_range_served(mode: str, origin: Origin,
+                                               cache: FetchCache) -> None:
+    url = serve_ranges(origin, "/big")
+    conn = connect(cache)
+    fetch(mode, conn, url)
+    part = fetch(mode, conn, url, extra_headers={"Range": "bytes=0-7"}, max_bytes=8)
+    assert part.content == BODY[:8]
+    with pytest.raises(SizeLimitExceededError):
+        fetch(mode, conn, url, extra_headers={"Range": "bytes=0-8"}, max_bytes=8)
+    assert origin.count("/big") == 1

@@ -138,16 +138,20 @@ def serve_body(cache: FetchCache, start: Start, req: FetchRequest) -> Body | Non
     entry = decision.entry
     if decision.action not in HITS or entry is None:
         return None
-    _check_cap(entry, req)
+    byte_range = decision.byte_range
+    _check_size(entry.size if byte_range is None else byte_range.length, req)
     data = cache.read(start.key, entry, start.now)
     if data is None and decision.action is LookupAction.OFFLINE_HIT:
         raise offline_error(req.url, "cached, but its stored body is missing")
     if data is not None and decision.stale:
-        why = "offline" if decision.action is LookupAction.OFFLINE_HIT else decision.reason
-        logger.warning("%s: serving a stale cached copy of %s", why, redact_url(req.url))
+        if decision.action is LookupAction.OFFLINE_HIT:
+            logger.warning("offline: serving a stale cached copy of %s", redact_url(req.url))
+        else:  # stale-while-revalidate: the response allows it; the refresh is under way
+            logger.info("%s: serving a stale cached copy of %s", decision.reason,
+                        redact_url(req.url))
     if data is None:
         return None
-    return _served(data, entry, req, decision.age, decision.byte_range)
+    return _served(data, entry, req, decision.age, byte_range)
 
 
 def _served(data: bytes, entry: CacheEntry, req: FetchRequest, age: float,
