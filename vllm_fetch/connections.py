@@ -541,7 +541,7 @@ class HTTPConnection:
         if plan.cache is None:
             return self._sync.download(plan.req, plan.target, plan.options)
         io = SyncIO(self._fetch, self._probe,
-                    lambda r, t: self._sync.download(r, t, plan.options))
+                    lambda r, t: self._sync.download(r, t, plan.options), self._sync_io.hops)
         return self._cached.download(plan.cache, plan.req, plan.target, io, offline=plan.offline)
 
     async def async_download_file(
@@ -594,7 +594,7 @@ class HTTPConnection:
         async def engine(r: FetchRequest, t: Path) -> DownloadResult:
             return await self._async.download(r, t, plan.options)
 
-        io = AsyncIO(self._afetch, self._aprobe, engine)
+        io = AsyncIO(self._afetch, self._aprobe, engine, self._async_io.hops)
         return await self._cached.adownload(plan.cache, plan.req, plan.target, io,
                                             offline=plan.offline)
 

@@ -455,8 +455,11 @@ def test_a_stored_redirect_or_error_is_never_a_downloaded_file(
         fetch(mode, conn, missing)
     cache.flush()
     target = tmp_path / "out.bin"
-    call(mode, conn, "download_file", origin.url("/moved"), target)
+    result = call(mode, conn, "fetch_file", origin.url("/moved"), target)
     assert sha256(target.read_bytes()) == sha256(BODY)
+    # the fresh stored 308 led to /file's stored body: zero requests
+    assert (result.from_cache, result.url) == (True, origin.url("/file"))
+    assert (origin.count("/moved"), origin.count("/file")) == (1, 1)
     with pytest.raises(HTTPStatusError):
         call(mode, conn, "download_file", missing, tmp_path / "missing.bin")
     assert not (tmp_path / "missing.bin").exists()

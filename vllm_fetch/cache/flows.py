@@ -353,8 +353,28 @@ def _published(target: Path, entry: CacheEntry, url: str) -> DownloadResult:
                           from_cache=True)
 
 
-def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool) -> Flow:
-    """download_file through the cache: a hit is copied to the target, zero requests."""
+def _through_stored_redirects(
+    cache: FetchCache, req: FetchRequest, start: Start, *, offline: bool, hops: Hops
+) -> tuple[FetchRequest, Start]:
+    """A usable stored redirect (the body flow's, fresh or offline) leads to the stored
+    response of its target: the request for the URL the redirects end at, and its lookup."""
+    for hops_done in range(hops.max_redirects + 1):
+        entry = start.decision.entry
+        if start.decision.action not in HITS or entry is None or not entry.is_redirect:
+            break
+        hop = next_hop(req.url, entry.status, entry.headers, req.headers, hops_done=hops_done,
+                       follow=True, max_redirects=hops.max_redirects, policy=hops.policy)
+        if hop is None:
+            break
+        req = replace(req, url=hop.url, headers=hop.headers)
+        start = begin(cache, req, offline=offline)
+    return req, start
+
+
+def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
+                  hops: Hops | None = None) -> Flow:
+    """download_file through the cache: a hit is copied to the target, zero requests. With
+    ``hops``, a usable stored redirect is followed to its target's stored response."""
     wanted = req.expected_sha256.lower() if req.expected_sha256 else None
     # same bytes from any URL: only in the shared namespace (a restricting policy never gets
     # bytes that a connection allowed more fetched, not even by naming their sha256)
@@ -367,6 +387,8 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
         # same bytes, any URL
         return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
     start = begin(cache, req, offline=offline)
+    if hops is not None:
+        req, start = _through_stored_redirects(cache, req, start, offline=offline, hops=hops)
     entry = start.decision.entry
     if _fits(entry, req) and entry is not None:
         if start.decision.action in HITS and (yield from _copy(cache, start, entry, target, req)):

@@ -227,11 +227,13 @@ class CachedCalls:
     ) -> DownloadResult:
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("file", req), share=False,
-            work=lambda: run_sync(download_flow(cache, req, target, offline=offline), io))
+            work=lambda: run_sync(download_flow(cache, req, target, offline=offline,
+                                                 hops=io.hops), io))
 
     async def adownload(
         self, cache: FetchCache, req: FetchRequest, target: Path, io: AsyncIO, *, offline: bool
     ) -> DownloadResult:
         return await self._aflights.run(
             _flight_key("file", req), share=False,
-            work=lambda: run_async(download_flow(cache, req, target, offline=offline), io))
+            work=lambda: run_async(download_flow(cache, req, target, offline=offline,
+                                                   hops=io.hops), io))
