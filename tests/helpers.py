@@ -13,6 +13,8 @@ ASYNC_NAMES = {
     "get_text": "async_get_text",
     "get_json": "async_get_json",
     "download_file": "async_download_file",
+    "fetch_bytes": "async_fetch_bytes",
+    "fetch_file": "async_fetch_file",
 }
 
 

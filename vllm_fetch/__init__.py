@@ -9,7 +9,7 @@ from ._version import __version__
 from .cache.fetch_cache import FetchCache
 from .connections import HTTPConnection, global_http_connection
 from .core.address_policy import URLPolicy
-from .core.results import DownloadResult
+from .core.results import DownloadResult, FetchResult
 from .core.retry import RetryPolicy
 from .errors import (
     BlockedURLError,
@@ -37,6 +37,7 @@ __all__ = [
     "FetchCache",
     "FetchConnectionError",
     "FetchError",
+    "FetchResult",
     "FetchTimeoutError",
     "HTTPConnection",
     "HTTPStatusError",

@@ -19,7 +19,7 @@ import requests
 
 from ._version import DEFAULT_USER_AGENT
 from .cache.fetch_cache import FetchCache
-from .cache.flows import Probed, offline_error
+from .cache.flows import Hops, Probed, offline_error
 from .cache.runner import AsyncIO, CachedCalls, SyncIO
 from .cache.settings import CacheArg, CacheSetting
 from .config import env_flag, env_float, env_str
@@ -27,7 +27,7 @@ from .core.address_policy import Resolver, URLPolicy
 from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
-from .core.results import Body, DownloadResult
+from .core.results import Body, DownloadResult, FetchResult
 from .core.retry import RetryPolicy, status_failure
 from .core.urls import redact_url
 from .download import sync_runner
@@ -131,8 +131,9 @@ class HTTPConnection:
         self._cache = CacheSetting(cache)
         self._offline = offline
         self._cached = CachedCalls()
-        self._sync_io = SyncIO(self._fetch, self._probe)  # bodies; downloads add their engine
-        self._async_io = AsyncIO(self._afetch, self._aprobe)
+        hops = Hops(max_redirects, policy)  # cached bodies: redirects cached hop by hop
+        self._sync_io = SyncIO(self._fetch, self._probe, hops=hops)  # downloads add an engine
+        self._async_io = AsyncIO(self._afetch, self._aprobe, hops=hops)
 
     @property
     def _async(self) -> AiohttpDriver:
@@ -348,6 +349,38 @@ class HTTPConnection:
 
         return await async_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
 
+    def fetch_bytes(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        allow_redirects: bool = True,
+        extra_headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+        use_cache: bool = True,
+    ) -> FetchResult:
+        """:meth:`get_bytes` returning a :class:`FetchResult`: the body with its status,
+        headers (every line), final URL, ``from_cache``, ``age`` and ``sha256``. Any non-2xx
+        final status raises ``HTTPStatusError``, as for ``get_bytes``."""
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            allow_redirects=allow_redirects, max_bytes=max_bytes)
+        return self._body(req, use_cache)
+
+    async def async_fetch_bytes(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        allow_redirects: bool = True,
+        extra_headers: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+        use_cache: bool = True,
+    ) -> FetchResult:
+        """Async twin of :meth:`fetch_bytes`."""
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            allow_redirects=allow_redirects, max_bytes=max_bytes)
+        return await self._abody(req, use_cache)
+
     def get_bytes(
         self,
         url: str,
@@ -359,9 +392,9 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> bytes:
         """The body as bytes; any non-2xx status raises ``HTTPStatusError``."""
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            allow_redirects=allow_redirects, max_bytes=max_bytes)
-        return self._body(req, use_cache).content
+        return self.fetch_bytes(url, timeout=timeout, allow_redirects=allow_redirects,
+                                extra_headers=extra_headers, max_bytes=max_bytes,
+                                use_cache=use_cache).content
 
     async def async_get_bytes(
         self,
@@ -374,9 +407,10 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> bytes:
         """The body as bytes; any non-2xx status raises ``HTTPStatusError``."""
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            allow_redirects=allow_redirects, max_bytes=max_bytes)
-        return (await self._abody(req, use_cache)).content
+        result = await self.async_fetch_bytes(
+            url, timeout=timeout, allow_redirects=allow_redirects, extra_headers=extra_headers,
+            max_bytes=max_bytes, use_cache=use_cache)
+        return result.content
 
     def get_text(
         self,
@@ -388,9 +422,8 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> str:
         """The body decoded by its declared charset (UTF-8, then Latin-1, when none)."""
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            max_bytes=max_bytes)
-        body = self._body(req, use_cache)
+        body = self.fetch_bytes(url, timeout=timeout, extra_headers=extra_headers,
+                                max_bytes=max_bytes, use_cache=use_cache)
         return decode_text(body.content, body.headers)
 
     async def async_get_text(
@@ -403,9 +436,8 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> str:
         """The body decoded by its declared charset (UTF-8, then Latin-1, when none)."""
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            max_bytes=max_bytes)
-        body = await self._abody(req, use_cache)
+        body = await self.async_fetch_bytes(url, timeout=timeout, extra_headers=extra_headers,
+                                            max_bytes=max_bytes, use_cache=use_cache)
         return decode_text(body.content, body.headers)
 
     def get_json(
@@ -510,7 +542,8 @@ class HTTPConnection:
         if plan.cache is None:
             return sync_runner.download(self._sync, plan.req, plan.target, plan.options)
         io = SyncIO(self._fetch, self._probe,
-                    lambda r, t: sync_runner.download(self._sync, r, t, plan.options))
+                    lambda r, t: sync_runner.download(self._sync, r, t, plan.options),
+                    self._sync_io.hops)
         return self._cached.download(plan.cache, plan.req, plan.target, io, offline=plan.offline)
 
     async def async_download_file(
@@ -566,7 +599,7 @@ class HTTPConnection:
         async def engine(r: FetchRequest, t: Path) -> DownloadResult:
             return await async_runner.download(self._async, r, t, plan.options)
 
-        io = AsyncIO(self._afetch, self._aprobe, engine)
+        io = AsyncIO(self._afetch, self._aprobe, engine, self._async_io.hops)
         return await self._cached.adownload(plan.cache, plan.req, plan.target, io,
                                             offline=plan.offline)
 

@@ -188,9 +188,9 @@ def test_parse_cache_control(value: str | None, expected: dict[str, str | None])
     [
         (200, {}, {}, (True, False)),
         (200, {}, {"Cache-Control": "max-age=60"}, (True, False)),
-        (203, {}, {"Cache-Control": "max-age=60"}, (False, False)),
+        (203, {}, {"Cache-Control": "max-age=60"}, (True, False)),
         (206, {}, {}, (False, False)),
-        (404, {}, {"Cache-Control": "max-age=60"}, (False, False)),
+        (404, {}, {"Cache-Control": "max-age=60"}, (True, False)),
         (200, {}, {"Cache-Control": "no-store"}, (False, False)),
         (200, {"Cache-Control": "no-store"}, {}, (False, False)),
         (200, {}, {"Vary": "*"}, (False, False)),
@@ -217,9 +217,14 @@ def test_private_not_storable_when_cache_refuses_private() -> None:
     assert is_storable(200, {}, {}, shared_ok_for_private=False) == (True, False)
 
 
-def test_kept_headers_lowercases_and_filters() -> None:
-    headers = {"ETag": ETAG, "Set-Cookie": "s=1", "Content-Type": "image/png", "X-Foo": "1"}
-    assert kept_headers(headers) == {"etag": ETAG, "content-type": "image/png"}
+def test_kept_headers_keeps_every_end_to_end_field_lowercased() -> None:
+    # RFC 9111 §3.1: everything but hop-by-hop fields and those Connection names
+    headers = {"ETag": ETAG, "Set-Cookie": "s=1", "Content-Type": "image/png", "X-Foo": "1",
+               "Connection": "close, X-Hop", "X-Hop": "h", "Keep-Alive": "5",
+               "Transfer-Encoding": "chunked", "Content-Security-Policy": "default-src 'none'"}
+    assert kept_headers(headers) == {"etag": ETAG, "set-cookie": "s=1",
+                                     "content-type": "image/png", "x-foo": "1",
+                                     "content-security-policy": "default-src 'none'"}
 
 
 # --- freshness ----------------------------------------------------------------------------------
@@ -457,8 +462,10 @@ def test_200_stores_template() -> None:
         "etag": ETAG,
         "cache-control": "max-age=60",
         "content-type": "image/png",
+        "set-cookie": "s=1",
         "vary": "Accept-Encoding",
     }
+    assert new.fields == tuple(resp.items())  # served as received, names as sent
     assert new.vary == {"accept-encoding": "identity"}
     assert (new.stored_at, new.response_time, new.request_time) == (NOW, NOW, NOW - 0.5)
     assert not new.private
@@ -522,6 +529,7 @@ def test_304_refreshes_metadata_and_keeps_body() -> None:
         "date": http_date(NOW),
         "content-length": "1234",  # §3.2: never rewritten by a 304
         "content-type": "image/png",
+        "x-other": "dropped",  # §4.3.4: every field of the 304 updates the stored ones
     }
     assert (new.stored_at, new.response_time, new.request_time) == (NOW, NOW, NOW - 0.5)
     assert is_fresh(new, NOW + 500)

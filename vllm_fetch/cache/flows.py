@@ -11,6 +11,7 @@ and gets the result sent back, or the
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -18,17 +19,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..core.address_policy import URLPolicy
 from ..core.body import header, is_encoded
 from ..core.cache_policy import (
+    REDIRECT_STATUSES,
     CacheEntry,
     LookupAction,
     LookupDecision,
     ResponseAction,
     ResponseDecision,
+    age_header,
+    current_age,
     is_complete,
     on_response,
     stale_if_error_allowed,
 )
+from ..core.cache_range import ByteRange, partial_lines
+from ..core.header_fields import joined
+from ..core.redirects import next_hop
 from ..core.request import FetchRequest
 from ..core.responses import check_status
 from ..core.results import Body, DownloadResult
@@ -47,6 +55,8 @@ from .fetch_cache import FetchCache
 logger = logging.getLogger("vllm_fetch.cache")
 
 HITS = (LookupAction.HIT, LookupAction.OFFLINE_HIT)
+#: What an entry without a body (a redirect, an error status) stores: the empty blob.
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -112,22 +122,52 @@ def offline_error(url: str, reason: str = "not in the cache") -> OfflineError:
 # --- bodies -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Hops:
+    """How the body flow follows redirects itself, each hop cached under its own URL (the
+    connection's redirect cap and URL policy, as the drivers apply them)."""
+
+    max_redirects: int
+    policy: URLPolicy
+
+
 def serve_body(cache: FetchCache, start: Start, req: FetchRequest) -> Body | None:
-    """The stored body for a HIT (None otherwise, or when its blob turned out to be gone)."""
-    entry = start.decision.entry
-    if start.decision.action not in HITS or entry is None:
+    """The stored response for a HIT (None otherwise, or when its blob turned out to be gone).
+    A stored error status raises it, as the origin's answer would."""
+    decision = start.decision
+    entry = decision.entry
+    if decision.action not in HITS or entry is None:
         return None
-    _check_cap(entry, req)
+    byte_range = decision.byte_range
+    _check_size(entry.size if byte_range is None else byte_range.length, req)
     data = cache.read(start.key, entry, start.now)
-    if data is None and start.decision.action is LookupAction.OFFLINE_HIT:
+    if data is None and decision.action is LookupAction.OFFLINE_HIT:
         raise offline_error(req.url, "cached, but its stored body is missing")
-    if data is not None and start.decision.stale:
-        logger.warning("offline: serving a stale cached copy of %s", redact_url(req.url))
-    return None if data is None else _body(data, entry, req.url)
+    if data is not None and decision.stale:
+        if decision.action is LookupAction.OFFLINE_HIT:
+            logger.warning("offline: serving a stale cached copy of %s", redact_url(req.url))
+        else:  # stale-while-revalidate: the response allows it; the refresh is under way
+            logger.info("%s: serving a stale cached copy of %s", decision.reason,
+                        redact_url(req.url))
+    if data is None:
+        return None
+    return _served(data, entry, req, decision.age, byte_range)
 
 
-def _body(data: bytes, entry: CacheEntry, url: str) -> Body:
-    return Body(data, 200, dict(entry.headers), url, entry.sha256)
+def _served(data: bytes, entry: CacheEntry, req: FetchRequest, age: float,
+            byte_range: ByteRange | None = None) -> Body:
+    """The stored response as served: its lines, the current ``Age`` (§5.1), and for a Range
+    the 206 cut from the stored body (RFC 9110 §14.4)."""
+    lines, status = entry.served_lines, entry.status
+    sha: str | None = entry.sha256
+    if byte_range is not None:
+        data = data[byte_range.first:byte_range.last + 1]
+        lines, status, sha = partial_lines(lines, byte_range), 206, None
+    lines = (*lines, ("Age", age_header(age)))
+    if not 200 <= status < 300 and not entry.is_redirect:
+        safe = redact_url(req.url)
+        raise HTTPStatusError(status, safe, headers=joined(lines))
+    return Body(data, status, lines, req.url, sha, from_cache=True, age=int(age))
 
 
 def _check_cap(entry: CacheEntry, req: FetchRequest) -> None:
@@ -145,15 +185,44 @@ def _check_size(size: int, req: FetchRequest) -> None:
 def _conditional(req: FetchRequest, decision: LookupDecision) -> FetchRequest:
     """The request to send: conditional when revalidating. A body is not hashed while it
     streams: the cache's writer hashes what it stores, off the caller's thread."""
-    if decision.action is not LookupAction.REVALIDATE:
+    if decision.action is not LookupAction.REVALIDATE and not decision.background:
         return req
     return replace(req, headers={**req.headers, **decision.headers}, accept_not_modified=True)
 
 
+def is_redirect_answer(body: Body) -> bool:
+    """A redirect (followed by the body flow, not the driver): a 3xx with a Location."""
+    return body.status in REDIRECT_STATUSES and "Location" in body.headers
+
+
 def body_flow(
-    cache: FetchCache, req: FetchRequest, *, offline: bool, start: Start | None = None
+    cache: FetchCache, req: FetchRequest, *, offline: bool, start: Start | None = None,
+    hops: Hops | None = None,
 ) -> Flow:
-    """get_bytes/get_text/get_json through the cache. ``start``: a lookup already made."""
+    """get_bytes/get_text/get_json through the cache. ``start``: a lookup already made.
+
+    With ``hops`` the flow follows redirects itself: each hop is looked up, fetched and stored
+    under its own URL by its own headers, so a redirect is answered from the cache only while
+    that redirect response itself is fresh (RFC 9111 §3, §4). Without, the driver follows them.
+    """
+    hop_req = _hop_by_hop(req) if hops is not None else req
+    for hops_done in range(10**6):
+        body: Body = yield from _hop_flow(cache, hop_req, offline=offline, start=start)
+        start = None
+        if hops is None or not is_redirect_answer(body):
+            return body
+        hop = next_hop(hop_req.url, body.status, body.headers, hop_req.headers,
+                       hops_done=hops_done, follow=True, max_redirects=hops.max_redirects,
+                       policy=hops.policy)
+        if hop is None:
+            return body
+        hop_req = replace(hop_req, url=hop.url, headers=hop.headers)
+    raise AssertionError("unreachable: next_hop enforces the redirect cap")
+
+
+def _hop_flow(cache: FetchCache, req: FetchRequest, *, offline: bool,
+              start: Start | None = None) -> Flow:
+    """One URL through the cache: served, revalidated or fetched, and stored."""
     if start is None:
         start = begin(cache, req, offline=offline)
         served = serve_body(cache, start, req)
@@ -161,35 +230,52 @@ def body_flow(
             return served
     if offline:  # an OFFLINE_HIT whose blob vanished (serve_body raised) never gets here
         raise offline_error(req.url)
+    if start.decision.action is LookupAction.BYPASS:  # a Range the cache cannot answer
+        bypass: Body = yield Fetch(replace(req, redirect_answers=False, allow_redirects=True))
+        return bypass
     entry = start.decision.entry
     sent_at = time.time()
     try:
         body: Body = yield Fetch(_conditional(req, start.decision))
     except FetchError as exc:
-        stale = _stale_on_error(cache, start, req, exc)
+        stale = _stale_on_error(cache, start, req, exc, sent_at)
         if stale is None:
             raise
         return stale
     verdict = _verdict(cache, entry, body.status, body.headers, req, sent_at)
     if verdict.action in (ResponseAction.REFRESH, ResponseAction.REFETCH):
         if verdict.action is ResponseAction.REFRESH and verdict.entry is not None:
-            _check_cap(verdict.entry, req)
-            data = cache.read(start.key, verdict.entry, time.time())
+            refreshed = verdict.entry
+            _check_cap(refreshed, req)
+            now = time.time()
+            data = cache.read(start.key, refreshed, now)
             if data is not None:
                 _settle_refresh(cache, start.key, verdict)
-                return _body(data, verdict.entry, req.url)
+                return _served(data, refreshed, req, current_age(refreshed, now))
         cache.invalidate(start.key)
-        return (yield from body_flow(cache, req, offline=offline))  # now an unconditional MISS
+        return (yield from _hop_flow(cache, req, offline=offline))  # now an unconditional MISS
     if verdict.action is ResponseAction.STORE and verdict.entry is not None:
-        length = None if is_encoded(body.headers) else header(body.headers, "Content-Length")
+        # a redirect's body is never read: what is stored is its status and headers
+        length = (None if is_encoded(body.headers) or is_redirect_answer(body)
+                  else header(body.headers, "Content-Length"))
         if is_complete(None, length, len(body.content)):
-            template = verdict.entry
-            backlog = cache.submit_bytes(start.key, template, body.content, body.sha256)
+            backlog = cache.submit_bytes(start.key, verdict.entry, body.content,
+                                         body.known_sha256)
             if backlog is not None:
                 yield Wait(backlog)  # the writer is behind: let it catch up
     elif verdict.invalidate:
         cache.invalidate(start.key)
     return body
+
+
+def revalidation_flow(cache: FetchCache, req: FetchRequest, start: Start) -> Flow:
+    """stale-while-revalidate (RFC 5861 §3): refresh a stale entry that was just served."""
+    return _hop_flow(cache, _hop_by_hop(req), offline=False, start=start)
+
+
+def _hop_by_hop(req: FetchRequest) -> FetchRequest:
+    """The request for one hop: a redirect comes back as the answer, the driver follows none."""
+    return replace(req, redirect_answers=True, allow_redirects=False)
 
 
 def _settle_refresh(cache: FetchCache, key: str, verdict: ResponseDecision) -> None:
@@ -210,18 +296,32 @@ def _verdict(
 
 
 def _stale_on_error(
-    cache: FetchCache, start: Start, req: FetchRequest, exc: FetchError
+    cache: FetchCache, start: Start, req: FetchRequest, exc: FetchError, sent_at: float
 ) -> Body | None:
-    """stale-if-error: the stored copy when the origin is unreachable or answers 5xx."""
+    """stale-if-error: the stored copy when the origin is unreachable or answers 5xx. An error
+    status the cache may store (a 404 with max-age, §3) is stored, then raised."""
     entry = start.decision.entry
-    if entry is None or not _may_serve_stale(cache, start, req, exc):
+    if isinstance(exc, HTTPStatusError):
+        verdict = _verdict(cache, entry, exc.status, exc.headers, req, sent_at)
+        if verdict.action is ResponseAction.STORE and verdict.entry is not None:
+            cache.submit_bytes(start.key, verdict.entry, b"", EMPTY_SHA256)
+            return None
+        if verdict.invalidate:
+            cache.invalidate(start.key)
+        if verdict.action is not ResponseAction.SERVE_STALE:
+            return None
+    elif not (isinstance(exc, (FetchConnectionError, FetchTimeoutError)) and entry is not None
+              and stale_if_error_allowed(entry, time.time(), req.headers)):
+        return None
+    if entry is None:
         return None
     _check_cap(entry, req)
-    data = cache.read(start.key, entry, start.now)
+    now = time.time()
+    data = cache.read(start.key, entry, now)
     if data is None:
         return None
     logger.warning("serving a stale cached copy of %s: %s", redact_url(req.url), exc)
-    return _body(data, entry, req.url)
+    return _served(data, entry, req, current_age(entry, now))
 
 
 def _may_serve_stale(cache: FetchCache, start: Start, req: FetchRequest, exc: FetchError) -> bool:
@@ -240,8 +340,9 @@ def _may_serve_stale(cache: FetchCache, start: Start, req: FetchRequest, exc: Fe
 
 
 def _fits(entry: CacheEntry | None, req: FetchRequest) -> bool:
-    """Whether a stored body satisfies the caller's expected_sha256 / expected_size."""
-    if entry is None:
+    """Whether a stored body satisfies the caller's expected_sha256 / expected_size. Only a
+    2xx body is a file: a stored redirect or error status (the body flow's) never is."""
+    if entry is None or not 200 <= entry.status < 300:
         return False
     sha_ok = req.expected_sha256 is None or req.expected_sha256.lower() == entry.sha256
     return sha_ok and (req.expected_size is None or req.expected_size == entry.size)
@@ -252,8 +353,28 @@ def _published(target: Path, entry: CacheEntry, url: str) -> DownloadResult:
                           from_cache=True)
 
 
-def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool) -> Flow:
-    """download_file through the cache: a hit is copied to the target, zero requests."""
+def _through_stored_redirects(
+    cache: FetchCache, req: FetchRequest, start: Start, *, offline: bool, hops: Hops
+) -> tuple[FetchRequest, Start]:
+    """A usable stored redirect (the body flow's, fresh or offline) leads to the stored
+    response of its target: the request for the URL the redirects end at, and its lookup."""
+    for hops_done in range(hops.max_redirects + 1):
+        entry = start.decision.entry
+        if start.decision.action not in HITS or entry is None or not entry.is_redirect:
+            break
+        hop = next_hop(req.url, entry.status, entry.headers, req.headers, hops_done=hops_done,
+                       follow=True, max_redirects=hops.max_redirects, policy=hops.policy)
+        if hop is None:
+            break
+        req = replace(req, url=hop.url, headers=hop.headers)
+        start = begin(cache, req, offline=offline)
+    return req, start
+
+
+def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
+                  hops: Hops | None = None) -> Flow:
+    """download_file through the cache: a hit is copied to the target, zero requests. With
+    ``hops``, a usable stored redirect is followed to its target's stored response."""
     wanted = req.expected_sha256.lower() if req.expected_sha256 else None
     # same bytes from any URL: only in the shared namespace (a restricting policy never gets
     # bytes that a connection allowed more fetched, not even by naming their sha256)
@@ -266,6 +387,8 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
         # same bytes, any URL
         return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
     start = begin(cache, req, offline=offline)
+    if hops is not None:
+        req, start = _through_stored_redirects(cache, req, start, offline=offline, hops=hops)
     entry = start.decision.entry
     if _fits(entry, req) and entry is not None:
         if start.decision.action in HITS and (yield from _copy(cache, start, entry, target, req)):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +22,20 @@ from .flows import (
     Effect,
     Fetch,
     Flow,
+    Hops,
     Probe,
     Probed,
+    Start,
     Wait,
     begin,
     body_flow,
     download_flow,
+    revalidation_flow,
     serve_body,
 )
 from .single_flight import AsyncSingleFlight, SingleFlight
+
+logger = logging.getLogger("vllm_fetch.cache")
 
 #: Hits up to this size are read on the event loop itself: a thread hop costs more.
 INLINE_READ_MAX = 1 << 20
@@ -41,6 +48,7 @@ class SyncIO:
     fetch: Callable[[FetchRequest], Body]
     probe: Callable[[FetchRequest], Probed]
     download: Callable[[FetchRequest, Path], DownloadResult] | None = None  # the engine
+    hops: Hops | None = None  # bodies: the cache follows redirects itself, hop by hop
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class AsyncIO:
     fetch: Callable[[FetchRequest], Awaitable[Body]]
     probe: Callable[[FetchRequest], Awaitable[Probed]]
     download: Callable[[FetchRequest, Path], Awaitable[DownloadResult]] | None = None
+    hops: Hops | None = None
 
 
 def _perform(effect: Effect, io: SyncIO) -> Any:
@@ -127,41 +136,104 @@ class CachedCalls:
     def __init__(self) -> None:
         self._flights = SingleFlight()
         self._aflights = AsyncSingleFlight()
+        self._revalidating: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lock = threading.Lock()
 
     def body(self, cache: FetchCache, req: FetchRequest, io: SyncIO, *, offline: bool) -> Body:
-        start = begin(cache, req, offline=offline)
-        hit = serve_body(cache, start, req)
-        if hit is not None:
-            return hit
+        start: Start | None = begin(cache, req, offline=offline)
+        assert start is not None
+        entry = start.decision.entry
+        if entry is not None and entry.is_redirect:
+            start = None  # the flow follows it, hop by hop
+        else:
+            hit = serve_body(cache, start, req)
+            if hit is not None:
+                if start.decision.background:
+                    self._revalidate(cache, req, start, io)
+                return hit
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("body", req),
-            lambda: run_sync(body_flow(cache, req, offline=offline, start=start), io))
+            lambda: run_sync(body_flow(cache, req, offline=offline, start=start, hops=io.hops),
+                             io))
 
     async def abody(
         self, cache: FetchCache, req: FetchRequest, io: AsyncIO, *, offline: bool
     ) -> Body:
-        start = begin(cache, req, offline=offline)
+        start: Start | None = begin(cache, req, offline=offline)
+        assert start is not None
         entry = start.decision.entry
-        if entry is not None and entry.size > INLINE_READ_MAX:
-            hit = await asyncio.to_thread(serve_body, cache, start, req)
+        if entry is not None and entry.is_redirect:
+            start = None  # the flow follows it, hop by hop
         else:
-            hit = serve_body(cache, start, req)
-        if hit is not None:
-            return hit
+            if entry is not None and entry.size > INLINE_READ_MAX:
+                hit = await asyncio.to_thread(serve_body, cache, start, req)
+            else:
+                hit = serve_body(cache, start, req)
+            if hit is not None:
+                if start.decision.background:
+                    self._arevalidate(cache, req, start, io)
+                return hit
         return await self._aflights.run(
             _flight_key("body", req),
-            lambda: run_async(body_flow(cache, req, offline=offline, start=start), io))
+            lambda: run_async(body_flow(cache, req, offline=offline, start=start, hops=io.hops),
+                              io))
+
+    # -- stale-while-revalidate: the stale copy was served; refresh it off the caller's path --
+    def _claim(self, key: str) -> bool:
+        with self._lock:
+            if key in self._revalidating:
+                return False
+            self._revalidating.add(key)
+            return True
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            self._revalidating.discard(key)
+
+    def _revalidate(self, cache: FetchCache, req: FetchRequest, start: Start, io: SyncIO) -> None:
+        if not self._claim(start.key):
+            return
+
+        def work() -> None:
+            try:
+                run_sync(revalidation_flow(cache, req, start), io)
+            except FetchError as exc:
+                logger.info("background revalidation failed: %s", exc)
+            finally:
+                self._release(start.key)
+
+        threading.Thread(target=work, name="vllm-fetch-revalidate", daemon=True).start()
+
+    def _arevalidate(self, cache: FetchCache, req: FetchRequest, start: Start,
+                     io: AsyncIO) -> None:
+        if not self._claim(start.key):
+            return
+
+        async def work() -> None:
+            try:
+                await run_async(revalidation_flow(cache, req, start), io)
+            except FetchError as exc:
+                logger.info("background revalidation failed: %s", exc)
+            finally:
+                self._release(start.key)
+
+        task = asyncio.get_running_loop().create_task(work())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def download(
         self, cache: FetchCache, req: FetchRequest, target: Path, io: SyncIO, *, offline: bool
     ) -> DownloadResult:
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("file", req), share=False,
-            work=lambda: run_sync(download_flow(cache, req, target, offline=offline), io))
+            work=lambda: run_sync(download_flow(cache, req, target, offline=offline,
+                                                 hops=io.hops), io))
 
     async def adownload(
         self, cache: FetchCache, req: FetchRequest, target: Path, io: AsyncIO, *, offline: bool
     ) -> DownloadResult:
         return await self._aflights.run(
             _flight_key("file", req), share=False,
-            work=lambda: run_async(download_flow(cache, req, target, offline=offline), io))
+            work=lambda: run_async(download_flow(cache, req, target, offline=offline,
+                                                   hops=io.hops), io))

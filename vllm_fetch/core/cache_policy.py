@@ -1,10 +1,15 @@
 """HTTP cache decisions (RFC 9111), pure: keys, what may be stored, freshness, and verdicts.
 
 Modelled on hishel: the storage layer (diskcache index, blob store) does the I/O and asks this
-module what to do. Only GET responses are cached, and only complete 200 bodies are stored.
+module what to do. Only GET responses are cached: complete bodies of the heuristically
+cacheable statuses (RFC 9110 §15.1: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501),
+and of any other final status with explicit freshness, each under its own URL: a redirect is
+stored as a redirect (its body is never read, an empty one is stored), an error status as an
+empty body (served as the same error). Every end-to-end header line is kept (§3.1).
 
 Flow for one GET: ``on_lookup(stored, ...)`` says HIT / REVALIDATE / MISS (or, offline,
-OFFLINE_HIT / OFFLINE_MISS); after a network answer ``on_response(lookup.entry, ...)`` says
+OFFLINE_HIT / OFFLINE_MISS; BYPASS for a Range it cannot answer); after a network answer
+``on_response(lookup.entry, ...)`` says
 STORE / REFRESH / SERVE_STALE / PASS / REFETCH. Pass ``lookup.entry`` (not the raw stored entry)
 to ``on_response``: it is None when the stored entry must not be shown to this caller.
 
@@ -35,30 +40,29 @@ from urllib.parse import urlunsplit
 
 from ..errors import InvalidURLError
 from .body import header
-from .http_dates import parse_http_date as _http_date
+from .cache_range import ByteRange, if_range_holds, parse_range
+from .header_fields import Fields, combine, field_lines, replace_lines, storable_lines
+from .http_dates import parse_http_date
 from .urls import URL_CACHE_SIZE, split_url
 
-#: Response header fields kept in the index (lowercase). Everything else is dropped.
-KEPT_HEADERS = frozenset(
-    {
-        "age",
-        "cache-control",
-        "content-disposition",
-        "content-encoding",
-        "content-language",
-        "content-length",
-        "content-type",
-        "date",
-        "etag",
-        "expires",
-        "last-modified",
-        "vary",
-    }
+#: RFC 9110 §15.1: statuses a cache may store with heuristic freshness (§4.2.2).
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+#: Kept for callers of the old name: the statuses stored without explicit freshness.
+CACHEABLE_STATUSES = HEURISTIC_STATUSES
+#: Final statuses this cache understands (§3: a response is storable only if its status is
+#: understood); any of them is stored when the response gives explicit freshness. 206 (this
+#: cache keeps whole bodies only) and 304 (an answer about a stored response) never are.
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 307, 308,
+     400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417,
+     421, 422, 426, 428, 429, 431, 451, 500, 501, 502, 503, 504, 505}
 )
-CACHEABLE_STATUSES = frozenset({200})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 STALE_ON_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 #: A 404/410 means the stored representation is gone: drop it rather than replay it later.
 INVALIDATING_STATUSES = frozenset({404, 410})
+# A new answer of these, not storable, replaces (drops) what is stored.
+_SUPERSEDING_STATUSES = frozenset({200, 203, 204}) | INVALIDATING_STATUSES
 HEURISTIC_FRACTION = 0.1  # §4.2.2: 10% of the time since Last-Modified ...
 HEURISTIC_CAP = 86400.0  # ... capped at one day
 
@@ -71,6 +75,7 @@ _AUTHORIZATION_OVERRIDES = ("public", "s-maxage", "must-revalidate")
 _NOT_UPDATED_BY_304 = frozenset({"content-length", "content-encoding"})
 _DELTA_SECONDS_CAP = 2**31  # §1.2.2
 _DIGITS = re.compile(r"[0-9]+")
+_NO_DIRECTIVES: dict[str, str | None] = {}
 _ESCAPE = re.compile(r"\\(.)")
 
 _T = TypeVar("_T")
@@ -145,9 +150,22 @@ def vary_matches(entry: CacheEntry, request_headers: Mapping[str, str]) -> bool:
     )
 
 
+def stored_fields(response_headers: Mapping[str, str]) -> tuple[Fields, dict[str, str]]:
+    """What an entry keeps of a response (§3.1): its end-to-end lines as received (``Age``
+    aside), and the lines combined by lowercase name for the decisions (``Age`` included).
+    ``response_headers`` may be a multidict: every line counts (RFC 9110 §5.3)."""
+    lines = field_lines(response_headers)
+    kept = storable_lines(lines)
+    combined = combine(kept)
+    age = [value for name, value in lines if name.lower() == "age"]
+    if age:
+        combined["age"] = ", ".join(age)
+    return kept, combined
+
+
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The KEPT_HEADERS subset of ``headers``, names lowercased."""
-    return {k.lower(): v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
+    """The stored (combined, lowercase) view of ``headers``: every end-to-end field."""
+    return stored_fields(headers)[1]
 
 
 # --- the stored entry ---------------------------------------------------------------------------
@@ -155,7 +173,10 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class CacheEntry:
-    """What the index stores per key. ``headers`` names are lowercase.
+    """What the index stores per key. ``headers``: the stored fields combined, names
+    lowercase (what decisions read); ``fields``: the same lines as received, in order, names
+    as sent, ``Age`` left out (what is served, with the current ``Age`` added). An entry
+    without ``fields`` (an older index) serves ``headers``.
 
     A STORE template has ``sha256 == ""`` and ``size == -1`` until the caller fills them in with
     ``with_body`` after hashing the complete body; templates are never served.
@@ -171,6 +192,7 @@ class CacheEntry:
     size: int = -1
     vary: dict[str, str] = field(default_factory=dict)
     private: bool = False
+    fields: Fields = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", {k.lower(): v for k, v in self.headers.items()})
@@ -192,6 +214,17 @@ class CacheEntry:
     def has_body(self) -> bool:
         return bool(self.sha256) and self.size >= 0
 
+    @property
+    def served_lines(self) -> Fields:
+        """The header lines to serve (without ``Age``)."""
+        if self.fields:
+            return self.fields
+        return tuple((k, v) for k, v in self.headers.items() if k != "age")
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status in REDIRECT_STATUSES and "location" in self.headers
+
     def with_body(self, sha256: str, size: int) -> CacheEntry:
         return replace(self, sha256=sha256, size=size)
 
@@ -200,6 +233,7 @@ class CacheEntry:
         returns, without its recursive deep copy of every value: ~60 us an entry.)"""
         record = {f.name: getattr(self, f.name) for f in fields(self)}
         record["headers"], record["vary"] = dict(self.headers), dict(self.vary)
+        record["fields"] = self.fields  # tuples of str: written as JSON arrays
         return record
 
     @classmethod
@@ -216,6 +250,7 @@ class CacheEntry:
             size=_get(data, "size", int, -1),
             vary=_str_dict(_get(data, "vary", dict, {})),
             private=_get(data, "private", bool, False),
+            fields=_lines(_get(data, "fields", list, [])),
         )
 
 
@@ -228,6 +263,17 @@ def _get(data: Mapping[str, Any], key: str, kind: type[_T], default: _T | None =
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise ValueError(f"cache entry field {key!r} is not a {kind.__name__}")
     return value
+
+
+def _lines(value: list[Any]) -> Fields:
+    try:  # every hit reads this: one pass, no per-item isinstance over generics
+        lines = tuple([(name, text) for name, text in value])
+    except (TypeError, ValueError):
+        raise ValueError("cache entry header line is not a [name, value] pair") from None
+    for name, text in lines:
+        if type(name) is not str or type(text) is not str:
+            raise ValueError("cache entry header line holds a non-string")
+    return lines
 
 
 def _str_dict(value: dict[Any, Any]) -> dict[str, str]:
@@ -286,6 +332,11 @@ def _seconds(directives: Mapping[str, str | None], name: str) -> float | None:
     return float(min(int(raw), _DELTA_SECONDS_CAP)) if _DIGITS.fullmatch(raw) else 0.0
 
 
+def _http_date(value: str | None) -> float | None:
+    # RFC 9110 §5.6.7, strictly: an invalid Expires is then "already expired" (§5.3).
+    return parse_http_date(value)
+
+
 def _date_value(entry: CacheEntry) -> float:
     # RFC 9110 §6.6.1: without a (valid) Date, the time of receipt stands in for it.
     date = _http_date(entry.headers.get("date"))
@@ -323,27 +374,42 @@ def is_storable(
     ``shared_ok_for_private``: whether this cache keeps private responses at all (flagged and
     served only to callers that opt in). When False a private response is not storable.
     """
-    storable, private, _ = _storability(status, request_headers, response_headers,
+    storable, private, _ = _storability(status, request_headers, kept_headers(response_headers),
                                        shared_ok_for_private=shared_ok_for_private)
     return storable, private
+
+
+def _explicitly_cacheable(cc: Mapping[str, str | None], headers: Mapping[str, str]) -> bool:
+    # §3 (the last condition): what lets a status outside the heuristic list be stored.
+    return "expires" in headers or any(d in cc for d in ("max-age", "s-maxage", "public"))
 
 
 def _storability(
     status: int,
     request_headers: Mapping[str, str],
-    response_headers: Mapping[str, str],
+    headers: Mapping[str, str],
     *,
     shared_ok_for_private: bool,
 ) -> tuple[bool, bool, dict[str, str] | None]:
-    """``is_storable`` plus the request's values of the Vary-named fields (None for ``*``)."""
+    """``is_storable`` plus the request's values of the Vary-named fields (None for ``*``).
+    ``headers``: the response's stored view (``kept_headers``: combined, lowercase)."""
     request_cc = parse_cache_control(header(request_headers, "Cache-Control"))
-    response_cc = parse_cache_control(header(response_headers, "Cache-Control"))
+    response_cc = parse_cache_control(headers.get("cache-control"))
     private = _is_private(request_headers, response_cc)
-    if status not in CACHEABLE_STATUSES:
+    if status not in UNDERSTOOD_STATUSES:
+        return False, private, None
+    # A redirect without explicit freshness is kept too, but never fresh (§4.2.2 allows no
+    # heuristic for 302/303/307): online it is asked again (or revalidated) every time, and
+    # only an offline replay serves it, as it serves any stale entry.
+    if (status not in HEURISTIC_STATUSES and status not in REDIRECT_STATUSES
+            and not _explicitly_cacheable(response_cc, headers)):
         return False, private, None
     if "no-store" in request_cc or "no-store" in response_cc:
         return False, private, None
-    vary = vary_values(response_headers, request_headers)
+    if status >= 400 and not (_explicitly_cacheable(response_cc, headers)
+                              or "last-modified" in headers):
+        return False, private, None  # an error that could never be fresh: not worth keeping
+    vary = vary_values(headers, request_headers)
     if vary is None:
         return False, private, None
     return (shared_ok_for_private or not private), private, vary
@@ -355,7 +421,8 @@ def _storability(
 def freshness_lifetime(entry: CacheEntry) -> float:
     """Seconds the entry is fresh for, measured from its origin (§4.2.1); 0 when unknown."""
     cc = entry.cache_control
-    # s-maxage applies to shared caches; a private entry is served as if from a private cache.
+    # s-maxage applies to shared caches (this one); a private entry (a cache made with
+    # allow_private=True, one caller) is served as a private cache would serve it.
     explicit = None if entry.private else _seconds(cc, "s-maxage")
     if explicit is None:
         explicit = _seconds(cc, "max-age")
@@ -363,8 +430,10 @@ def freshness_lifetime(entry: CacheEntry) -> float:
         return explicit
     if "expires" in entry.headers:
         expires = _http_date(entry.headers["expires"])
-        # §5.3: an invalid Expires (e.g. "0") means already expired.
+        # §5.3: an invalid Expires (e.g. "0", "UTC", two lines) means already expired.
         return 0.0 if expires is None else max(0.0, expires - _date_value(entry))
+    if entry.status not in HEURISTIC_STATUSES and "public" not in cc:
+        return 0.0  # §4.2.2: heuristics only for those statuses (or "public")
     return _heuristic_lifetime(entry)
 
 
@@ -387,6 +456,11 @@ def current_age(entry: CacheEntry, now: float) -> float:
     return max(apparent_age, corrected_age_value) + resident_time
 
 
+def age_header(age: float) -> str:
+    """The ``Age`` value for a served response: whole seconds, rounded down (§5.1)."""
+    return str(min(int(age), _DELTA_SECONDS_CAP))
+
+
 def is_fresh(entry: CacheEntry, now: float) -> bool:
     """Freshness arithmetic only (§4.2); no-cache is applied by ``on_lookup``."""
     return freshness_lifetime(entry) > current_age(entry, now)
@@ -400,20 +474,26 @@ def _must_revalidate(entry: CacheEntry) -> bool:
     return "must-revalidate" in cc or shared
 
 
-def stale_if_error_allowed(entry: CacheEntry, now: float | None = None) -> bool:
+def stale_if_error_allowed(entry: CacheEntry, now: float | None = None,
+                           request_headers: Mapping[str, str] | None = None) -> bool:
     """Whether a stored response may stand in for a 5xx or failed fetch (RFC 5861, §4.2.4).
 
     Allowed unless the response forbids serving it stale: no-store, no-cache, must-revalidate
-    (or proxy-revalidate / s-maxage for a shared entry). An explicit ``stale-if-error=N``
-    additionally bounds the staleness to N seconds when ``now`` is given.
+    (or proxy-revalidate / s-maxage for a shared entry). An explicit ``stale-if-error=N`` on
+    the response, or on the request (RFC 5861 §4; both: the smaller), additionally bounds the
+    staleness to N seconds when ``now`` is given.
     """
     cc = entry.cache_control
     if "no-store" in cc or "no-cache" in cc or _must_revalidate(entry):
         return False
-    limit = _seconds(cc, "stale-if-error")
-    if limit is None or now is None:
+    limits = [_seconds(cc, "stale-if-error")]
+    if request_headers is not None:
+        limits.append(_seconds(parse_cache_control(header(request_headers, "Cache-Control")),
+                               "stale-if-error"))
+    bounds = [limit for limit in limits if limit is not None]
+    if not bounds or now is None:
         return True
-    return current_age(entry, now) - freshness_lifetime(entry) <= limit
+    return current_age(entry, now) - freshness_lifetime(entry) <= min(bounds)
 
 
 def conditional_headers(entry: CacheEntry) -> dict[str, str]:
@@ -431,25 +511,30 @@ def conditional_headers(entry: CacheEntry) -> dict[str, str]:
 
 class LookupAction(enum.Enum):
     MISS = "miss"  # go to the network without conditional headers
-    HIT = "hit"  # serve the stored blob; no request at all
+    HIT = "hit"  # serve the stored response; no request at all (``background``: revalidate)
     REVALIDATE = "revalidate"  # send ``headers`` (conditional), then call on_response
     OFFLINE_HIT = "offline_hit"  # offline: serve the stored blob, fresh or not
-    OFFLINE_MISS = "offline_miss"  # offline, nothing usable stored: raise OfflineError
+    OFFLINE_MISS = "offline_miss"  # offline (or only-if-cached), nothing usable: OfflineError
+    BYPASS = "bypass"  # a Range the cache cannot answer: to the origin, nothing stored
 
 
 @dataclass(frozen=True)
 class LookupDecision:
     action: LookupAction
     entry: CacheEntry | None = None  # the stored entry this caller may use; pass to on_response
-    headers: dict[str, str] = field(default_factory=dict)  # conditional headers for REVALIDATE
-    stale: bool = False  # OFFLINE_HIT of a stale entry (worth a log line)
+    headers: dict[str, str] = field(default_factory=dict)  # conditional headers (REVALIDATE,
+    #                                                        or a background one for a HIT)
+    stale: bool = False  # a stale entry served (offline, or stale-while-revalidate)
     reason: str = ""
+    age: float = 0.0  # the entry's current age (§4.2.3), for a HIT
+    byte_range: ByteRange | None = None  # a HIT answering a Range: serve a 206 of this range
+    background: bool = False  # stale-while-revalidate: serve now, revalidate in the background
 
 
 def _unusable_reason(
     entry: CacheEntry, request_headers: Mapping[str, str], caller_private_ok: bool
 ) -> str | None:
-    if not entry.has_body or entry.status not in CACHEABLE_STATUSES:
+    if not entry.has_body:
         return "stored entry has no complete body"
     if entry.private and not caller_private_ok:
         return "stored entry is private"
@@ -458,22 +543,56 @@ def _unusable_reason(
     return None
 
 
-def _fresh_enough(entry: CacheEntry, request_cc: Mapping[str, str | None], now: float) -> bool:
+def _fresh_enough(
+    entry: CacheEntry, request_cc: Mapping[str, str | None], age: float, lifetime: float
+) -> bool:
     """Whether the entry may be served without contacting the origin (§4.2, §5.2.1)."""
     if "no-cache" in request_cc or "no-cache" in entry.cache_control:
         return False
-    age = current_age(entry, now)
     max_age = _seconds(request_cc, "max-age")
     # max-age=0 is the common "revalidate" idiom; treat it like no-cache even at age 0.
     if max_age is not None and (max_age == 0 or age > max_age):
         return False
-    lifetime = freshness_lifetime(entry)
-    if lifetime > age + (_seconds(request_cc, "min-fresh") or 0.0):
+    if lifetime > age + (_seconds(request_cc, "min-fresh") or 0.0):  # §5.2.1.3
         return True
-    if "max-stale" not in request_cc or _must_revalidate(entry):
+    if "max-stale" not in request_cc or _must_revalidate(entry):  # §5.2.1.2
         return False
     max_stale = _seconds(request_cc, "max-stale")
     return request_cc["max-stale"] is None or age - lifetime <= (max_stale or 0.0)
+
+
+def _while_revalidate(
+    entry: CacheEntry, request_cc: Mapping[str, str | None], age: float, lifetime: float
+) -> bool:
+    """RFC 5861 §3: a stale entry within ``stale-while-revalidate=N`` may be served while it is
+    revalidated in the background, unless the request or response insists on the origin."""
+    window = _seconds(entry.cache_control, "stale-while-revalidate")
+    if not window or _must_revalidate(entry) or "no-cache" in entry.cache_control:
+        return False
+    if any(d in request_cc for d in ("no-cache", "max-age", "min-fresh")):
+        return False
+    return age - lifetime <= window
+
+
+def _with_range(decision: LookupDecision, range_value: str, if_range: str | None
+                ) -> LookupDecision:
+    """A decision for a request with ``Range``: a HIT answers it from the stored full body (or
+    whole, when ``If-Range`` fails, RFC 9110 §13.1.5); anything else goes to the origin."""
+    entry = decision.entry
+    if decision.action not in (LookupAction.HIT, LookupAction.OFFLINE_HIT) or entry is None:
+        if decision.action is LookupAction.OFFLINE_MISS:
+            return decision
+        return LookupDecision(LookupAction.BYPASS, reason="Range without a fresh full response")
+    if entry.status != 200:
+        return LookupDecision(LookupAction.BYPASS, reason="Range of a stored non-200")
+    if decision.background:
+        return LookupDecision(LookupAction.BYPASS, reason="Range of a stale response")
+    if not if_range_holds(if_range, entry.headers):
+        return decision  # the whole stored response
+    byte_range = parse_range(range_value, entry.size)
+    if byte_range is None:
+        return LookupDecision(LookupAction.BYPASS, reason="Range the cache cannot answer")
+    return replace(decision, byte_range=byte_range)
 
 
 def on_lookup(
@@ -487,8 +606,30 @@ def on_lookup(
     """What to do for a GET before any request is sent.
 
     Offline mode serves whatever usable entry is stored, fresh or stale, even under
-    must-revalidate: offline is the caller's explicit choice (record once, replay).
+    must-revalidate: offline is the caller's explicit choice (record once, replay). A request
+    ``only-if-cached`` (§5.2.1.7) is answered from the cache or not at all (OFFLINE_MISS).
     """
+    cc_value = range_value = if_range = None
+    for name, value in request_headers.items():  # one pass over the request's few fields
+        lower = name.lower()
+        if lower == "cache-control":
+            cc_value = value
+        elif lower == "range":
+            range_value = value
+        elif lower == "if-range":
+            if_range = value
+    request_cc = parse_cache_control(cc_value) if cc_value else _NO_DIRECTIVES
+    decision = _lookup(entry, request_headers, request_cc, now, offline, caller_private_ok)
+    if range_value is None:
+        return decision
+    return _with_range(decision, range_value, if_range)
+
+
+def _lookup(
+    entry: CacheEntry | None, request_headers: Mapping[str, str],
+    request_cc: Mapping[str, str | None], now: float, offline: bool, caller_private_ok: bool,
+) -> LookupDecision:
+    only_cached = offline or "only-if-cached" in request_cc
     reason = (
         "nothing stored"
         if entry is None
@@ -496,17 +637,25 @@ def on_lookup(
     )
     if entry is None or reason is not None:
         return LookupDecision(
-            LookupAction.OFFLINE_MISS if offline else LookupAction.MISS, reason=reason or ""
+            LookupAction.OFFLINE_MISS if only_cached else LookupAction.MISS, reason=reason or ""
         )
+    age = current_age(entry, now)
     if offline:
-        stale = not is_fresh(entry, now)
-        return LookupDecision(LookupAction.OFFLINE_HIT, entry, stale=stale, reason="offline")
-    request_cc = parse_cache_control(header(request_headers, "Cache-Control"))
+        stale = freshness_lifetime(entry) <= age
+        return LookupDecision(LookupAction.OFFLINE_HIT, entry, stale=stale, reason="offline",
+                              age=age)
     if "no-store" in request_cc:
         return LookupDecision(LookupAction.MISS, entry, reason="request no-store")
-    if _fresh_enough(entry, request_cc, now):
-        return LookupDecision(LookupAction.HIT, entry, reason="fresh")
+    lifetime = freshness_lifetime(entry)
+    if _fresh_enough(entry, request_cc, age, lifetime):
+        return LookupDecision(LookupAction.HIT, entry, reason="fresh", age=age)
     conditional = conditional_headers(entry)
+    if _while_revalidate(entry, request_cc, age, lifetime):
+        return LookupDecision(LookupAction.HIT, entry, conditional, stale=True, age=age,
+                              reason="stale-while-revalidate", background=True)
+    if only_cached:
+        return LookupDecision(LookupAction.OFFLINE_MISS,
+                              reason="only-if-cached: the stored copy is stale")
     if conditional:
         return LookupDecision(LookupAction.REVALIDATE, entry, conditional, reason="stale")
     return LookupDecision(LookupAction.MISS, entry, reason="stale without validators")
@@ -537,21 +686,23 @@ def _opaque_tag(etag: str) -> str:
 
 def _validators_match(entry: CacheEntry, response_headers: Mapping[str, str]) -> bool:
     # §4.3.4: a 304 updates the stored response its validator selects; none selected, no update.
-    etag = header(response_headers, "ETag")
+    etag = response_headers.get("etag")
     if etag:
         return entry.etag is not None and _opaque_tag(entry.etag) == _opaque_tag(etag)
-    last_modified = _http_date(header(response_headers, "Last-Modified"))
+    last_modified = _http_date(response_headers.get("last-modified"))
     stored = _http_date(entry.last_modified)
     return last_modified is None or stored is None or last_modified == stored
 
 
-def _merge_304(stored: Mapping[str, str], response_headers: Mapping[str, str]) -> dict[str, str]:
-    # §3.2: the 304's fields replace the stored ones. The old Date and Age are dropped too: they
-    # belong to the old response and would otherwise age the refreshed entry from the start.
-    merged = {k: v for k, v in stored.items() if k not in ("date", "age")}
-    fresh = kept_headers(response_headers)
+def _merge_304(entry: CacheEntry, lines: Fields, fresh: Mapping[str, str]
+               ) -> tuple[dict[str, str], Fields]:
+    # §3.2 / §4.3.4: the 304's fields replace the stored ones, in the decisions' view and in
+    # the served lines. The old Date and Age are dropped too: they belong to the old response
+    # and would otherwise age the refreshed entry from the start.
+    merged = {k: v for k, v in entry.headers.items() if k not in ("date", "age")}
     merged.update({k: v for k, v in fresh.items() if k not in _NOT_UPDATED_BY_304})
-    return merged
+    served = tuple((n, v) for n, v in entry.served_lines if n.lower() != "date")
+    return merged, replace_lines(served, lines, _NOT_UPDATED_BY_304)
 
 
 def _on_not_modified(
@@ -564,19 +715,20 @@ def _on_not_modified(
 ) -> ResponseDecision:
     if entry is None:
         return ResponseDecision(ResponseAction.REFETCH, reason="304 with nothing stored")
-    if not _validators_match(entry, response_headers):
+    lines, fresh = stored_fields(response_headers)
+    if not _validators_match(entry, fresh):
         return ResponseDecision(
             ResponseAction.REFETCH,
             invalidate=True,
             reason="304 validators do not match the stored entry",
         )
-    headers = _merge_304(entry.headers, response_headers)
-    storable, private = is_storable(
-        200, request_headers, headers, shared_ok_for_private=store_private
-    )
+    headers, served = _merge_304(entry, lines, fresh)
+    storable, private, _ = _storability(entry.status, request_headers, headers,
+                                        shared_ok_for_private=store_private)
     updated = replace(
         entry,
         headers=headers,
+        fields=served,
         stored_at=now,
         request_time=request_time,
         response_time=now,
@@ -600,23 +752,30 @@ def on_response(
     """What a GET's response means for the cache. ``entry`` is ``LookupDecision.entry``.
 
     ``now`` is when the response headers arrived; ``request_time`` when the request was sent.
-    A 200 that is not storable, and a 404/410, invalidate the stored entry: it is superseded.
+    ``response_headers`` may be a multidict (every line counts). A storable response of any
+    understood status is stored (the caller stores an error status or a redirect with an
+    empty body). A 200-like answer that is not storable, and a 404/410, invalidate the stored
+    entry: it is superseded.
     """
     if status == 304:
         return _on_not_modified(
             entry, response_headers, request_headers, now, request_time, store_private
         )
-    if status in CACHEABLE_STATUSES:
-        storable, private, vary = _storability(
-            status, request_headers, response_headers, shared_ok_for_private=store_private
-        )
-        if not storable:
-            return ResponseDecision(
-                ResponseAction.PASS, invalidate=entry is not None, reason="response not storable"
-            )
+    if (
+        entry is not None
+        and status in STALE_ON_ERROR_STATUSES
+        and stale_if_error_allowed(entry, now, request_headers)
+    ):
+        return ResponseDecision(ResponseAction.SERVE_STALE, entry, reason=f"HTTP {status}")
+    lines, headers = stored_fields(response_headers)
+    storable, private, vary = _storability(
+        status, request_headers, headers, shared_ok_for_private=store_private
+    )
+    if storable:
         template = CacheEntry(
             url=url,
-            headers=kept_headers(response_headers),
+            headers=headers,
+            fields=lines,
             stored_at=now,
             request_time=request_time,
             response_time=now,
@@ -625,14 +784,9 @@ def on_response(
             private=private,
         )
         return ResponseDecision(ResponseAction.STORE, template, reason="storable")
-    if (
-        entry is not None
-        and status in STALE_ON_ERROR_STATUSES
-        and stale_if_error_allowed(entry, now)
-    ):
-        return ResponseDecision(ResponseAction.SERVE_STALE, entry, reason=f"HTTP {status}")
-    invalidate = entry is not None and status in INVALIDATING_STATUSES
-    return ResponseDecision(ResponseAction.PASS, invalidate=invalidate, reason=f"HTTP {status}")
+    supersedes = status in _SUPERSEDING_STATUSES
+    return ResponseDecision(ResponseAction.PASS, invalidate=entry is not None and supersedes,
+                            reason=f"HTTP {status}: not storable")
 
 
 # --- completeness -------------------------------------------------------------------------------
@@ -657,14 +811,17 @@ __all__ = [
     "CACHEABLE_STATUSES",
     "HEURISTIC_CAP",
     "HEURISTIC_FRACTION",
+    "HEURISTIC_STATUSES",
     "INVALIDATING_STATUSES",
-    "KEPT_HEADERS",
+    "REDIRECT_STATUSES",
     "STALE_ON_ERROR_STATUSES",
+    "UNDERSTOOD_STATUSES",
     "CacheEntry",
     "LookupAction",
     "LookupDecision",
     "ResponseAction",
     "ResponseDecision",
+    "age_header",
     "cache_key",
     "conditional_headers",
     "current_age",
@@ -678,6 +835,7 @@ __all__ = [
     "on_response",
     "parse_cache_control",
     "stale_if_error_allowed",
+    "stored_fields",
     "vary_matches",
     "vary_values",
 ]

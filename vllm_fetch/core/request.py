@@ -48,6 +48,9 @@ class FetchRequest:
     hash_body: bool = False
     #: A conditional request from the cache: a 304 is an answer (headers, empty body), not an error.
     accept_not_modified: bool = False
+    #: The cache follows redirects itself, hop by hop: a redirect is an answer (its status and
+    #: headers; its body is never read), not followed by the driver.
+    redirect_answers: bool = False
     #: aiohttp's per-response buffer (None: the session's). Parallel parts use a smaller one:
     #: eight connections each buffering 2 MiB would dominate peak memory.
     read_bufsize: int | None = None

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from ..errors import HTTPStatusError
 from .body import BodyMeter, header, is_encoded, parse_content_length
+from .header_fields import combined_view
 from .request import FetchRequest
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -25,7 +26,16 @@ def check_status(
     its body is never content, so it is an error too.
     """
     if not 200 <= status < 300:
-        raise HTTPStatusError(status, url, reason=reason, headers=headers)
+        # repeated lines (an aiohttp multidict) combined, so none is lost (RFC 9110 §5.3)
+        view = combined_view(headers) if headers is not None else None
+        raise HTTPStatusError(status, url, reason=reason, headers=view)
+
+
+def reads_no_body(req: FetchRequest, status: int, headers: Mapping[str, str]) -> bool:
+    """Whether the final response's body is not read: a redirect the cache follows itself
+    (``req.redirect_answers``); its status and headers are the answer."""
+    return (req.redirect_answers and is_redirect(status)
+            and header(headers, "Location") is not None)
 
 
 def response_meter(
@@ -37,7 +47,7 @@ def response_meter(
     error: it has no body, so its meter expects nothing (its Content-Length, if any, describes
     the stored representation, RFC 9110 §15.4.5).
     """
-    if status == 304 and req.accept_not_modified:
+    if (status == 304 and req.accept_not_modified) or reads_no_body(req, status, headers):
         return BodyMeter(url)
     check_status(status, url, reason=reason, headers=headers)
     length = parse_content_length(headers, url)

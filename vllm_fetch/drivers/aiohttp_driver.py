@@ -17,7 +17,7 @@ from yarl import URL
 from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.request import FetchRequest, TransportOptions
-from ..core.responses import response_meter
+from ..core.responses import reads_no_body, response_meter
 from ..core.results import Body
 from ..core.urls import redact_url
 from ..errors import (
@@ -301,5 +301,7 @@ class AiohttpDriver:
             url = str(response.url)
             meter = response_meter(req, response.status, response.headers, redact_url(url),
                                    reason=response.reason or "")
+            if reads_no_body(req, response.status, response.headers):
+                return Body(b"", response.status, response.headers, url)
             content = await self.read_body(response, meter, req, url)
-            return Body(content, response.status, dict(response.headers), url, meter.sha256)
+            return Body(content, response.status, response.headers, url, meter.sha256)

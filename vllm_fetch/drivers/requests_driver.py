@@ -16,8 +16,9 @@ from requests.structures import CaseInsensitiveDict
 from ..config import ca_bundle
 from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
+from ..core.header_fields import field_lines
 from ..core.request import FetchRequest, TransportOptions
-from ..core.responses import response_meter
+from ..core.responses import reads_no_body, response_meter
 from ..core.results import Body
 from ..core.urls import redact_url
 from ..errors import (
@@ -226,6 +227,11 @@ class RequestsDriver:
         with self.call_session() as session:
             response, meter = self.checked_response(session, req)
             with response:
+                # every header line as received (urllib3 keeps repeated ones; requests joins)
+                raw = getattr(response.raw, "headers", None)
+                lines = field_lines(raw if raw is not None else response.headers)
+                url = response.url or req.url
+                if reads_no_body(req, response.status_code, response.headers):
+                    return Body(b"", response.status_code, lines, url)
                 content = b"".join(self.iter_body(response, meter, req))
-                return Body(content, response.status_code, dict(response.headers),
-                                response.url or req.url, meter.sha256)
+                return Body(content, response.status_code, lines, url, meter.sha256)
