@@ -171,6 +171,24 @@ class DiskError(FetchError, OSError):
     """A local file could not be written (disk full, read-only target). Never retried."""
 
 
+def wrapped_fetch_error(exc: BaseException, depth: int = 5) -> FetchError | None:
+    """A ``FetchError`` that a library wrapped inside ``exc`` (in its args or causes), if any.
+
+    Most classes here are ``OSError``s (requests' exceptions are), so a refusal raised inside a
+    library's connection code (the address guard, a pinned resolver) comes back wrapped in that
+    library's connection error; the drivers unwrap it instead of calling it a connection error.
+    """
+    if isinstance(exc, FetchError):
+        return exc
+    if depth:
+        for inner in (*exc.args, exc.__cause__):
+            if isinstance(inner, BaseException) and inner is not exc:
+                found = wrapped_fetch_error(inner, depth - 1)
+                if found is not None:
+                    return found
+    return None
+
+
 #: Filled by ``vllm_compat.install()``: a class of ours -> a subclass of it that also inherits
 #: the same-named class of vLLM's module, so that vLLM's ``except`` clauses (which name vLLM's
 #: classes) catch what vllm_fetch raises. Applied by the factories below.
