@@ -12,6 +12,7 @@ from ..errors import (
     TruncatedBodyError,
     size_exceeded,
 )
+from .media_limits import charge
 
 if TYPE_CHECKING:
     from .media_limits import ByteBudget
@@ -124,8 +125,6 @@ class BodyMeter:
                 url=self.url,
             )
         if self.budget is not None:
-            from .media_limits import charge
-
             charge(self.budget, len(chunk), self.url)
         if self._hash is not None:
             self._hash.update(chunk)
