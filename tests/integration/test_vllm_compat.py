@@ -99,13 +99,44 @@ def test_timeouts_are_the_libraries_timeouts(origin: Origin, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_refused_connections_are_the_libraries_connection_errors(mode: str) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
-    error = failure(mode, conn(), with_secrets(f"http://127.0.0.1:{port}/a.png"))
+    error = failure(mode, conn(), with_secrets(f"http://127.0.0.1:{_closed_port()}/a.png"))
     assert isinstance(error, FetchConnectionError)
     expected = aiohttp.ClientConnectionError if mode == "async" else requests.ConnectionError
     assert isinstance(error, expected)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_download_errors_are_the_libraries_status_errors(
+        origin: Origin, mode: str, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/gone.bin", b"gone", status=404)
+    with pytest.raises(HTTPStatusError) as info:
+        call(mode, conn(), "download_file", with_secrets(url), tmp_path / "f.bin")
+    expected = aiohttp.ClientResponseError if mode == "async" else requests.HTTPError
+    assert isinstance(info.value, expected) and info.value.status == 404
+    assert "secret" not in str(info.value)
+    assert not (tmp_path / "f.bin").exists()
+
+
+def test_raw_responses_raise_the_libraries_connection_errors() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/raw"
+    with pytest.raises(requests.ConnectionError) as sync_info:
+        conn().get_response(url)
+    assert isinstance(sync_info.value, FetchConnectionError)
+
+    async def run() -> None:
+        c = conn()
+        async with await c.get_async_response(url) as response:
+            pytest.fail(f"answered {response.status}")
+
+    with pytest.raises(aiohttp.ClientConnectionError) as async_info:
+        asyncio.run(run())
+    assert isinstance(async_info.value, FetchConnectionError)
 
 
 @pytest.mark.parametrize("mode", MODES)
