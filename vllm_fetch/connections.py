@@ -392,15 +392,6 @@ class HTTPConnection:
 
         return await async_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
 
-    def _media_request(
-        self, url: str, timeout: float | None, allow_redirects: bool,
-        extra_headers: Mapping[str, str] | None, max_bytes: int | None,
-        budget: CallBudget | None,
-    ) -> FetchRequest:
-        return self._request(url, timeout=timeout, extra_headers=extra_headers,
-                             allow_redirects=allow_redirects, max_bytes=max_bytes, media=True,
-                             request_budget=budget)
-
     def get_bytes(
         self,
         url: str,
@@ -418,8 +409,9 @@ class HTTPConnection:
         of it and ``max_bytes`` wins) and charged to ``request_budget``.
         """
         budget = None if request_budget is None else CallBudget(request_budget)
-        req = self._media_request(url, timeout, allow_redirects, extra_headers, max_bytes,
-                                  budget)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
+                            allow_redirects=allow_redirects, max_bytes=max_bytes,
+                            request_budget=budget)
         content = self._body(req, use_cache).content
         if budget is not None:
             budget.settle(len(content), redact_url(req.url))
@@ -438,8 +430,9 @@ class HTTPConnection:
     ) -> bytes:
         """Async twin of :meth:`get_bytes`."""
         budget = None if request_budget is None else CallBudget(request_budget)
-        req = self._media_request(url, timeout, allow_redirects, extra_headers, max_bytes,
-                                  budget)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
+                            allow_redirects=allow_redirects, max_bytes=max_bytes,
+                            request_budget=budget)
         content = (await self._abody(req, use_cache)).content
         if budget is not None:
             budget.settle(len(content), redact_url(req.url))

@@ -46,10 +46,16 @@ def env_mb(name: str) -> int:
     return value
 
 
+_MEDIA_KEY = _KEYS[MEDIA_DOWNLOAD_LIMIT_VAR]
+
+
 def media_cap(max_bytes: int | None) -> tuple[int | None, bool]:
     """The cap for a ``get_bytes`` body and whether it is the media download limit (which
-    wins ties, as in vLLM, so the error names the variable to raise)."""
-    limit_mb = env_mb(MEDIA_DOWNLOAD_LIMIT_VAR)
+    wins ties, as in vLLM, so the error names the variable to raise). On every get_bytes."""
+    if isinstance(_STORE, dict) and _STORE.get(_MEDIA_KEY) is None:
+        limit_mb = DEFAULT_LIMIT_MB  # unset: the common case, without a second lookup
+    else:
+        limit_mb = env_mb(MEDIA_DOWNLOAD_LIMIT_VAR)
     if limit_mb <= 0:
         return max_bytes, False
     limit = limit_mb * MiB
