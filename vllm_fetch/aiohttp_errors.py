@@ -9,6 +9,7 @@ imports aiohttp, so only the async side imports it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from yarl import URL
 from .errors import (
     FetchConnectionError,
     FetchError,
+    FetchTimeoutError,
     HTTPStatusError,
     TooManyRedirectsError,
     TruncatedBodyError,
@@ -33,6 +35,9 @@ AIOHTTP_COUNTERPARTS: tuple[tuple[type[FetchError], type[Exception]], ...] = (
     (HTTPStatusError, aiohttp.ClientResponseError),
     (FetchConnectionError, aiohttp.ClientConnectionError),
     (TruncatedBodyError, aiohttp.ClientPayloadError),
+    # aiohttp's timeouts are asyncio.TimeoutError: the builtin TimeoutError from Python 3.11
+    # on (no twin needed there), a class of its own on 3.10
+    (FetchTimeoutError, asyncio.TimeoutError),
 )
 
 _twins: dict[type[BaseException], type[BaseException]] = {}

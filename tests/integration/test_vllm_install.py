@@ -190,6 +190,17 @@ def test_install_swaps_the_client_everywhere_vllm_bound_it(
     assert connector.MediaConnector().connection is ours
 
 
+def test_install_imports_vllm_connections_by_default(
+        standin: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no module given, install() imports ``vllm.connections`` (here: the stand-in)."""
+    monkeypatch.setitem(sys.modules, "vllm", standin["pkg"])
+    monkeypatch.setitem(sys.modules, "vllm.connections", standin["connections"])
+    assert vllm_compat.install() is standin["connections"]
+    assert standin["connections"].global_http_connection is vllm_fetch.global_http_connection
+    assert issubclass(errors.ADOPTED[errors.MediaDownloadSizeExceededError],
+                      standin["connections"].MediaDownloadSizeExceededError)
+
+
 def test_size_errors_are_vllms_classes_after_install(
         origin: Origin, standin: dict[str, ModuleType]) -> None:
     connections = standin["connections"]
