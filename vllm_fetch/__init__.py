@@ -9,6 +9,7 @@ from ._version import __version__
 from .cache.fetch_cache import FetchCache
 from .connections import HTTPConnection, global_http_connection
 from .core.address_policy import URLPolicy
+from .core.media_limits import MediaRequestDownloadBudget
 from .core.results import DownloadResult, FetchResult
 from .core.retry import RetryPolicy
 from .errors import (
@@ -18,10 +19,13 @@ from .errors import (
     FetchConnectionError,
     FetchError,
     FetchTimeoutError,
+    HTTPResponseSizeExceededError,
     HTTPStatusError,
     IdleTimeoutError,
     IntegrityError,
     InvalidURLError,
+    MediaDownloadSizeExceededError,
+    MediaRequestDownloadSizeExceededError,
     OfflineError,
     ResponseHeadersError,
     SizeLimitExceededError,
@@ -40,10 +44,14 @@ __all__ = [
     "FetchResult",
     "FetchTimeoutError",
     "HTTPConnection",
+    "HTTPResponseSizeExceededError",
     "HTTPStatusError",
     "IdleTimeoutError",
     "IntegrityError",
     "InvalidURLError",
+    "MediaDownloadSizeExceededError",
+    "MediaRequestDownloadBudget",
+    "MediaRequestDownloadSizeExceededError",
     "OfflineError",
     "ResponseHeadersError",
     "RetryPolicy",

@@ -1,6 +1,7 @@
 """The vLLM-compatible façade: ``HTTPConnection`` and ``global_http_connection``.
 
-Same methods and signatures as ``vllm.connections``; every call runs under the retry policy,
+Same methods and signatures as ``vllm.connections`` (0.33), and its other public names: the
+size errors and ``MediaRequestDownloadBudget``. Every call runs under the retry policy,
 follows redirects under the URL policy, and streams downloads crash-safely. Bodies and downloads
 go through the disk cache (``vllm_fetch.cache``) unless it is off; raw responses never do.
 """
@@ -25,15 +26,22 @@ from .cache.settings import CacheArg, CacheSetting
 from .config import env_flag, env_float, env_str
 from .core.address_policy import Resolver, URLPolicy
 from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
+from .core.media_limits import ByteBudget, CallBudget, MediaRequestDownloadBudget, media_cap
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
 from .core.results import Body, DownloadResult, FetchResult
 from .core.retry import RetryPolicy, status_failure
-from .core.urls import redact_url
+from .core.urls import quote_url, redact_url
 from .download import sync_runner
 from .download.options import DownloadOptions
 from .download.progress import ProgressSpec
 from .drivers.requests_driver import RequestsDriver
+from .errors import (
+    FetchError,
+    HTTPResponseSizeExceededError,
+    MediaDownloadSizeExceededError,
+    MediaRequestDownloadSizeExceededError,
+)
 from .retry_loop import ResultRetry, async_retrying, sync_retrying
 
 if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start faster
@@ -44,6 +52,22 @@ if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start
 
 #: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
 DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
+
+__all__ = [
+    "HTTPConnection",
+    "HTTPResponseSizeExceededError",
+    "MediaDownloadSizeExceededError",
+    "MediaRequestDownloadBudget",
+    "MediaRequestDownloadSizeExceededError",
+    "global_http_connection",
+]
+
+
+def _as_async(error: FetchError) -> FetchError:
+    """The error as the async side raises it (also aiohttp's exception type, if it has one)."""
+    from .aiohttp_errors import as_async
+
+    return as_async(error)
 
 
 class _DownloadPlan(NamedTuple):
@@ -214,17 +238,26 @@ class HTTPConnection:
         extra_headers: Mapping[str, str] | None,
         allow_redirects: bool = True,
         max_bytes: int | None = None,
+        media: bool = False,
         **limits: Any,
     ) -> FetchRequest:
+        """The request for one call. ``media``: a get_bytes body, capped by vLLM's
+        ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`` too (the smaller limit wins)."""
+        url = quote_url(url)
         self.url_policy.check_url(url)
+        cap = max_bytes if max_bytes is not None else self.max_bytes
+        media_limit = False
+        if media:
+            cap, media_limit = media_cap(cap)
         return FetchRequest(
             url=url,
             headers=request_headers(self.options.user_agent, extra_headers,
                                     extra_defaults=DEFAULT_HEADERS),
             deadline=Deadline(timeout),
             allow_redirects=allow_redirects,
-            max_bytes=max_bytes if max_bytes is not None else self.max_bytes,
+            max_bytes=cap,
             cache_scope=self.url_policy.cache_scope,
+            media_limit=media_limit,
             **limits,
         )
 
@@ -294,11 +327,17 @@ class HTTPConnection:
             try:
                 retrying = async_retrying(self.retry, req.deadline, "GET", url, on_result)
                 response: aiohttp.ClientResponse = await retrying(self._async.open, session, req)
-            except BaseException:
+            except BaseException as exc:
                 if not self.reuse_client:
                     await session.close()
-                raise
-            return response, None if self.reuse_client else session
+                if not isinstance(exc, FetchError):
+                    raise
+                error = _as_async(exc)
+                if error is exc:
+                    raise
+            else:
+                return response, None if self.reuse_client else session
+            raise error
 
         return AsyncResponseContext(run())
 
@@ -318,11 +357,17 @@ class HTTPConnection:
         return self._cached.body(cache, req, self._sync_io, offline=offline)
 
     async def _abody(self, req: FetchRequest, use_cache: bool) -> Body:
-        offline = self.offline
-        cache = self._cache_for(req, use_cache, offline)
-        if cache is None:
-            return await self._afetch(req)
-        return await self._cached.abody(cache, req, self._async_io, offline=offline)
+        try:
+            offline = self.offline
+            cache = self._cache_for(req, use_cache, offline)
+            if cache is None:
+                return await self._afetch(req)
+            return await self._cached.abody(cache, req, self._async_io, offline=offline)
+        except FetchError as exc:
+            error = _as_async(exc)
+            if error is exc:
+                raise
+        raise error
 
     def _probe(self, req: FetchRequest) -> Probed:
         """A (conditional) request whose body is never read: its status and headers."""
@@ -355,16 +400,26 @@ class HTTPConnection:
         *,
         timeout: float | None = None,
         allow_redirects: bool = True,
-        extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        request_budget: ByteBudget | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         use_cache: bool = True,
     ) -> FetchResult:
         """:meth:`get_bytes` returning a :class:`FetchResult`: the body with its status,
         headers (every line), final URL, ``from_cache``, ``age`` and ``sha256``. Any non-2xx
-        final status raises ``HTTPStatusError``, as for ``get_bytes``."""
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            allow_redirects=allow_redirects, max_bytes=max_bytes)
-        return self._body(req, use_cache)
+        final status raises ``HTTPStatusError``, as for ``get_bytes``.
+
+        As in vLLM's ``get_bytes``, the body is capped by ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB``
+        too (the smaller of it and ``max_bytes`` wins) and charged to ``request_budget``.
+        """
+        budget = None if request_budget is None else CallBudget(request_budget)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
+                            allow_redirects=allow_redirects, max_bytes=max_bytes,
+                            request_budget=budget)
+        result = self._body(req, use_cache)
+        if budget is not None:
+            budget.settle(len(result.content), redact_url(req.url))
+        return result
 
     async def async_fetch_bytes(
         self,
@@ -372,14 +427,20 @@ class HTTPConnection:
         *,
         timeout: float | None = None,
         allow_redirects: bool = True,
-        extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        request_budget: ByteBudget | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         use_cache: bool = True,
     ) -> FetchResult:
         """Async twin of :meth:`fetch_bytes`."""
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            allow_redirects=allow_redirects, max_bytes=max_bytes)
-        return await self._abody(req, use_cache)
+        budget = None if request_budget is None else CallBudget(request_budget)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
+                            allow_redirects=allow_redirects, max_bytes=max_bytes,
+                            request_budget=budget)
+        result = await self._abody(req, use_cache)
+        if budget is not None:
+            budget.settle(len(result.content), redact_url(req.url))
+        return result
 
     def get_bytes(
         self,
@@ -387,14 +448,19 @@ class HTTPConnection:
         *,
         timeout: float | None = None,
         allow_redirects: bool = True,
-        extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        request_budget: ByteBudget | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         use_cache: bool = True,
     ) -> bytes:
-        """The body as bytes; any non-2xx status raises ``HTTPStatusError``."""
+        """The body as bytes; any non-2xx status raises ``HTTPStatusError``.
+
+        As in vLLM, the body is capped by ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`` too (the smaller
+        of it and ``max_bytes`` wins) and charged to ``request_budget``.
+        """
         return self.fetch_bytes(url, timeout=timeout, allow_redirects=allow_redirects,
-                                extra_headers=extra_headers, max_bytes=max_bytes,
-                                use_cache=use_cache).content
+                                max_bytes=max_bytes, request_budget=request_budget,
+                                extra_headers=extra_headers, use_cache=use_cache).content
 
     async def async_get_bytes(
         self,
@@ -402,14 +468,15 @@ class HTTPConnection:
         *,
         timeout: float | None = None,
         allow_redirects: bool = True,
-        extra_headers: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
+        request_budget: ByteBudget | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         use_cache: bool = True,
     ) -> bytes:
-        """The body as bytes; any non-2xx status raises ``HTTPStatusError``."""
+        """Async twin of :meth:`get_bytes`."""
         result = await self.async_fetch_bytes(
-            url, timeout=timeout, allow_redirects=allow_redirects, extra_headers=extra_headers,
-            max_bytes=max_bytes, use_cache=use_cache)
+            url, timeout=timeout, allow_redirects=allow_redirects, max_bytes=max_bytes,
+            request_budget=request_budget, extra_headers=extra_headers, use_cache=use_cache)
         return result.content
 
     def get_text(
@@ -422,8 +489,9 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> str:
         """The body decoded by its declared charset (UTF-8, then Latin-1, when none)."""
-        body = self.fetch_bytes(url, timeout=timeout, extra_headers=extra_headers,
-                                max_bytes=max_bytes, use_cache=use_cache)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            max_bytes=max_bytes)
+        body = self._body(req, use_cache)
         return decode_text(body.content, body.headers)
 
     async def async_get_text(
@@ -436,8 +504,9 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> str:
         """The body decoded by its declared charset (UTF-8, then Latin-1, when none)."""
-        body = await self.async_fetch_bytes(url, timeout=timeout, extra_headers=extra_headers,
-                                            max_bytes=max_bytes, use_cache=use_cache)
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            max_bytes=max_bytes)
+        body = await self._abody(req, use_cache)
         return decode_text(body.content, body.headers)
 
     def get_json(
@@ -450,8 +519,9 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> Any:
         """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
-        return json.loads(self.get_bytes(url, timeout=timeout, extra_headers=extra_headers,
-                                         max_bytes=max_bytes, use_cache=use_cache))
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            max_bytes=max_bytes)
+        return json.loads(self._body(req, use_cache).content)
 
     async def async_get_json(
         self,
@@ -463,9 +533,9 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> Any:
         """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
-        return json.loads(await self.async_get_bytes(
-            url, timeout=timeout, extra_headers=extra_headers, max_bytes=max_bytes,
-            use_cache=use_cache))
+        req = self._request(url, timeout=timeout, extra_headers=extra_headers,
+                            max_bytes=max_bytes)
+        return json.loads((await self._abody(req, use_cache)).content)
 
     # -- files ----------------------------------------------------------------------------------
     def _plan_download(
@@ -592,16 +662,22 @@ class HTTPConnection:
         )
         from .download import async_runner  # imports aiohttp: on first async use only
 
-        if plan.cache is None:
-            return await async_runner.download(self._async, plan.req, plan.target,
-                                              plan.options)
+        try:
+            if plan.cache is None:
+                return await async_runner.download(self._async, plan.req, plan.target,
+                                                  plan.options)
 
-        async def engine(r: FetchRequest, t: Path) -> DownloadResult:
-            return await async_runner.download(self._async, r, t, plan.options)
+            async def engine(r: FetchRequest, t: Path) -> DownloadResult:
+                return await async_runner.download(self._async, r, t, plan.options)
 
-        io = AsyncIO(self._afetch, self._aprobe, engine, self._async_io.hops)
-        return await self._cached.adownload(plan.cache, plan.req, plan.target, io,
-                                            offline=plan.offline)
+            io = AsyncIO(self._afetch, self._aprobe, engine, self._async_io.hops)
+            return await self._cached.adownload(plan.cache, plan.req, plan.target, io,
+                                                offline=plan.offline)
+        except FetchError as exc:
+            error = _as_async(exc)
+            if error is exc:
+                raise
+        raise error
 
 
 global_http_connection = HTTPConnection()

@@ -2,11 +2,25 @@
 
 ``url`` attributes and messages always hold the *redacted* URL (no userinfo, no query string):
 signed URLs carry credentials in their query and must never reach a log.
+
+For vLLM's callers, each class is also the requests exception vLLM's code would have seen
+(``HTTPStatusError`` is a ``requests.HTTPError`` whose ``.response.status_code`` is right, ...),
+so their ``except`` clauses keep working; the async side raises twins that are also aiohttp's
+(``vllm_fetch.aiohttp_errors``). The size errors keep vLLM 0.33's names and attributes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import requests.exceptions as rex
+
+if TYPE_CHECKING:
+    import requests
+
+_E = TypeVar("_E", bound=BaseException)
+MiB = 1 << 20
 
 
 class FetchError(Exception):
@@ -25,7 +39,7 @@ class FetchError(Exception):
         return base
 
 
-class InvalidURLError(FetchError, ValueError):
+class InvalidURLError(FetchError, rex.InvalidURL):  # a ValueError too
     """The URL is not an http(s) URL with a host, or cannot be sent as given."""
 
 
@@ -33,12 +47,16 @@ class BlockedURLError(InvalidURLError):
     """The URL (or a redirect hop) is refused by policy: allowed_domains or block_private_ips."""
 
 
-class TooManyRedirectsError(FetchError):
+class TooManyRedirectsError(FetchError, rex.TooManyRedirects):
     """A redirect chain went past ``max_redirects``."""
 
 
-class HTTPStatusError(FetchError):
-    """The origin answered a status the call does not accept (4xx, 5xx, an unfollowed 3xx)."""
+class HTTPStatusError(FetchError, rex.HTTPError):
+    """The origin answered a status the call does not accept (4xx, 5xx, an unfollowed 3xx).
+
+    ``.response`` is a body-less ``requests.Response`` (status, reason, headers, redacted URL),
+    as ``raise_for_status()`` would have attached; it is built on first access.
+    """
 
     def __init__(
         self,
@@ -54,16 +72,34 @@ class HTTPStatusError(FetchError):
         self.reason = reason
         self.headers: Mapping[str, str] = dict(headers or {})
 
+    @property
+    def response(self) -> requests.Response:
+        built: requests.Response | None = self.__dict__.get("_response")
+        if built is None:
+            import requests
+            from requests.structures import CaseInsensitiveDict
 
-class FetchTimeoutError(FetchError, TimeoutError):
+            built = requests.Response()
+            built.status_code, built.reason, built.url = self.status, self.reason, self.url or ""
+            built.headers = CaseInsensitiveDict(self.headers)
+            built._content = b""
+            self.__dict__["_response"] = built
+        return built
+
+    @response.setter
+    def response(self, value: requests.Response | None) -> None:
+        self.__dict__["_response"] = value
+
+
+class FetchTimeoutError(FetchError, rex.Timeout, TimeoutError):
     """The call's total deadline (``timeout``) ran out."""
 
 
-class IdleTimeoutError(FetchTimeoutError):
+class IdleTimeoutError(FetchTimeoutError, rex.ReadTimeout):
     """No byte arrived for ``idle_timeout`` seconds (a stalled connection or origin)."""
 
 
-class FetchConnectionError(FetchError, ConnectionError):
+class FetchConnectionError(FetchError, rex.ConnectionError, ConnectionError):
     """The connection could not be opened or was dropped (refused, reset, DNS failure, TLS)."""
 
 
@@ -71,7 +107,7 @@ class IntegrityError(FetchError):
     """The body is not what was promised: short, too long, or the wrong size or sha256."""
 
 
-class TruncatedBodyError(IntegrityError):
+class TruncatedBodyError(IntegrityError, rex.ChunkedEncodingError):
     """Fewer bytes arrived than Content-Length (or the expected size) announced."""
 
     def __init__(self, message: str, *, url: str | None = None, received: int = 0) -> None:
@@ -84,7 +120,43 @@ class ChecksumMismatchError(IntegrityError):
 
 
 class SizeLimitExceededError(FetchError):
-    """The body is larger than ``max_bytes``."""
+    """The body is larger than a limit: ``max_bytes``, vLLM's media download limit, or the
+    byte budget of a request. Raised as one of the three subclasses below."""
+
+
+class HTTPResponseSizeExceededError(SizeLimitExceededError, ValueError):
+    """The body is larger than ``max_bytes`` (vLLM's class of that name; also a ValueError).
+
+    ``max_bytes`` and ``received_bytes`` (at least that many arrived, or were announced)."""
+
+    def __init__(self, max_bytes: int, received_bytes: int, *, url: str | None = None,
+                 message: str | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.received_bytes = received_bytes
+        self.parameter = "audio_filesize_mb"  # as vLLM's (a VLLMValidationError there)
+        self.value = received_bytes / MiB
+        super().__init__(message or (
+            "Maximum file size exceeded: HTTP response exceeded maximum size of "
+            f"{max_bytes} bytes (received at least {received_bytes} bytes)"), url=url)
+
+
+class MediaDownloadSizeExceededError(SizeLimitExceededError, ValueError):
+    """A ``get_bytes`` body is larger than ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`` (vLLM's class)."""
+
+    def __init__(self, max_bytes: int, received_bytes: int | None = None, *,
+                 url: str | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.received_bytes = received_bytes
+        message = ("Remote media download exceeds "
+                   f"VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB={max_bytes / MiB:g}")
+        if received_bytes is not None:
+            message += f" (received at least {received_bytes} bytes)"
+        super().__init__(message + (f" from {url}" if url else ""), url=url)
+
+
+class MediaRequestDownloadSizeExceededError(SizeLimitExceededError, ValueError):
+    """The fetches sharing one ``MediaRequestDownloadBudget`` received more than
+    ``$VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB`` in all (vLLM's class)."""
 
 
 class ResponseHeadersError(FetchError):
@@ -99,6 +171,64 @@ class DiskError(FetchError, OSError):
     """A local file could not be written (disk full, read-only target). Never retried."""
 
 
+def wrapped_fetch_error(exc: BaseException, depth: int = 5) -> FetchError | None:
+    """A ``FetchError`` that a library wrapped inside ``exc`` (in its args or causes), if any.
+
+    Most classes here are ``OSError``s (requests' exceptions are), so a refusal raised inside a
+    library's connection code (the address guard, a pinned resolver) comes back wrapped in that
+    library's connection error; the drivers unwrap it instead of calling it a connection error.
+    """
+    if isinstance(exc, FetchError):
+        return exc
+    if depth:
+        for inner in (*exc.args, exc.__cause__):
+            if isinstance(inner, BaseException) and inner is not exc:
+                found = wrapped_fetch_error(inner, depth - 1)
+                if found is not None:
+                    return found
+    return None
+
+
+#: Filled by ``vllm_compat.install()``: a class of ours -> a subclass of it that also inherits
+#: the same-named class of vLLM's module, so that vLLM's ``except`` clauses (which name vLLM's
+#: classes) catch what vllm_fetch raises. Applied by the factories below.
+ADOPTED: dict[type[BaseException], type[BaseException]] = {}
+
+
+def retype(error: _E, cls: type[_E]) -> _E:
+    """``error`` as an instance of ``cls`` (a subclass of its class): same args, attributes,
+    cause, context and traceback; ``cls.__init__`` is not run (vLLM's take other arguments)."""
+    twin = cls.__new__(cls, *error.args)
+    twin.args = error.args  # OSError.__new__ leaves them to __init__
+    twin.__dict__.update(error.__dict__)
+    twin.__cause__, twin.__context__ = error.__cause__, error.__context__
+    twin.__suppress_context__ = error.__suppress_context__
+    return twin.with_traceback(error.__traceback__)
+
+
+def adopted(error: _E) -> _E:
+    """``error``, retyped to the class ``install()`` made for its class, if any."""
+    cls: Any = ADOPTED.get(type(error))
+    return error if cls is None else retype(error, cls)
+
+
+def size_exceeded(max_bytes: int, received: int, url: str, *, media: bool = False,
+                  announced: bool = False) -> SizeLimitExceededError:
+    """The error for a body over ``max_bytes``: ``MediaDownloadSizeExceededError`` when that
+    limit is vLLM's media download limit (``media``), else ``HTTPResponseSizeExceededError``.
+    ``announced``: ``received`` is a known size (Content-Length, a stored body), not a count."""
+    if media:
+        return adopted(MediaDownloadSizeExceededError(max_bytes, received, url=url))
+    detail = (f"{url} is {received} bytes, more than max_bytes={max_bytes}" if announced
+              else f"body of {url} is larger than max_bytes={max_bytes} ({received} bytes read)")
+    return adopted(HTTPResponseSizeExceededError(max_bytes, received, url=url, message=detail))
+
+
+def budget_exceeded(message: str, url: str | None = None) -> MediaRequestDownloadSizeExceededError:
+    """The error for a request's media download budget running out."""
+    return adopted(MediaRequestDownloadSizeExceededError(message, url=url))
+
+
 __all__ = [
     "BlockedURLError",
     "ChecksumMismatchError",
@@ -106,10 +236,13 @@ __all__ = [
     "FetchConnectionError",
     "FetchError",
     "FetchTimeoutError",
+    "HTTPResponseSizeExceededError",
     "HTTPStatusError",
     "IdleTimeoutError",
     "IntegrityError",
     "InvalidURLError",
+    "MediaDownloadSizeExceededError",
+    "MediaRequestDownloadSizeExceededError",
     "OfflineError",
     "ResponseHeadersError",
     "SizeLimitExceededError",

@@ -48,7 +48,7 @@ from ..errors import (
     FetchTimeoutError,
     HTTPStatusError,
     OfflineError,
-    SizeLimitExceededError,
+    size_exceeded,
 )
 from .fetch_cache import FetchCache
 
@@ -177,9 +177,8 @@ def _check_cap(entry: CacheEntry, req: FetchRequest) -> None:
 def _check_size(size: int, req: FetchRequest) -> None:
     """A stored body over the caller's max_bytes is refused as the network path would be."""
     if req.max_bytes is not None and size > req.max_bytes:
-        safe = redact_url(req.url)
-        raise SizeLimitExceededError(
-            f"{safe} is {size} bytes, more than max_bytes={req.max_bytes}", url=safe)
+        raise size_exceeded(req.max_bytes, size, redact_url(req.url), media=req.media_limit,
+                            announced=True)
 
 
 def _conditional(req: FetchRequest, decision: LookupDecision) -> FetchRequest:

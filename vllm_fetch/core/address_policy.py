@@ -20,7 +20,7 @@ from urllib.parse import urljoin
 import idna
 
 from ..errors import BlockedURLError, InvalidURLError
-from .urls import URL_CACHE_SIZE, origin_of, redact_url, split_url, validate_url
+from .urls import URL_CACHE_SIZE, origin_of, quote_url, redact_url, split_url, validate_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -256,8 +256,9 @@ class URLPolicy:
 
 
 def redirect_target(url: str, location: str) -> str:
-    """The absolute URL a Location header points to, validated as an http(s) URL."""
-    return validate_url(urljoin(url, location.strip()))
+    """The absolute URL a Location header points to, validated as an http(s) URL (a literal
+    space or non-ASCII in its path quoted, as requests and aiohttp quote one)."""
+    return validate_url(quote_url(urljoin(url, location.strip())))
 
 
 def headers_for_hop(

@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import (
     ChecksumMismatchError,
     ResponseHeadersError,
-    SizeLimitExceededError,
     TruncatedBodyError,
+    size_exceeded,
 )
+from .media_limits import charge
+
+if TYPE_CHECKING:
+    from .media_limits import ByteBudget
 
 #: Mapping types whose ``get`` already ignores case; each driver registers its library's
 #: header types. A miss in one of them is final (no scan of every name, lowercased).
@@ -65,12 +70,11 @@ def is_encoded(headers: Mapping[str, str]) -> bool:
     return encoding not in ("", "identity")
 
 
-def refuse_oversized(length: int | None, max_bytes: int | None, url: str) -> None:
+def refuse_oversized(length: int | None, max_bytes: int | None, url: str, *,
+                     media: bool = False) -> None:
     """Refuse before reading when the announced length is already over the cap (fault F15)."""
     if max_bytes is not None and length is not None and length > max_bytes:
-        raise SizeLimitExceededError(
-            f"{url} announces {length} bytes, more than max_bytes={max_bytes}", url=url
-        )
+        raise size_exceeded(max_bytes, length, url, media=media, announced=True)
 
 
 class BodyMeter:
@@ -78,10 +82,12 @@ class BodyMeter:
 
     ``expected_length`` is the wire length announced by Content-Length (None when the body is
     content-coded or unannounced); ``expected_size`` and ``expected_sha256`` are the caller's.
+    ``media_limit``: ``max_bytes`` is vLLM's media download limit; ``budget`` is charged for
+    every chunk (after the size checks, as vLLM does).
     """
 
-    __slots__ = ("_hash", "expected_length", "expected_sha256", "expected_size", "max_bytes",
-                 "received", "url")
+    __slots__ = ("_hash", "budget", "expected_length", "expected_sha256", "expected_size",
+                 "max_bytes", "media_limit", "received", "url")
 
     def __init__(
         self,
@@ -94,16 +100,20 @@ class BodyMeter:
         hash_body: bool = False,
         offset: int = 0,
         hasher: hashlib._Hash | None = None,
+        media_limit: bool = False,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.url = url
         self.expected_length = expected_length
         self.max_bytes = max_bytes
+        self.media_limit = media_limit
+        self.budget = budget
         self.expected_size = expected_size
         self.expected_sha256 = expected_sha256.lower() if expected_sha256 else None
         self.received = offset
         want_hash = hash_body or expected_sha256 is not None
         self._hash = hasher if hasher is not None else (hashlib.sha256() if want_hash else None)
-        refuse_oversized(expected_length, max_bytes, url)
+        refuse_oversized(expected_length, max_bytes, url, media=media_limit)
         if None not in (expected_size, expected_length) and expected_length != expected_size:
             raise ChecksumMismatchError(
                 f"{url} announces {expected_length} bytes, expected {expected_size}", url=url
@@ -120,15 +130,14 @@ class BodyMeter:
         """Account for one chunk; raise as soon as a limit is passed (stop at max_bytes + 1)."""
         self.received += len(chunk)
         if self.max_bytes is not None and self.received > self.max_bytes:
-            raise SizeLimitExceededError(
-                f"body of {self.url} is larger than max_bytes={self.max_bytes} "
-                f"({self.received} bytes read)", url=self.url
-            )
+            raise size_exceeded(self.max_bytes, self.received, self.url, media=self.media_limit)
         if self.expected_size is not None and self.received > self.expected_size:
             raise ChecksumMismatchError(
                 f"body of {self.url} is larger than expected_size={self.expected_size}",
                 url=self.url,
             )
+        if self.budget is not None:
+            charge(self.budget, len(chunk), self.url)
         if self._hash is not None:
             self._hash.update(chunk)
 

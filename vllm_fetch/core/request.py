@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 
 if TYPE_CHECKING:
     from .address_policy import Resolver, URLPolicy
+    from .media_limits import ByteBudget
 
 #: Default read size for streaming bodies, chosen by ``benchmarks/bench_download.py --sweep``
 #: (256 MiB from loopback nginx, alternating rounds, median time vs curl): 120 KiB 1.00x every
@@ -56,3 +57,7 @@ class FetchRequest:
     read_bufsize: int | None = None
     #: The URL policy's namespace in the shared cache (``URLPolicy.cache_scope``).
     cache_scope: str = ""
+    #: ``max_bytes`` is vLLM's media download limit (an overrun names that variable).
+    media_limit: bool = False
+    #: Charged for every body chunk received (vLLM's per-request media budget).
+    request_budget: ByteBudget | None = field(default=None, compare=False)

@@ -58,6 +58,8 @@ def response_meter(
         expected_size=req.expected_size,
         expected_sha256=req.expected_sha256,
         hash_body=req.hash_body,
+        media_limit=req.media_limit,
+        budget=req.request_budget,
     )
 
 

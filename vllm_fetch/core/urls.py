@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from ..errors import InvalidURLError
 
@@ -13,6 +13,12 @@ ALLOWED_SCHEMES = frozenset({"http", "https"})
 # Characters that parse differently between URL parsers (WHATWG vs RFC 3986) or that would let a
 # URL smuggle a second request line. Refuse them instead of guessing which parser is right.
 _FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
+
+# Characters requests (``requote_uri``) and yarl percent-encode in a path, query or fragment
+# without changing what a valid URL means: a space, ``"<>^`{|}`` and non-ASCII (as UTF-8).
+_QUOTED = re.compile(r'[ "<>^`{|}\x80-\U0010ffff]')
+# What requests leaves as it is: RFC 3986's reserved characters, and ``%`` (escapes stay).
+_KEPT = "!#$%&'()*+,/:;=?@[]~"
 
 #: Distinct URLs whose parse is remembered. One fetch redacts and checks its URL several times
 #: (policy, deadline, status and size errors, logs); each ``urlsplit(url).hostname`` or
@@ -43,6 +49,30 @@ def redact_url(url: str) -> str:
         return "<invalid URL>"
     query = "?…" if parts.query else ""
     return urlunsplit((parts.scheme, host + port, parts.path, "", "")) + query
+
+
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def quote_url(url: str) -> str:
+    """``url`` with the characters requests and yarl would quote quoted, after the authority.
+
+    A URL that needs none (every already-encoded URL) is returned as it is, byte for byte.
+    Nothing is quoted when the URL holds a character :func:`validate_url` refuses (control
+    characters, a backslash), or when the authority holds one of them: those are refused as
+    parser differentials, never made acceptable.
+    """
+    if not isinstance(url, str) or _QUOTED.search(url) is None or _FORBIDDEN_BUT_SPACE.search(url):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if _QUOTED.search(authority.encode("ascii", "ignore").decode()):
+        return url  # a space or quote in the host or userinfo: refused later, never guessed
+    return f"{scheme}://{authority}{quote(tail, safe=_KEPT)}"
+
+
+_FORBIDDEN_BUT_SPACE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def validate_url(url: object) -> str:

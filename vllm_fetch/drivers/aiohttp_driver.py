@@ -29,6 +29,7 @@ from ..errors import (
     InvalidURLError,
     ResponseHeadersError,
     TruncatedBodyError,
+    wrapped_fetch_error,
 )
 from .address_guard import address_guard
 from .aiohttp_environment import NO_ROUTE, environment_route
@@ -43,8 +44,9 @@ READ_BUFSIZE = 1024 * 1024
 def map_error(exc: BaseException, url: str) -> FetchError:
     """Translate aiohttp/asyncio exceptions into the vllm_fetch hierarchy."""
     safe = redact_url(url)
-    if isinstance(exc, FetchError):
-        return exc
+    inner = wrapped_fetch_error(exc)  # e.g. the address guard's refusal, wrapped as an OSError
+    if inner is not None:
+        return inner
     if isinstance(exc, aiohttp.SocketTimeoutError):
         return IdleTimeoutError(f"no data from {safe} within the idle timeout", url=safe)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):

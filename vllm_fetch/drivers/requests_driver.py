@@ -30,6 +30,7 @@ from ..errors import (
     InvalidURLError,
     ResponseHeadersError,
     TruncatedBodyError,
+    wrapped_fetch_error,
 )
 from .address_guard import address_guard
 from .requests_adapter import FetchAdapter, response_deadline, verbatim_target
@@ -61,8 +62,9 @@ def is_header_limit(exc: BaseException) -> bool:
 def map_error(exc: BaseException, url: str) -> FetchError:
     """Translate requests/urllib3 exceptions into the vllm_fetch hierarchy."""
     safe = redact_url(url)
-    if isinstance(exc, FetchError):
-        return exc
+    inner = wrapped_fetch_error(exc)  # e.g. the address guard's refusal, wrapped as an OSError
+    if inner is not None:
+        return inner
     if is_header_limit(exc):
         return ResponseHeadersError(f"oversized or too many response headers from {safe}",
                                     url=safe)

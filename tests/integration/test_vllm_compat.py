@@ -1,0 +1,314 @@
+"""What vLLM 0.33's callers rely on, against a real origin, sync and async: exception types,
+the media download limit, the per-request budget, quoted spaces (issue 11)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import requests
+from aiohttp import web
+
+from tests.helpers import call
+from tests.origin import Origin, cut_after
+from vllm_fetch import HTTPConnection, RetryPolicy
+from vllm_fetch.core.media_limits import MediaRequestDownloadBudget
+from vllm_fetch.errors import (
+    FetchConnectionError,
+    FetchError,
+    FetchTimeoutError,
+    HTTPResponseSizeExceededError,
+    HTTPStatusError,
+    InvalidURLError,
+    MediaDownloadSizeExceededError,
+    MediaRequestDownloadSizeExceededError,
+    TooManyRedirectsError,
+    TruncatedBodyError,
+)
+
+MODES = ["sync", "async"]
+MiB = 1 << 20
+FAST = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.01)
+
+
+def conn(**kwargs: Any) -> HTTPConnection:
+    kwargs.setdefault("cache", False)
+    kwargs.setdefault("retry", FAST)
+    return HTTPConnection(**kwargs)
+
+
+def failure(mode: str, c: HTTPConnection, url: str, **kwargs: Any) -> BaseException:
+    with pytest.raises(FetchError) as info:
+        call(mode, c, "get_bytes", url, **kwargs)
+    assert "secret" not in str(info.value) and "secret" not in repr(info.value)
+    return info.value
+
+
+def with_secrets(url: str) -> str:
+    return url.replace("http://", "http://user:secret@") + "?token=secret"
+
+
+# -- exception types ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("status", [404, 500])
+def test_status_errors_are_the_libraries_status_errors(
+        origin: Origin, mode: str, status: int) -> None:
+    url = origin.serve_bytes("/img.png", b"nope", status=status)
+    error = failure(mode, conn(), with_secrets(url))
+    assert isinstance(error, HTTPStatusError) and error.status == status
+    assert isinstance(error, requests.HTTPError)
+    assert error.response is not None and error.response.status_code == status
+    assert "secret" not in (error.response.url or "")
+    if mode == "async":
+        assert isinstance(error, aiohttp.ClientResponseError) and error.status == status
+        assert "secret" not in str(error.request_info.real_url)
+    assert origin.count("/img.png") == (2 if status == 500 else 1)  # 5xx retried, 404 not
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_redirect_loops_are_too_many_redirects(origin: Origin, mode: str) -> None:
+    async def loop(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/loop")
+
+    url = origin.route("/loop", loop)
+    error = failure(mode, conn(max_redirects=3), with_secrets(url))
+    assert isinstance(error, TooManyRedirectsError)
+    expected = aiohttp.TooManyRedirects if mode == "async" else requests.TooManyRedirects
+    assert isinstance(error, expected)
+    assert origin.count("/loop") == 4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_timeouts_are_the_libraries_timeouts(origin: Origin, mode: str) -> None:
+    async def stall(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return web.Response(body=b"late")
+
+    url = origin.route("/stall", stall)
+    error = failure(mode, conn(), with_secrets(url), timeout=0.4)
+    assert isinstance(error, FetchTimeoutError) and isinstance(error, TimeoutError)
+    if mode == "sync":
+        assert isinstance(error, requests.Timeout)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_refused_connections_are_the_libraries_connection_errors(mode: str) -> None:
+    error = failure(mode, conn(), with_secrets(f"http://127.0.0.1:{_closed_port()}/a.png"))
+    assert isinstance(error, FetchConnectionError)
+    expected = aiohttp.ClientConnectionError if mode == "async" else requests.ConnectionError
+    assert isinstance(error, expected)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_download_errors_are_the_libraries_status_errors(
+        origin: Origin, mode: str, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/gone.bin", b"gone", status=404)
+    with pytest.raises(HTTPStatusError) as info:
+        call(mode, conn(), "download_file", with_secrets(url), tmp_path / "f.bin")
+    expected = aiohttp.ClientResponseError if mode == "async" else requests.HTTPError
+    assert isinstance(info.value, expected) and info.value.status == 404
+    assert "secret" not in str(info.value)
+    assert not (tmp_path / "f.bin").exists()
+
+
+def test_raw_responses_raise_the_libraries_connection_errors() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/raw"
+    with pytest.raises(requests.ConnectionError) as sync_info:
+        conn().get_response(url)
+    assert isinstance(sync_info.value, FetchConnectionError)
+
+    async def run() -> None:
+        c = conn()
+        async with await c.get_async_response(url) as response:
+            pytest.fail(f"answered {response.status}")
+
+    with pytest.raises(aiohttp.ClientConnectionError) as async_info:
+        asyncio.run(run())
+    assert isinstance(async_info.value, FetchConnectionError)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bodies_cut_short_are_the_libraries_payload_errors(origin: Origin, mode: str) -> None:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        return await cut_after(request, b"x" * 100_000, 10_000)
+
+    url = origin.route("/cut", cut)
+    error = failure(mode, conn(retry=RetryPolicy.none()), with_secrets(url))
+    assert isinstance(error, TruncatedBodyError)
+    expected = (aiohttp.ClientPayloadError if mode == "async"
+                else requests.exceptions.ChunkedEncodingError)
+    assert isinstance(error, expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("url", ["httpx://127.0.0.1/a.png", "ftp://127.0.0.1/a.png",
+                                 "http://127.0.0.1\\@evil.test/a.png"])
+def test_invalid_urls_are_value_errors_and_requests_invalid_url(mode: str, url: str) -> None:
+    error = failure(mode, conn(), url)
+    assert isinstance(error, InvalidURLError) and isinstance(error, ValueError)
+    assert isinstance(error, requests.exceptions.InvalidURL)
+
+
+def test_the_sync_side_never_imports_aiohttp(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from vllm_fetch import global_http_connection, HTTPStatusError\n"
+        "try:\n"
+        "    global_http_connection.get_bytes('http://127.0.0.1:9/x', timeout=0.5)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__)\n"
+        "print('aiohttp' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={"VLLM_FETCH_DISABLE_CACHE": "1",
+                                          "VLLM_FETCH_MAX_RETRIES": "0", "PATH": "/usr/bin"})
+    assert out.stdout.split() == ["FetchConnectionError", "False"], out.stderr
+
+
+# -- VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB -----------------------------------------------------------
+def _streamed(origin: Origin, path: str, size: int) -> str:
+    """A body of ``size`` bytes with no Content-Length (chunked)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for start in range(0, size, 64 * 1024):
+            await response.write(b"m" * min(64 * 1024, size - start))
+        return response
+    return origin.route(path, handler)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_media_limit_caps_get_bytes(origin: Origin, mode: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", "1")
+    url = _streamed(origin, "/big.png", 2 * MiB)
+    error = failure(mode, conn(), url)
+    assert isinstance(error, MediaDownloadSizeExceededError)
+    assert error.max_bytes == MiB and error.received_bytes is not None
+    assert MiB < error.received_bytes < 2 * MiB
+    announced = origin.serve_bytes("/announced.png", b"a" * (2 * MiB))
+    error = failure(mode, conn(), announced)
+    assert isinstance(error, MediaDownloadSizeExceededError)
+    assert error.received_bytes == 2 * MiB  # refused on its Content-Length
+    # get_text / get_json and downloads are not media fetches in vLLM: not capped
+    assert len(call(mode, conn(), "get_text", url)) == 2 * MiB
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_smaller_of_max_bytes_and_the_media_limit_wins(
+        origin: Origin, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", "1")
+    url = _streamed(origin, "/big.png", 2 * MiB)
+    error = failure(mode, conn(), url, max_bytes=100_000)
+    assert isinstance(error, HTTPResponseSizeExceededError)  # what run_batch catches
+    assert error.max_bytes == 100_000 and 100_000 < error.received_bytes < MiB
+    error = failure(mode, conn(), url, max_bytes=5 * MiB)
+    assert isinstance(error, MediaDownloadSizeExceededError) and error.max_bytes == MiB
+    monkeypatch.setenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", "0")
+    assert len(call(mode, conn(), "get_bytes", url)) == 2 * MiB
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_media_limit_applies_to_cached_bodies_too(
+        origin: Origin, mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/cached.png", b"c" * (2 * MiB),
+                             headers={"Cache-Control": "max-age=600"})
+    c = conn(cache=tmp_path / "cache")
+    assert len(call(mode, c, "get_bytes", url)) == 2 * MiB
+    assert c.cache is not None
+    c.cache.flush()  # bodies are written behind the call
+    monkeypatch.setenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", "1")
+    error = failure(mode, c, url)
+    assert isinstance(error, MediaDownloadSizeExceededError)
+    assert origin.count("/cached.png") == 1  # refused from the stored copy, as the network is
+
+
+# -- request budgets ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_one_budget_is_shared_by_the_fetches_of_a_request(
+        origin: Origin, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
+    first = _streamed(origin, "/one.png", 600_000)
+    second = _streamed(origin, "/two.png", 600_000)
+    budget = MediaRequestDownloadBudget()
+    assert len(call(mode, conn(), "get_bytes", first, request_budget=budget)) == 600_000
+    assert budget.used == 600_000
+    error = failure(mode, conn(), second, request_budget=budget)
+    assert isinstance(error, MediaRequestDownloadSizeExceededError)
+    assert isinstance(error, ValueError)
+    assert budget.used <= MiB
+    fresh = MediaRequestDownloadBudget()  # another request has its own budget
+    assert len(call(mode, conn(), "get_bytes", second, request_budget=fresh)) == 600_000
+
+
+def test_concurrent_tasks_share_one_budget(origin: Origin,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
+    urls = [_streamed(origin, f"/p{i}.png", 300_000) for i in range(5)]
+    budget = MediaRequestDownloadBudget()
+
+    async def run() -> list[Any]:
+        async with conn() as c:
+            return await asyncio.gather(
+                *(c.async_get_bytes(u, request_budget=budget) for u in urls),
+                return_exceptions=True)
+
+    results = asyncio.run(run())
+    done = [r for r in results if isinstance(r, bytes)]
+    refused = [r for r in results if isinstance(r, MediaRequestDownloadSizeExceededError)]
+    assert len(done) + len(refused) == 5 and len(done) <= 3 and refused
+    assert budget.used <= MiB
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cache_hit_is_charged_like_a_download(
+        origin: Origin, mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/hit.png", b"h" * 400_000, headers={"Cache-Control": "max-age=600"})
+    c = conn(cache=tmp_path / "cache")
+    call(mode, c, "get_bytes", url)
+    assert c.cache is not None
+    c.cache.flush()
+    budget = MediaRequestDownloadBudget()
+    assert len(call(mode, c, "get_bytes", url, request_budget=budget)) == 400_000
+    assert origin.count("/hit.png") == 1  # served from the cache
+    assert budget.used == 400_000
+
+
+# -- URLs with literal spaces ------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_a_space_in_the_path_is_sent_as_percent_20(origin: Origin, mode: str) -> None:
+    origin.serve_bytes("/my image.png", b"img")
+    url = origin.url("/my image.png?size=a b")
+    assert call(mode, conn(), "get_bytes", url) == b"img"
+    assert [s.raw_path for s in origin.seen("/my image.png")] == ["/my%20image.png?size=a%20b"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_encoded_urls_reach_the_origin_verbatim(origin: Origin, mode: str) -> None:
+    origin.serve_bytes("/sig~/a b", b"signed")
+    raw = "/sig%7e/a%20b?X-Amz-Signature=ab%2Fcd%3d&n=%41"
+    assert call(mode, conn(), "get_bytes", origin.url(raw)) == b"signed"
+    assert [s.raw_path for s in origin.seen("/sig~/a b")] == [raw]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_redirect_to_a_path_with_a_space_is_followed(origin: Origin, mode: str) -> None:
+    async def moved(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=302, headers={"Location": "/new place.png"})
+
+    url = origin.route("/old.png", moved)
+    origin.serve_bytes("/new place.png", b"moved")
+    assert call(mode, conn(), "get_bytes", url) == b"moved"
+    assert [s.raw_path for s in origin.seen("/new place.png")] == ["/new%20place.png"]

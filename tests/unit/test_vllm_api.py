@@ -1,0 +1,255 @@
+"""vllm_fetch.connections offers every public name and parameter of vLLM 0.33's vllm.connections.
+
+The table below was written by reading ``vllm/connections.py`` in the vllm 0.33.0 wheel: for
+each method, vLLM's parameters (after ``self``) in order, with their kind and default.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any
+
+import pytest
+
+import vllm_fetch
+import vllm_fetch.connections as connections
+from vllm_fetch.core.media_limits import CallBudget, MediaRequestDownloadBudget, charge, media_cap
+from vllm_fetch.core.urls import quote_url, validate_url
+from vllm_fetch.errors import (
+    FetchError,
+    HTTPResponseSizeExceededError,
+    InvalidURLError,
+    MediaDownloadSizeExceededError,
+    MediaRequestDownloadSizeExceededError,
+)
+
+MiB = 1 << 20
+REQUIRED = inspect.Parameter.empty
+POS, KW = "positional", "keyword-only"
+
+#: Every public name vLLM 0.33's vllm.connections defines.
+VLLM_033_NAMES = (
+    "HTTPConnection",
+    "HTTPResponseSizeExceededError",
+    "MediaDownloadSizeExceededError",
+    "MediaRequestDownloadBudget",
+    "MediaRequestDownloadSizeExceededError",
+    "global_http_connection",
+)
+
+_GET_BYTES = [("url", POS, REQUIRED), ("timeout", KW, None), ("allow_redirects", KW, True),
+              ("max_bytes", KW, None), ("request_budget", KW, None)]
+_GET_TEXT = [("url", POS, REQUIRED), ("timeout", KW, None)]
+_DOWNLOAD = [("url", POS, REQUIRED), ("save_path", POS, REQUIRED), ("timeout", KW, None),
+             ("chunk_size", KW, 128)]
+
+#: (method, is a coroutine function in vLLM) -> vLLM 0.33's parameters.
+VLLM_033_METHODS: dict[tuple[str, bool], list[tuple[str, str, Any]]] = {
+    ("__init__", False): [("reuse_client", KW, True)],
+    ("get_sync_client", False): [],
+    ("get_async_client", True): [],
+    ("get_response", False): [("url", POS, REQUIRED), ("stream", KW, False),
+                              ("timeout", KW, None), ("extra_headers", KW, None),
+                              ("allow_redirects", KW, True)],
+    ("get_async_response", True): [("url", POS, REQUIRED), ("timeout", KW, None),
+                                   ("extra_headers", KW, None), ("allow_redirects", KW, True)],
+    ("get_bytes", False): _GET_BYTES,
+    ("async_get_bytes", True): _GET_BYTES,
+    ("get_text", False): _GET_TEXT,
+    ("async_get_text", True): _GET_TEXT,
+    ("get_json", False): _GET_TEXT,
+    ("async_get_json", True): _GET_TEXT,
+    ("download_file", False): _DOWNLOAD,
+    ("async_download_file", True): _DOWNLOAD,
+}
+
+#: The other classes' constructors and methods.
+VLLM_033_OTHERS: dict[tuple[type, str], list[tuple[str, str, Any]]] = {
+    (HTTPResponseSizeExceededError, "__init__"): [("max_bytes", POS, REQUIRED),
+                                                  ("received_bytes", POS, REQUIRED)],
+    (MediaDownloadSizeExceededError, "__init__"): [("max_bytes", POS, REQUIRED),
+                                                   ("received_bytes", POS, None)],
+    (MediaRequestDownloadBudget, "__init__"): [],
+    (MediaRequestDownloadBudget, "charge"): [("size", POS, REQUIRED)],
+}
+
+#: Defaults that differ on purpose, and why no caller's behaviour depends on them.
+DIFFERENT_DEFAULTS = {
+    ("download_file", "chunk_size"): "the read size only: vllm_fetch's is tuned for throughput",
+    ("async_download_file", "chunk_size"): "the read size only (see download_file)",
+}
+
+
+def _kind(param: inspect.Parameter) -> str:
+    if param.kind is param.KEYWORD_ONLY:
+        return KW
+    assert param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD), param
+    return POS
+
+
+def _check(owner: str, func: Any, expected: list[tuple[str, str, Any]]) -> None:
+    params = list(inspect.signature(func).parameters.values())
+    if params and params[0].name == "self":
+        params = params[1:]
+    ours = {p.name: p for p in params}
+    positional = [p.name for p in params if _kind(p) == POS]
+    assert positional == [name for name, kind, _ in expected if kind == POS], owner
+    for name, kind, default in expected:
+        assert name in ours, f"{owner} lacks vLLM's parameter {name!r}"
+        assert _kind(ours[name]) == kind, f"{owner}({name}) is {_kind(ours[name])}"
+        if (owner, name) not in DIFFERENT_DEFAULTS:
+            assert ours[name].default == default, f"{owner}({name}) default"
+    vllm_names = {name for name, _, _ in expected}
+    for param in params:  # vllm_fetch's additions never change what vLLM's calls mean
+        if param.name not in vllm_names:
+            assert param.kind is param.KEYWORD_ONLY, f"{owner}({param.name})"
+            assert param.default is not REQUIRED, f"{owner}({param.name}) needs a default"
+
+
+@pytest.mark.parametrize(("method", "is_async"), list(VLLM_033_METHODS))
+def test_http_connection_methods_accept_vllm_parameters(method: str, is_async: bool) -> None:
+    func = getattr(connections.HTTPConnection, method)
+    if method != "__init__":
+        assert inspect.iscoroutinefunction(func) is is_async
+    _check(method, func, VLLM_033_METHODS[(method, is_async)])
+
+
+@pytest.mark.parametrize(("cls", "method"), list(VLLM_033_OTHERS))
+def test_other_classes_accept_vllm_parameters(cls: type, method: str) -> None:
+    _check(f"{cls.__name__}.{method}", getattr(cls, method), VLLM_033_OTHERS[(cls, method)])
+
+
+@pytest.mark.parametrize("name", VLLM_033_NAMES)
+def test_every_vllm_name_is_importable_from_connections_and_the_root(name: str) -> None:
+    assert name in connections.__all__
+    assert getattr(vllm_fetch, name) is getattr(connections, name)
+    assert name in vllm_fetch.__all__
+
+
+def test_size_errors_carry_vllms_attributes() -> None:
+    error = HTTPResponseSizeExceededError(100, 150)
+    assert (error.max_bytes, error.received_bytes) == (100, 150)
+    assert "100 bytes" in str(error) and "150 bytes" in str(error)
+    media = MediaDownloadSizeExceededError(2 * MiB)
+    assert (media.max_bytes, media.received_bytes) == (2 * MiB, None)
+    assert "VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=2" in str(media)
+    for cls in (HTTPResponseSizeExceededError, MediaDownloadSizeExceededError,
+                MediaRequestDownloadSizeExceededError):
+        assert issubclass(cls, FetchError) and issubclass(cls, ValueError)
+
+
+# -- the media download limit ------------------------------------------------------------------
+def test_media_limit_defaults_to_vllms_256_mib(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", raising=False)
+    assert media_cap(None) == (256 * MiB, True)
+    assert media_cap(1000) == (1000, False)  # the smaller wins
+    assert media_cap(256 * MiB) == (256 * MiB, True)  # a tie names the media limit, as vLLM
+    assert media_cap(300 * MiB) == (256 * MiB, True)
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_media_limit_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", value)
+    assert media_cap(None) == (None, False)
+    assert media_cap(10) == (10, False)
+
+
+def test_media_limit_garbage_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", "lots")
+    with pytest.raises(ValueError, match="VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB"):
+        media_cap(None)
+
+
+# -- the per-request budget --------------------------------------------------------------------
+def test_budget_refuses_past_the_limit_and_keeps_its_total(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
+    budget = MediaRequestDownloadBudget()
+    budget.charge(MiB)
+    with pytest.raises(MediaRequestDownloadSizeExceededError,
+                       match=r"VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB=1 \(1048577 bytes"):
+        budget.charge(1)
+    assert budget.used == MiB
+
+
+def test_budget_off_when_the_limit_is_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "0")
+    budget = MediaRequestDownloadBudget()
+    budget.charge(10**12)
+    assert budget.used == 0  # as vLLM: nothing is counted when there is no limit
+
+
+def test_budget_is_thread_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
+    budget = MediaRequestDownloadBudget()
+    refused = []
+
+    def work() -> None:
+        for _ in range(200):
+            try:
+                budget.charge(1024)
+            except MediaRequestDownloadSizeExceededError:
+                refused.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert budget.used == MiB  # 1600 charges of 1 KiB: exactly 1024 fit
+    assert len(refused) == 1600 - 1024
+
+
+def test_a_vllm_budget_refusal_becomes_ours() -> None:
+    class VllmBudget:  # vLLM's own class raises a plain ValueError subclass
+        def charge(self, size: int) -> None:
+            raise ValueError("Request media downloads exceed the limit")
+
+    with pytest.raises(MediaRequestDownloadSizeExceededError, match="exceed the limit") as info:
+        charge(VllmBudget(), 10, "http://h/a.png")
+    assert info.value.url == "http://h/a.png"
+
+
+def test_call_budget_charges_what_no_transfer_charged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
+    budget = MediaRequestDownloadBudget()
+    streamed = CallBudget(budget)
+    streamed.charge(300)
+    streamed.charge(300)  # a retried attempt counts again
+    streamed.settle(300, None)
+    assert budget.used == 600
+    served = CallBudget(budget)  # a cache hit: nothing streamed
+    served.settle(500, None)
+    assert budget.used == 1100
+
+
+# -- URLs with literal spaces ------------------------------------------------------------------
+@pytest.mark.parametrize(("url", "sent"), [
+    ("http://h/a b.png", "http://h/a%20b.png"),
+    ("http://h/a%20b?q=x y#f g", "http://h/a%20b?q=x%20y#f%20g"),
+    ("http://h/été.png", "http://h/%C3%A9t%C3%A9.png"),
+    ("http://h/a{b}|c^d`e\"<>", "http://h/a%7Bb%7D%7Cc%5Ed%60e%22%3C%3E"),
+    ("http://xn--bcher-kva.example/ä b", "http://xn--bcher-kva.example/%C3%A4%20b"),
+])
+def test_literal_spaces_are_quoted_as_requests_quotes_them(url: str, sent: str) -> None:
+    assert quote_url(url) == sent
+    assert validate_url(quote_url(url)) == sent
+
+
+@pytest.mark.parametrize("url", [
+    "http://h/a%7e/b?X-Amz-Signature=ab%2Fcd%3d&x=%41",
+    "https://u:p@h:8443/p;a=1/~x/(y)!*'$,?q=[1]&r=@:#frag",
+    "http://h/%25%zz",
+])
+def test_already_encoded_urls_stay_byte_for_byte(url: str) -> None:
+    assert quote_url(url) is url
+
+
+@pytest.mark.parametrize("url", [
+    "http://evil.com\\@good.com/a b", "http://good.com/a b\r\nHost: evil", "http://go\tod.com/a b",
+    "http://good.com/a\tb c", "http://a b.com/x", "http://u@v@good.com/a b",
+])
+def test_parser_differentials_are_still_refused(url: str) -> None:
+    with pytest.raises(InvalidURLError):
+        connections.HTTPConnection(cache=False).url_policy.check_url(quote_url(url))
