@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import calendar
 import re
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 
 _DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
@@ -56,4 +58,23 @@ def _timestamp(year: int, month: int, day: int, hh: int, mm: int, ss: int) -> fl
     return float(calendar.timegm((year, month, day, hh, mm, min(ss, 59), 0, 0, 0)))
 
 
-__all__ = ["parse_http_date"]
+def parse_lenient_http_date(value: str | None) -> float | None:
+    """Unix seconds for an HTTP-date or anything ``email.utils`` reads as one (a numeric zone,
+    a missing comma), else None. Only for a value whose misreading costs nothing but a
+    different wait (``Retry-After``); cache and validator decisions use :func:`parse_http_date`.
+    """
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # asctime form or "-0000": HTTP-dates are always UTC
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        return when.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+__all__ = ["parse_http_date", "parse_lenient_http_date"]

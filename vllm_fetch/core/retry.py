@@ -20,7 +20,7 @@ from ..errors import (
     TruncatedBodyError,
 )
 from .body import header
-from .http_dates import parse_http_date
+from .http_dates import parse_lenient_http_date
 
 #: Statuses that mean "try again later" (RFC 9110 §15.5.9 408, RFC 8470 425, RFC 6585 429, 5xx).
 DEFAULT_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -112,7 +112,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if _DELAY_SECONDS.fullmatch(value):
         return float(value)
-    when = parse_http_date(value)
+    when = parse_lenient_http_date(value)
     return None if when is None else max(0.0, when - now)
 
 
