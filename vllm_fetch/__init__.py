@@ -13,6 +13,7 @@ from .core.results import DownloadResult
 from .core.retry import RetryPolicy
 from .errors import (
     BlockedURLError,
+    CachedBodyDamagedError,
     ChecksumMismatchError,
     DiskError,
     FetchConnectionError,
@@ -31,6 +32,7 @@ from .errors import (
 
 __all__ = [
     "BlockedURLError",
+    "CachedBodyDamagedError",
     "ChecksumMismatchError",
     "DiskError",
     "DownloadResult",

@@ -95,12 +95,18 @@ class OfflineError(FetchError):
     """Offline mode is on and the URL is not in the cache."""
 
 
+class CachedBodyDamagedError(IntegrityError, OfflineError):
+    """Offline, the only copy is the cached one, and its stored bytes are damaged or gone (the
+    entry has been dropped; online it would have been fetched again)."""
+
+
 class DiskError(FetchError, OSError):
     """A local file could not be written (disk full, read-only target). Never retried."""
 
 
 __all__ = [
     "BlockedURLError",
+    "CachedBodyDamagedError",
     "ChecksumMismatchError",
     "DiskError",
     "FetchConnectionError",

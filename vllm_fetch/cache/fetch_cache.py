@@ -25,6 +25,7 @@ from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
 from .blobs import BlobStore, is_sha256
 from .housekeeping import PruneReport, VerifyReport, prune, verify
 from .index import Index
+from .seal import seal_file
 from .writer import StoreJob, StoreWriter
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -125,7 +126,7 @@ class FetchCache:
         job = self._pending.get(key)
         if job is not None and job.entry.sha256 == entry.sha256:
             return job.content  # queued for the writer: served from memory
-        data = self.blobs.read(entry.sha256, entry.size)
+        data = self.blobs.read(entry.sha256, entry.size, entry.seal)
         if data is None:
             self._lost(key, entry)
         else:
@@ -136,7 +137,7 @@ class FetchCache:
         """Publish the stored body at ``target`` (crash-safe); False when the blob is gone."""
         if key in self._pending:
             self.flush()  # a body still queued for the writer has no blob yet
-        if not self.blobs.copy_to(entry.sha256, target):
+        if not self.blobs.copy_to(entry.sha256, target, entry.seal):
             self._lost(key, entry)
             return False
         self.index.touch(key, now)
@@ -145,6 +146,8 @@ class FetchCache:
     def _lost(self, key: str, entry: CacheEntry) -> None:
         logger.warning("cache blob for %s is missing or damaged; dropping the entry", entry.url)
         self.invalidate(key)
+        if not self.blobs.exists(entry.sha256):
+            self.index.forget_seal(entry.sha256)
 
     def submit_bytes(
         self, key: str, entry: CacheEntry, content: bytes, sha256: str | None
@@ -203,13 +206,15 @@ class FetchCache:
         if size > self.size_limit:
             return False
         try:
+            seal = seal_file(path)  # of the bytes just verified by sha256 (in the page cache)
             digest, created = self.blobs.put_file(path, sha256, size)
         except OSError as exc:
             logger.warning("cannot cache %s: %s", entry.url, exc)
             return False
         with self._guard:
             self._pending.pop(key, None)
-            total = self.index.commit(key, entry.with_body(digest, size), size if created else 0)
+            total = self.index.commit(key, entry.with_body(digest, size, seal),
+                                      size if created else 0)
         if total is not None:
             self._over_limit(total)
         return total is not None
@@ -237,8 +242,14 @@ class FetchCache:
             return None
 
     def copy_blob_to(self, sha256: str, target: Path) -> bool:
-        """Publish the blob with this sha256 at ``target``, whatever URL it came from."""
-        return self.blobs.copy_to(sha256.lower(), target)
+        """Publish the blob with this sha256 at ``target``, whatever URL it came from; checked
+        against its recorded seal (or its sha256) first. False when gone or damaged."""
+        sha256 = sha256.lower()
+        if self.blobs.copy_to(sha256, target, self.index.seal_of(sha256)):
+            return True
+        if not self.blobs.exists(sha256):
+            self.index.forget_seal(sha256)
+        return False
 
     # -- housekeeping (the ``vllm-fetch cache`` commands) ------------------------------------------
     def info(self) -> CacheInfo:

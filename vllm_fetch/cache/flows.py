@@ -34,6 +34,7 @@ from ..core.responses import check_status
 from ..core.results import Body, DownloadResult
 from ..core.urls import redact_url
 from ..errors import (
+    CachedBodyDamagedError,
     ChecksumMismatchError,
     FetchConnectionError,
     FetchError,
@@ -109,6 +110,14 @@ def offline_error(url: str, reason: str = "not in the cache") -> OfflineError:
     return OfflineError(f"offline mode: {safe} is {reason or 'not in the cache'}", url=safe)
 
 
+def damaged_error(url: str) -> CachedBodyDamagedError:
+    """Offline, and the stored body failed its seal (or vanished): never served; dropped."""
+    safe = redact_url(url)
+    return CachedBodyDamagedError(
+        f"offline mode: the cached body of {safe} is damaged or missing; it was dropped "
+        "(fetch it again online)", url=safe)
+
+
 # --- bodies -------------------------------------------------------------------------------------
 
 
@@ -120,7 +129,7 @@ def serve_body(cache: FetchCache, start: Start, req: FetchRequest) -> Body | Non
     _check_cap(entry, req)
     data = cache.read(start.key, entry, start.now)
     if data is None and start.decision.action is LookupAction.OFFLINE_HIT:
-        raise offline_error(req.url, "cached, but its stored body is missing")
+        raise damaged_error(req.url)
     if data is not None and start.decision.stale:
         logger.warning("offline: serving a stale cached copy of %s", redact_url(req.url))
     return None if data is None else _body(data, entry, req.url)
@@ -265,11 +274,19 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     ):
         # same bytes, any URL
         return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
-    start = begin(cache, req, offline=offline)
+    try:
+        start = begin(cache, req, offline=offline)
+    except OfflineError:
+        if size is not None:  # the copy from another URL's blob failed its check
+            raise damaged_error(req.url) from None
+        raise
     entry = start.decision.entry
     if _fits(entry, req) and entry is not None:
-        if start.decision.action in HITS and (yield from _copy(cache, start, entry, target, req)):
-            return _published(target, entry, req.url)
+        if start.decision.action in HITS:
+            if (yield from _copy(cache, start, entry, target, req)):
+                return _published(target, entry, req.url)
+            if offline:
+                raise damaged_error(req.url)
         if start.decision.action is LookupAction.REVALIDATE:
             refreshed = yield from _revalidate_file(cache, start, req, target)
             if refreshed is not None:

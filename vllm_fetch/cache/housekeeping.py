@@ -65,6 +65,7 @@ def _remove_blob(index: Index, blobs: BlobStore, scan: _Scan, sha: str) -> int:
     for key in scan.keys_by_blob.pop(sha, []):
         index.delete(key)
     scan.blobs.pop(sha, None)
+    index.forget_seal(sha)
     return blobs.remove(sha)
 
 

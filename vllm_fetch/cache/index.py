@@ -7,7 +7,9 @@ worst lose entries, not run code. Keys:
 - ``u:<64 hex>``: when the entry was last served (unix seconds), written at most once a minute
   per key and process, so a hit is a read, not a write; an entry's last use is the later of
   this and its ``stored_at`` (a store is not a second write);
-- ``n:blob-bytes``: a running total of blob bytes, the cheap trigger for eviction.
+- ``n:blob-bytes``: a running total of blob bytes, the cheap trigger for eviction;
+- ``s:<sha256>``: the seal (``cache/seal.py``) of the blob with that sha256, for a copy made by
+  naming the sha256 alone (``download_file(expected_sha256=…)`` from any URL's copy).
 
 A corrupt or unreadable index (fault D8) is logged at WARNING, moved aside and rebuilt empty;
 when even that fails the index is bypassed (every lookup a miss), never an error for a fetch.
@@ -192,6 +194,8 @@ class Index:
             with db.transact():
                 for key, entry, _ in items:
                     db.set(key, entry.to_dict())  # last used: its stored_at until served
+                    if entry.seal:
+                        db.set("s:" + entry.sha256, entry.seal)
                 added = sum(n for *_, n in items) + extra_bytes
                 total = int(db.get(BYTES_KEY, 0)) + added
                 if added:
@@ -203,6 +207,14 @@ class Index:
     def commit(self, key: str, entry: CacheEntry, added_bytes: int) -> int | None:
         """``commit_many`` for one entry."""
         return self.commit_many([(key, entry, added_bytes)])
+
+    def seal_of(self, sha256: str) -> str:
+        """The seal recorded for the blob with this sha256 ("" when none is)."""
+        seal = self._guard("lookup", lambda db: db.get("s:" + sha256), None)
+        return seal if isinstance(seal, str) else ""
+
+    def forget_seal(self, sha256: str) -> None:
+        self._guard("delete", lambda db: db.delete("s:" + sha256), None)
 
     def set(self, key: str, entry: CacheEntry) -> bool:
         return self._guard("store", lambda db: bool(db.set(key, entry.to_dict())), False)

@@ -171,6 +171,8 @@ class CacheEntry:
     size: int = -1
     vary: dict[str, str] = field(default_factory=dict)
     private: bool = False
+    #: xxh3-128 of the body (``cache/seal.py``), checked on every read; "" for older entries.
+    seal: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", {k.lower(): v for k, v in self.headers.items()})
@@ -192,8 +194,8 @@ class CacheEntry:
     def has_body(self) -> bool:
         return bool(self.sha256) and self.size >= 0
 
-    def with_body(self, sha256: str, size: int) -> CacheEntry:
-        return replace(self, sha256=sha256, size=size)
+    def with_body(self, sha256: str, size: int, seal: str = "") -> CacheEntry:
+        return replace(self, sha256=sha256, size=size, seal=seal)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; ``from_dict`` reverses it. (What ``dataclasses.asdict``
@@ -216,6 +218,7 @@ class CacheEntry:
             size=_get(data, "size", int, -1),
             vary=_str_dict(_get(data, "vary", dict, {})),
             private=_get(data, "private", bool, False),
+            seal=_get(data, "seal", str, ""),
         )
 
 
