@@ -22,10 +22,12 @@ import platformdirs
 
 from ..config import env_size, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
+from ..core.tenancy import credential_material, policy_headers
 from .blobs import BlobStore, is_sha256
 from .housekeeping import PruneReport, VerifyReport, prune, verify
 from .index import Index
 from .seal import seal_file
+from .tenants import TenantKeys
 from .writer import StoreJob, StoreWriter
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -69,10 +71,12 @@ class FetchCache:
 
     ``size_limit`` (bytes; default ``$VLLM_FETCH_CACHE_SIZE`` or 10 GB) bounds the blob bytes:
     least recently used blobs are evicted past it. ``allow_private`` lets this cache keep and
-    serve responses to requests with credentials (Authorization, Cookie, X-Api-Key) or marked
-    ``private``: only for a cache that one caller owns. ``link_files`` hardlinks downloaded
-    files into the store and back out instead of copying them (no extra space, but editing a
-    downloaded file in place would then change the cached bytes).
+    serve responses to requests with credentials (Authorization, Proxy-Authorization, Cookie,
+    X-Api-Key, URL userinfo) or marked ``private``: only for a cache that one caller owns. Even
+    then such a response is served only to a request with the same credentials.
+    ``link_files`` hardlinks downloaded files into the store and back out instead of copying
+    them (no extra space; a downloaded file edited in place then fails its seal and is
+    fetched again, never served edited).
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class FetchCache:
         self.allow_private = allow_private
         self.blobs = BlobStore(self.directory / "blobs", link_files=link_files)
         self.index = Index(self.directory / "index")
+        self._tenants = TenantKeys(self.directory)
         self._pending: dict[str, StoreJob] = {}
         self._guard = threading.Lock()
         self._writer = StoreWriter(self.blobs, self.index, guard=self._guard,
@@ -112,8 +117,12 @@ class FetchCache:
         self, url: str, request_headers: Mapping[str, str], *, offline: bool, now: float,
         scope: str = "",
     ) -> tuple[str, LookupDecision]:
-        """The key for ``url`` (in the URL policy's ``scope``) and the core's verdict on what
-        is stored (or queued) under it."""
+        """The key for ``url`` (in the URL policy's ``scope``, and the credentials' own space
+        when the request carries any) and the core's verdict on what is stored under it."""
+        tenant = self._tenants.tag(credential_material(url, request_headers))
+        if tenant:
+            scope = f"{scope}\0tenant:{tenant}"
+            request_headers = policy_headers(url, request_headers)
         key = cache_key(url, scope=scope)
         job = self._pending.get(key)
         stored = job.entry if job is not None else self.index.get(key)

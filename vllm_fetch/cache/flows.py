@@ -32,6 +32,7 @@ from ..core.cache_policy import (
 from ..core.request import FetchRequest
 from ..core.responses import check_status
 from ..core.results import Body, DownloadResult
+from ..core.tenancy import policy_headers
 from ..core.urls import redact_url
 from ..errors import (
     CachedBodyDamagedError,
@@ -214,8 +215,9 @@ def _verdict(
     cache: FetchCache, entry: CacheEntry | None, status: int, headers: Mapping[str, str],
     req: FetchRequest, sent_at: float,
 ) -> ResponseDecision:
-    return on_response(entry, status, headers, req.headers, time.time(), sent_at,
-                       url=redact_url(req.url), store_private=cache.allow_private)
+    return on_response(entry, status, headers, policy_headers(req.url, req.headers),
+                       time.time(), sent_at, url=redact_url(req.url),
+                       store_private=cache.allow_private)
 
 
 def _stale_on_error(

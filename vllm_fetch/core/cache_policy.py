@@ -8,10 +8,12 @@ OFFLINE_HIT / OFFLINE_MISS); after a network answer ``on_response(lookup.entry, 
 STORE / REFRESH / SERVE_STALE / PASS / REFETCH. Pass ``lookup.entry`` (not the raw stored entry)
 to ``on_response``: it is None when the stored entry must not be shown to this caller.
 
-Privacy (fault S8): the cache is shared by every caller of a process, so a response to a request
-carrying Authorization (unless the response says public, s-maxage or must-revalidate, §3.5),
-Cookie or X-Api-Key, or marked ``Cache-Control: private``, is stored with ``private=True`` and
-only served to callers that opt in (``caller_private_ok``); to anyone else it is a MISS.
+Privacy (faults S8, S10): the cache is shared by every caller of a process, so a response to a
+request carrying credentials (``core.tenancy``: Authorization, Proxy-Authorization, Cookie,
+X-Api-Key, URL userinfo — whatever the response's Cache-Control says, stricter than §3.5), or
+marked ``Cache-Control: private``, is stored with ``private=True`` and only served to callers
+that opt in (``caller_private_ok``); to anyone else it is a MISS. The caller keys such entries
+by the credentials (a keyed hash in ``scope``), so one tenant never reads another's.
 
 Vary: the index keeps one variant per URL, stored under ``cache_key(url)``. The entry records the
 request values of the Vary-named fields; a request with other values is a MISS and its response
@@ -36,6 +38,7 @@ from urllib.parse import urlunsplit
 
 from ..errors import InvalidURLError
 from .body import header
+from .tenancy import CREDENTIAL_FIELDS
 from .urls import URL_CACHE_SIZE, split_url
 
 #: Response header fields kept in the index (lowercase). Everything else is dropped.
@@ -63,10 +66,6 @@ HEURISTIC_FRACTION = 0.1  # §4.2.2: 10% of the time since Last-Modified ...
 HEURISTIC_CAP = 86400.0  # ... capped at one day
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Request fields that make a response private whatever the response says.
-_ALWAYS_PRIVATE_REQUEST_FIELDS = ("cookie", "x-api-key")
-# §3.5: these let a shared cache store a response to an authenticated request.
-_AUTHORIZATION_OVERRIDES = ("public", "s-maxage", "must-revalidate")
 # §3.2: a 304 never rewrites the fields that describe the stored body itself.
 _NOT_UPDATED_BY_304 = frozenset({"content-length", "content-encoding"})
 _DELTA_SECONDS_CAP = 2**31  # §1.2.2
@@ -81,7 +80,8 @@ _T = TypeVar("_T")
 
 @lru_cache(maxsize=URL_CACHE_SIZE)
 def normalize_url(url: str) -> str:
-    """Scheme and host lowercased, default port and fragment dropped; path and query verbatim."""
+    """Scheme and host lowercased; default port, userinfo and fragment dropped; path and query
+    verbatim."""
     try:
         parts, hostname, port = split_url(url)  # the parse the URL check already made
     except ValueError as exc:
@@ -92,8 +92,8 @@ def normalize_url(url: str) -> str:
         host = f"[{host}]"
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         host = f"{host}:{port}"
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    return urlunsplit((scheme, userinfo + at + host, parts.path or "/", parts.query, ""))
+    # userinfo is dropped: credentials enter a key only as the caller's keyed hash (scope)
+    return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
 
 
 def cache_key(
@@ -134,7 +134,9 @@ def vary_values(
     names = _field_names(header(response_headers, "Vary"))
     if "*" in names:
         return None
-    return {name: _normalize_field(header(request_headers, name) or "") for name in names}
+    # Credential fields are never recorded: the key already binds an entry to them.
+    return {name: _normalize_field(header(request_headers, name) or "") for name in names
+            if name not in CREDENTIAL_FIELDS}
 
 
 def vary_matches(entry: CacheEntry, request_headers: Mapping[str, str]) -> bool:
@@ -314,13 +316,11 @@ def _age_value(value: str | None) -> float:
 
 
 def _is_private(request_headers: Mapping[str, str], response_cc: Mapping[str, str | None]) -> bool:
+    # Credentials make a response private whatever it says: public, s-maxage and
+    # must-revalidate (§3.5) do not make one tenant's response another's here.
     if "private" in response_cc:
         return True
-    if any(header(request_headers, name) is not None for name in _ALWAYS_PRIVATE_REQUEST_FIELDS):
-        return True
-    return header(request_headers, "Authorization") is not None and not any(
-        d in response_cc for d in _AUTHORIZATION_OVERRIDES
-    )
+    return any(name.lower() in CREDENTIAL_FIELDS for name in request_headers)
 
 
 def is_storable(
