@@ -29,6 +29,7 @@ from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
 from .core.results import Body, DownloadResult
 from .core.retry import RetryPolicy, status_failure
+from .core.scrub import ascrubbed, scrubbed
 from .core.urls import redact_url
 from .download.options import DownloadOptions
 from .download.progress import ProgressSpec
@@ -226,6 +227,7 @@ class HTTPConnection:
             **limits,
         )
 
+    @scrubbed
     def get_response(
         self,
         url: str,
@@ -263,6 +265,7 @@ class HTTPConnection:
         )
         return sync_retrying(self.retry, req.deadline, "GET", url, on_result)(attempt)
 
+    @ascrubbed
     async def get_async_response(
         self,
         url: str,
@@ -347,6 +350,7 @@ class HTTPConnection:
 
         return await async_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
 
+    @scrubbed
     def get_bytes(
         self,
         url: str,
@@ -362,6 +366,7 @@ class HTTPConnection:
                             allow_redirects=allow_redirects, max_bytes=max_bytes)
         return self._body(req, use_cache).content
 
+    @ascrubbed
     async def async_get_bytes(
         self,
         url: str,
@@ -377,6 +382,7 @@ class HTTPConnection:
                             allow_redirects=allow_redirects, max_bytes=max_bytes)
         return (await self._abody(req, use_cache)).content
 
+    @scrubbed
     def get_text(
         self,
         url: str,
@@ -392,6 +398,7 @@ class HTTPConnection:
         body = self._body(req, use_cache)
         return decode_text(body.content, body.headers)
 
+    @ascrubbed
     async def async_get_text(
         self,
         url: str,
@@ -407,6 +414,7 @@ class HTTPConnection:
         body = await self._abody(req, use_cache)
         return decode_text(body.content, body.headers)
 
+    @scrubbed
     def get_json(
         self,
         url: str,
@@ -420,6 +428,7 @@ class HTTPConnection:
         return json.loads(self.get_bytes(url, timeout=timeout, extra_headers=extra_headers,
                                          max_bytes=max_bytes, use_cache=use_cache))
 
+    @ascrubbed
     async def async_get_json(
         self,
         url: str,
@@ -452,6 +461,7 @@ class HTTPConnection:
                              DownloadOptions(self.retry, resume, connections, progress),
                              self._cache_for(req, use_cache, offline), offline)
 
+    @scrubbed
     def download_file(
         self,
         url: str,
@@ -484,6 +494,7 @@ class HTTPConnection:
             connections=connections, progress=progress, use_cache=use_cache,
         ).path
 
+    @scrubbed
     def fetch_file(
         self,
         url: str,
@@ -512,6 +523,7 @@ class HTTPConnection:
                     lambda r, t: self._sync.download(r, t, plan.options))
         return self._cached.download(plan.cache, plan.req, plan.target, io, offline=plan.offline)
 
+    @ascrubbed
     async def async_download_file(
         self,
         url: str,
@@ -535,6 +547,7 @@ class HTTPConnection:
         )
         return result.path
 
+    @ascrubbed
     async def async_fetch_file(
         self,
         url: str,

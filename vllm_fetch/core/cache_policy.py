@@ -39,7 +39,7 @@ from urllib.parse import urlunsplit
 from ..errors import InvalidURLError
 from .body import header
 from .tenancy import CREDENTIAL_FIELDS
-from .urls import URL_CACHE_SIZE, split_url
+from .urls import URL_CACHE_SIZE, parse_problem, redact_url, split_url
 
 #: Response header fields kept in the index (lowercase). Everything else is dropped.
 KEPT_HEADERS = frozenset(
@@ -85,7 +85,12 @@ def normalize_url(url: str) -> str:
     try:
         parts, hostname, port = split_url(url)  # the parse the URL check already made
     except ValueError as exc:
-        raise InvalidURLError(f"Invalid HTTP URL: {exc}") from None
+        problem = parse_problem(exc)
+    else:
+        problem = ""
+    if problem:  # raised out here: urllib's error (it may quote a password) is not its context
+        raise InvalidURLError(f"Invalid HTTP URL: {problem}: {redact_url(url)}",
+                              url=redact_url(url))
     scheme = parts.scheme.lower()
     host = hostname or ""
     if ":" in host:
