@@ -2,8 +2,9 @@
 
 ``block_private_ips`` uses an explicit deny list rather than ``ipaddress.is_global`` alone,
 and unwraps every IPv6 form that embeds an IPv4 address (mapped, translated, compatible,
-NAT64, 6to4, ISATAP, Teredo) so a private IPv4 address cannot hide inside one. The drivers resolve a host once,
-ask :meth:`URLPolicy.check_addresses` about every answer, and dial only a checked address.
+NAT64, 6to4, ISATAP, Teredo) so a private IPv4 address cannot hide inside one. The drivers
+resolve a host once, ask :meth:`URLPolicy.check_addresses` about every answer, and dial only a
+checked address.
 """
 
 from __future__ import annotations
