@@ -18,7 +18,7 @@ from .connections import HTTPConnection
 from .core.scrub import scrub_error, scrub_text
 from .core.urls import redact_url
 from .errors import FetchError
-from .manifest import default_name, read_manifest
+from .manifest import default_name, read_manifest, resolve_targets
 from .prefetch import PrefetchOutcome, prefetch
 
 EXIT_FAILED = 1
@@ -93,6 +93,7 @@ def _report(outcome: PrefetchOutcome, bar: tqdm[Any]) -> None:
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     entries = read_manifest(args.manifest)
+    resolve_targets(args.dir, entries)  # refuse a path leading out before fetching anything
     show_bar = sys.stderr.isatty() and not env_flag("VLLM_FETCH_DISABLE_PROGRESS")
     with _connection(args) as conn, tqdm(total=len(entries), unit="file", desc="prefetch",
                                          disable=not show_bar) as bar:
