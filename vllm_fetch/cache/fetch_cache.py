@@ -24,6 +24,7 @@ from ..config import env_size, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
 from ..core.tenancy import credential_material, policy_headers
 from .blobs import BlobStore, is_sha256
+from .costs import INDEX_BASE, blob_cost
 from .housekeeping import PruneReport, VerifyReport, prune, verify
 from .index import Index
 from .seal import seal_file
@@ -69,8 +70,9 @@ class CachedItem:
 class FetchCache:
     """A content-addressed HTTP cache on disk; see the README's "Cache" section.
 
-    ``size_limit`` (bytes; default ``$VLLM_FETCH_CACHE_SIZE`` or 10 GB) bounds the blob bytes:
-    least recently used blobs are evicted past it. ``allow_private`` lets this cache keep and
+    ``size_limit`` (bytes; default ``$VLLM_FETCH_CACHE_SIZE`` or 10 GB) bounds what the cache
+    occupies: bodies in whole blocks plus each index entry (``cache/costs.py``); least recently
+    used entries are evicted past it (SQLite's write-ahead log adds at most ~1 MiB). ``allow_private`` lets this cache keep and
     serve responses to requests with credentials (Authorization, Proxy-Authorization, Cookie,
     X-Api-Key, URL userinfo) or marked ``private``: only for a cache that one caller owns. Even
     then such a response is served only to a request with the same credentials.
@@ -202,7 +204,7 @@ class FetchCache:
     def _over_limit(self, total: int) -> None:
         # Runs on the writer thread too: never flush (wait for the writer) from here. Evicting
         # down to a low-water mark makes the full scan rare, not one per store at capacity.
-        if total <= self.size_limit:
+        if total + INDEX_BASE <= self.size_limit:  # the running total leaves the base out
             return
         try:
             prune(self.index, self.blobs, self._lock_path,
@@ -223,7 +225,7 @@ class FetchCache:
         with self._guard:
             self._pending.pop(key, None)
             total = self.index.commit(key, entry.with_body(digest, size, seal),
-                                      size if created else 0)
+                                      blob_cost(size) if created else 0)
         if total is not None:
             self._over_limit(total)
         return total is not None

@@ -7,7 +7,9 @@ worst lose entries, not run code. Keys:
 - ``u:<64 hex>``: when the entry was last served (unix seconds), written at most once a minute
   per key and process, so a hit is a read, not a write; an entry's last use is the later of
   this and its ``stored_at`` (a store is not a second write);
-- ``n:blob-bytes``: a running total of blob bytes, the cheap trigger for eviction;
+- ``n:blob-bytes``: a running total of what the cache occupies (blobs in whole blocks, plus
+  ``ENTRY_COST`` per entry written; a replaced entry counts again until the next prune
+  recounts), the cheap trigger for eviction;
 - ``s:<sha256>``: the seal (``cache/seal.py``) of the blob with that sha256, for a copy made by
   naming the sha256 alone (``download_file(expected_sha256=…)`` from any URL's copy).
 
@@ -36,6 +38,7 @@ import diskcache
 
 from ..core.cache_policy import CacheEntry
 from .blobs import is_sha256
+from .costs import ENTRY_COST
 from .index_mutex import DirMutex, LockSupport, lock_support
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -44,6 +47,10 @@ BYTES_KEY = "n:blob-bytes"
 #: Seconds between two last-used writes for one key from one process.
 TOUCH_RESOLUTION = 60.0
 MAX_TOUCHED = 100_000
+#: SQLite's write-ahead log is checkpointed every this many pages (4 KiB) and truncated back
+#: to that size: beyond the size limit, the index's log occupies at most ~1 MiB (SQLite's
+#: default of 1000 pages let a flood of small stores grow it past 4 MB).
+WAL_PAGES = 256
 #: Seconds before an index that could not be opened (disk full, locks) is tried again.
 REOPEN_AFTER = 30.0
 _DB_FILE = "cache.db"
@@ -128,6 +135,7 @@ class Index:
         journal = "wal" if self._mutex is None else "delete"  # WAL's shared memory needs locks
         db = diskcache.Cache(
             str(self.directory), disk=JSONDisk, sqlite_journal_mode=journal,
+            sqlite_wal_autocheckpoint=WAL_PAGES, sqlite_journal_size_limit=WAL_PAGES * 4096,
             eviction_policy="none", statistics=False, tag_index=False, timeout=10,
         )
         db.close()  # the connection diskcache opened in __init__, before its local is swapped
@@ -256,8 +264,9 @@ class Index:
     def commit_many(
         self, items: list[tuple[str, CacheEntry, int]], *, extra_bytes: int = 0
     ) -> int | None:
-        """Write new entries (key, entry, blob bytes they added), their last use and the blob
-        total in one transaction; the new total (None when the index is unavailable)."""
+        """Write new entries (key, entry, blob bytes they added, in ``blob_cost``), their last
+        use and the running total in one transaction; the new total (None when the index is
+        unavailable)."""
         for key, entry, _ in items:
             self._touched[key] = entry.stored_at
 
@@ -267,7 +276,7 @@ class Index:
                     db.set(key, entry.to_dict())  # last used: its stored_at until served
                     if entry.seal:
                         db.set("s:" + entry.sha256, entry.seal)
-                added = sum(n for *_, n in items) + extra_bytes
+                added = sum(n for *_, n in items) + extra_bytes + ENTRY_COST * len(items)
                 total = int(db.get(BYTES_KEY, 0)) + added
                 if added:
                     db.set(BYTES_KEY, total)

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from ..core.cache_policy import CacheEntry
 from .blobs import BlobStore
+from .costs import blob_cost
 from .index import Index
 from .seal import seal_of
 
@@ -214,7 +215,7 @@ class StoreWriter:
                 if job.done is not None:
                     job.done.set_exception(outcome)
             else:
-                written.append((job, job.entry.size if outcome[1] else 0))
+                written.append((job, blob_cost(job.entry.size) if outcome[1] else 0))
         # A job superseded meanwhile (invalidated, or a newer store for its key) only adds its
         # blob; its entry is not written. ``guard`` keeps invalidations out of this window.
         with self._guard:
