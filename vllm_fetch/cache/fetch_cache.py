@@ -74,11 +74,11 @@ class FetchCache:
     occupies: bodies in whole blocks plus each index entry (``cache/costs.py``); least recently
     used entries are evicted past it (SQLite's write-ahead log adds at most ~1 MiB).
     ``allow_private`` lets this cache keep and serve responses to requests with credentials
-    (Authorization, Proxy-Authorization, Cookie, X-Api-Key, URL userinfo) or marked ``private``: only for a cache that one caller owns. Even
-    then such a response is served only to a request with the same credentials.
-    ``link_files`` hardlinks downloaded files into the store and back out instead of copying
-    them (no extra space; a downloaded file edited in place then fails its seal and is
-    fetched again, never served edited).
+    (Authorization, Proxy-Authorization, Cookie, X-Api-Key, URL userinfo) or marked
+    ``private``: only for a cache that one caller owns. Even then such a response is served
+    only to a request with the same credentials. ``link_files`` hardlinks downloaded files
+    into the store and back out instead of copying them (no extra space; a downloaded file
+    edited in place then fails its seal and is fetched again, never served edited).
     """
 
     def __init__(

@@ -4,10 +4,10 @@ Every pass runs under one cross-process file lock, so two processes never evict 
 What counts against the size limit is what the cache occupies on disk: each blob in whole
 filesystem blocks (``blob_cost``: a 10-byte body takes a 4 KiB block), ``INDEX_BASE`` for the
 empty index and ``ENTRY_COST`` for each index entry (its record, key, last-used row and
-SQLite's page overhead), so a flood of distinct URLs for one tiny body is bounded too. Eviction drops the least recently used entries
-first, and a blob with its last entry. Blobs that no entry references (left by a replaced
-entry, or by a crash between writing a blob and its entry) are removed once older than
-``ORPHAN_GRACE`` seconds.
+SQLite's page overhead), so a flood of distinct URLs for one tiny body is bounded too.
+Eviction drops the least recently used entries first, and a blob with its last entry. Blobs
+that no entry references (left by a replaced entry, or by a crash between writing a blob and
+its entry) are removed once older than ``ORPHAN_GRACE`` seconds.
 """
 
 from __future__ import annotations
