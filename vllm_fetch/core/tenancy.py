@@ -35,13 +35,18 @@ def url_userinfo(url: str) -> str:
 
 def credential_material(url: str, headers: Mapping[str, str]) -> bytes:
     """Every credential the request carries, canonically (b"" when it carries none)."""
-    found = sorted((name.lower(), value) for name, value in headers.items()
-                   if name.lower() in CREDENTIAL_FIELDS)
-    userinfo = url_userinfo(url)
-    if userinfo:
-        found.append(("userinfo", userinfo))
+    found: list[tuple[str, str]] = []
+    for name, value in headers.items():  # a plain loop: this runs on every cache lookup
+        lower = name.lower()
+        if lower in CREDENTIAL_FIELDS:
+            found.append((lower, value))
+    if "@" in url:
+        userinfo = url_userinfo(url)
+        if userinfo:
+            found.append(("userinfo", userinfo))
     if not found:
         return b""
+    found.sort()
     return "\0".join(f"{name}\0{value}" for name, value in found).encode("utf-8",
                                                                           "surrogatepass")
 
