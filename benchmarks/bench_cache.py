@@ -1,8 +1,9 @@
 """Cache benchmarks (not run by the tests). Usage: ``python benchmarks/bench_cache.py``.
 
 1. A fresh hit of a 100 KB object, in-process: median microseconds per ``get_bytes`` (target
-   < 100 µs), next to requests-cache's hit in the same run when it is installed
-   (``pip install -e '.[bench]'``; never a dependency of vllm_fetch itself).
+   < 25 µs), next to requests-cache's and hishel's (RFC 9111 mode, sqlite storage) hits in the
+   same run when they are installed (``pip install -e '.[bench]'``; never dependencies of
+   vllm_fetch itself). ``--hit-only`` stops after this part.
 2. 1000 distinct 100 KB objects fetched with ``async_get_bytes`` at concurrency 64 into a cold
    cache, against raw aiohttp (target ≤ 1.25x), and vllm_fetch with the cache off. One more
    row, raw aiohttp keeping every body it fetched, shows what holding 100 MB of new bodies in
@@ -93,6 +94,31 @@ def bench_hit(base: str, samples: int, rounds: int) -> None:
 
         theirs = [_median_us(hit, samples) for _ in range(rounds)]
         print(f"requests-cache hit, 100 KB: median {statistics.median(theirs):7.1f} µs "
+              f"(rounds: {', '.join(f'{x:.1f}' for x in theirs)})")
+        session.close()
+    _bench_hishel(url, samples, rounds)
+
+
+def _bench_hishel(url: str, samples: int, rounds: int) -> None:
+    try:
+        import requests
+        from hishel import SqliteStorage
+        from hishel.requests import CacheAdapter
+    except ImportError:
+        print("hishel not installed: no comparison")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        session = requests.Session()
+        storage = SqliteStorage(database_path=str(Path(tmp) / "hishel.db"))
+        session.mount("http://", CacheAdapter(storage=storage, rfc=True))
+        assert session.get(url).content
+        assert session.get(url).headers.get("X-Hishel-From-Cache") == "true"
+
+        def hit() -> bytes:
+            return session.get(url).content
+
+        theirs = [_median_us(hit, samples) for _ in range(rounds)]
+        print(f"hishel hit, 100 KB:         median {statistics.median(theirs):7.1f} µs "
               f"(rounds: {', '.join(f'{x:.1f}' for x in theirs)})")
         session.close()
 
@@ -222,6 +248,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sync", action="store_true", help="also compare the sync side")
+    parser.add_argument("--hit-only", action="store_true", help="only the cache-hit comparison")
     parser.add_argument("--sync-count", type=int, default=500)
     parser.add_argument("--origin-delay-ms", type=float, default=0.0,
                         help="the origin waits this long before each response (a remote "
@@ -237,6 +264,8 @@ def main() -> None:
         assert origin.stdout is not None
         base = f"http://127.0.0.1:{int(origin.stdout.readline())}"
         bench_hit(base, args.samples, args.rounds)
+        if args.hit_only:
+            return
         bench_cold(base, args.count, args.concurrency, args.rounds)
         if args.sync:
             bench_sync(base, args.sync_count, args.rounds)

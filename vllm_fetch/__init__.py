@@ -14,6 +14,7 @@ from .core.results import DownloadResult, FetchResult
 from .core.retry import RetryPolicy
 from .errors import (
     BlockedURLError,
+    CachedBodyDamagedError,
     ChecksumMismatchError,
     DiskError,
     FetchConnectionError,
@@ -35,6 +36,7 @@ from .errors import (
 
 __all__ = [
     "BlockedURLError",
+    "CachedBodyDamagedError",
     "ChecksumMismatchError",
     "DiskError",
     "DownloadResult",

@@ -31,6 +31,7 @@ from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
 from .core.results import Body, DownloadResult, FetchResult
 from .core.retry import RetryPolicy, status_failure
+from .core.scrub import ascrubbed, scrubbed
 from .core.urls import quote_url, redact_url
 from .download import sync_runner
 from .download.options import DownloadOptions
@@ -261,6 +262,7 @@ class HTTPConnection:
             **limits,
         )
 
+    @scrubbed
     def get_response(
         self,
         url: str,
@@ -298,6 +300,7 @@ class HTTPConnection:
         )
         return sync_retrying(self.retry, req.deadline, "GET", url, on_result)(attempt)
 
+    @ascrubbed
     async def get_async_response(
         self,
         url: str,
@@ -394,6 +397,7 @@ class HTTPConnection:
 
         return await async_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
 
+    @scrubbed
     def fetch_bytes(
         self,
         url: str,
@@ -421,6 +425,7 @@ class HTTPConnection:
             budget.settle(len(result.content), redact_url(req.url))
         return result
 
+    @ascrubbed
     async def async_fetch_bytes(
         self,
         url: str,
@@ -442,6 +447,7 @@ class HTTPConnection:
             budget.settle(len(result.content), redact_url(req.url))
         return result
 
+    @scrubbed
     def get_bytes(
         self,
         url: str,
@@ -462,6 +468,7 @@ class HTTPConnection:
                                 max_bytes=max_bytes, request_budget=request_budget,
                                 extra_headers=extra_headers, use_cache=use_cache).content
 
+    @ascrubbed
     async def async_get_bytes(
         self,
         url: str,
@@ -479,6 +486,7 @@ class HTTPConnection:
             request_budget=request_budget, extra_headers=extra_headers, use_cache=use_cache)
         return result.content
 
+    @scrubbed
     def get_text(
         self,
         url: str,
@@ -494,6 +502,7 @@ class HTTPConnection:
         body = self._body(req, use_cache)
         return decode_text(body.content, body.headers)
 
+    @ascrubbed
     async def async_get_text(
         self,
         url: str,
@@ -509,6 +518,7 @@ class HTTPConnection:
         body = await self._abody(req, use_cache)
         return decode_text(body.content, body.headers)
 
+    @scrubbed
     def get_json(
         self,
         url: str,
@@ -523,6 +533,7 @@ class HTTPConnection:
                             max_bytes=max_bytes)
         return json.loads(self._body(req, use_cache).content)
 
+    @ascrubbed
     async def async_get_json(
         self,
         url: str,
@@ -555,6 +566,7 @@ class HTTPConnection:
                              DownloadOptions(self.retry, resume, connections, progress),
                              self._cache_for(req, use_cache, offline), offline)
 
+    @scrubbed
     def download_file(
         self,
         url: str,
@@ -587,6 +599,7 @@ class HTTPConnection:
             connections=connections, progress=progress, use_cache=use_cache,
         ).path
 
+    @scrubbed
     def fetch_file(
         self,
         url: str,
@@ -616,6 +629,7 @@ class HTTPConnection:
                     self._sync_io.hops)
         return self._cached.download(plan.cache, plan.req, plan.target, io, offline=plan.offline)
 
+    @ascrubbed
     async def async_download_file(
         self,
         url: str,
@@ -639,6 +653,7 @@ class HTTPConnection:
         )
         return result.path
 
+    @ascrubbed
     async def async_fetch_file(
         self,
         url: str,

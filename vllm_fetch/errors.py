@@ -167,6 +167,11 @@ class OfflineError(FetchError):
     """Offline mode is on and the URL is not in the cache."""
 
 
+class CachedBodyDamagedError(IntegrityError, OfflineError):
+    """Offline, the only copy is the cached one, and its stored bytes are damaged or gone (the
+    entry has been dropped; online it would have been fetched again)."""
+
+
 class DiskError(FetchError, OSError):
     """A local file could not be written (disk full, read-only target). Never retried."""
 
@@ -231,6 +236,7 @@ def budget_exceeded(message: str, url: str | None = None) -> MediaRequestDownloa
 
 __all__ = [
     "BlockedURLError",
+    "CachedBodyDamagedError",
     "ChecksumMismatchError",
     "DiskError",
     "FetchConnectionError",

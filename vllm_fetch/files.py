@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import DiskError
@@ -22,13 +23,39 @@ def disk_error(exc: OSError, path: Path) -> DiskError:
 
 
 def create_temp(target: Path) -> tuple[int, Path]:
-    """A uniquely named temp file in the target's directory (same filesystem: rename is atomic)."""
+    """A uniquely named temp file in the target's directory (same filesystem: rename is atomic),
+    with the mode a file created there would get (0666 less the umask), not mkstemp's 0600."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
         raise disk_error(exc, target) from exc
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except OSError as exc:
+        os.close(fd)
+        remove_quietly(Path(name))
+        raise disk_error(exc, target) from exc
     return fd, Path(name)
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status`` on Linux 4.7+);
+    elsewhere set and restored at once under a lock."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 def fsync_dir(directory: Path) -> None:

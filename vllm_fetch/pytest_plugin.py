@@ -68,13 +68,21 @@ _MODE_KEY = pytest.StashKey[str]()
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    from .errors import OfflineError
+    from .errors import CachedBodyDamagedError, OfflineError
 
     try:
         return (yield)
     except OfflineError as exc:
         if item.config.stash.get(_MODE_KEY, "live") != "replay":
             raise
+        if isinstance(exc, CachedBodyDamagedError):  # its seal failed: never served
+            pytest.fail(
+                f"vllm_fetch replay: the recording of {exc.url or 'a URL'} is damaged (its "
+                f"bytes fail their check) and was dropped. Record it again with "
+                f"`pytest --vllm-fetch-mode=record {item.nodeid}`, then commit "
+                f"{_cache_dir(item.config)}.",
+                pytrace=False,
+            )
         pytest.fail(
             f"vllm_fetch replay: {exc.url or 'a URL'} was not recorded. Record it with "
             f"`pytest --vllm-fetch-mode=record {item.nodeid}` (network needed once), "

@@ -56,3 +56,30 @@ def test_replay_miss_names_the_url_and_how_to_record(tmp_path: Path) -> None:
     assert "--vllm-fetch-mode=record" in result.stdout
     assert "secret" not in result.stdout
     assert not (suite / "connects-replay.log").exists()
+
+
+def test_a_damaged_recording_is_never_replayed(tmp_path: Path) -> None:
+    """Fault D10 in replay: one flipped byte in a recorded blob fails the tests that read it
+    (with a message saying so), and never hands them wrong bytes (issue 13, item 1)."""
+    suite = tmp_path / "suite"
+    shutil.copytree(EXAMPLE, suite)
+    origin = Origin().start()
+    url = origin.serve_bytes("/assets/image.png", ASSET,
+                             headers={"Cache-Control": "max-age=600"})
+    try:
+        recorded = run_suite(suite, "record", url)
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    finally:
+        origin.stop()
+    blob = suite / "recorded_assets" / "blobs" / sha256(ASSET)[:2] / sha256(ASSET)[2:]
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0x80]))
+    replayed = run_suite(suite, "replay", url)
+    assert replayed.returncode == 1
+    assert "is damaged" in replayed.stdout and "--vllm-fetch-mode=record" in replayed.stdout
+    assert "AssertionError" not in replayed.stdout  # no test ever saw the damaged bytes
+    assert not (suite / "connects-replay.log").exists()

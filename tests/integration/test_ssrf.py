@@ -65,12 +65,15 @@ def forms(port: int) -> list[str]:
     """URLs that all lead to the loopback listener on ``port``."""
     hosts = ["127.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]", "2130706433", "0x7f000001",
              "0177.0.0.1", "127.1", "[::127.0.0.1]", "[64:ff9b::7f00:1]", "[2002:7f00:1::]",
-             "\uff11\uff12\uff17.\uff10.\uff10.\uff11", "LocalHost."]
+             "\uff11\uff12\uff17.\uff10.\uff10.\uff11", "LocalHost.", "[::ffff:0:127.0.0.1]",
+             "[::ffff:0:7f00:1]", "[64:ff9b:1:7f:0:1::]", "[2a00:1450::5efe:7f00:1]",
+             "[2a00:1450::200:5efe:127.0.0.1]"]
     return [f"http://{host}:{port}/x?sig=secret" for host in hosts]
 
 
 FORM_IDS = ["v4", "localhost", "v6", "mapped", "decimal", "hex", "octal", "short", "compat",
-            "nat64", "6to4", "fullwidth", "localhost-dot"]
+            "nat64", "6to4", "fullwidth", "localhost-dot", "translated", "translated-hex",
+            "local-nat64", "isatap", "isatap-u"]
 
 
 def test_control_the_listener_counts(listener: CountingListener) -> None:

@@ -47,12 +47,17 @@ REFUSED_HOSTS = [
     "[fec0::1]", "[100::1]", "[2001:db8::1]", "[2606:4700::1%25eth0]",  # any zone id is local
     "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # fullwidth digits: IDNA gives 127.0.0.1
     "ⓛocalhost",  # a circled l: IDNA maps it to localhost
+    # IPv4-translated (RFC 2765), local-use NAT64 at any RFC 6052 position, ISATAP
+    "[::ffff:0:127.0.0.1]", "[::ffff:0:7f00:1]", "[::ffff:0:a9fe:a9fe]", "[::ffff:0:a00:1]",
+    "[64:ff9b:1:7f:0:1::]", "[64:ff9b:1:7f00:1::]", "[64:ff9b:1::8.8.8.8]",
+    "[2a00:1450::5efe:7f00:1]", "[2a00:1450::200:5efe:a9fe:a9fe]", "[2606:4700::5efe:10.0.0.1]",
 ]
 
 ALLOWED_HOSTS = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "[2606:4700:4700::1111]",
                  "[2001:4860:4860::8888]", "example.com", "huggingface.co", "172.32.0.1",
                  "100.128.0.1", "11.0.0.1", "[::ffff:8.8.8.8]", "[64:ff9b::808:808]",
-                 "[2002:808:808::1]", f"[{teredo('8.8.8.8', '1.1.1.1')}]", "bücher.example"]
+                 "[2002:808:808::1]", f"[{teredo('8.8.8.8', '1.1.1.1')}]", "bücher.example",
+                 "[::ffff:0:808:808]", "[2a00:1450::5efe:808:808]"]
 
 
 @pytest.mark.parametrize("host", REFUSED_HOSTS)
@@ -88,6 +93,8 @@ def test_parse_ip_literal_reads_legacy_forms(literal: str, address: str | None) 
     ("::ffff:10.0.0.1", ("10.0.0.1",)), ("::127.0.0.1", ("127.0.0.1",)),
     ("64:ff9b::a00:1", ("10.0.0.1",)), ("2002:c0a8:101::", ("192.168.1.1",)),
     (teredo("8.8.8.8", "10.0.0.1"), ("8.8.8.8", "10.0.0.1")), ("2606:4700::1", ()), ("::1", ()),
+    ("::ffff:0:a00:1", ("10.0.0.1",)), ("2a00:1450::5efe:a00:1", ("10.0.0.1",)),
+    ("2a00:1450::200:5efe:a00:1", ("10.0.0.1",)),
 ])
 def test_embedded_ipv4_unwraps_every_transition_form(address: str, embedded: tuple[str]) -> None:
     found = embedded_ipv4(ipaddress.IPv6Address(address))

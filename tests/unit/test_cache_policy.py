@@ -87,6 +87,8 @@ def respond(e: CacheEntry | None, status: int, headers: dict[str, str], **kw: An
         ("https://example.com/a#frag", "https://example.com/a"),
         ("https://example.com", "https://example.com/"),
         ("https://[::1]:443/a", "https://[::1]/a"),
+        # credentials enter a key only as the cache's keyed hash (its scope), never as text
+        ("https://u:p@example.com/a", "https://example.com/a"),
     ],
 )
 def test_cache_key_normalises(a: str, b: str) -> None:
@@ -104,7 +106,6 @@ def test_cache_key_normalises(a: str, b: str) -> None:
         ("http://example.com/a", "https://example.com/a"),
         ("https://example.com:8443/a", "https://example.com/a"),
         ("http://example.com:443/a", "http://example.com/a"),
-        ("https://u:p@example.com/a", "https://example.com/a"),
     ],
 )
 def test_cache_key_distinguishes(a: str, b: str) -> None:
@@ -195,9 +196,11 @@ def test_parse_cache_control(value: str | None, expected: dict[str, str | None])
         (200, {"Cache-Control": "no-store"}, {}, (False, False)),
         (200, {}, {"Vary": "*"}, (False, False)),
         (200, {"Authorization": "Bearer t"}, {}, (True, True)),
-        (200, {"authorization": "Bearer t"}, {"Cache-Control": "public"}, (True, False)),
-        (200, {"Authorization": "Bearer t"}, {"Cache-Control": "s-maxage=5"}, (True, False)),
-        (200, {"Authorization": "x"}, {"Cache-Control": "must-revalidate"}, (True, False)),
+        # stricter than §3.5: credentials keep a response private whatever it says
+        (200, {"authorization": "Bearer t"}, {"Cache-Control": "public"}, (True, True)),
+        (200, {"Authorization": "Bearer t"}, {"Cache-Control": "s-maxage=5"}, (True, True)),
+        (200, {"Authorization": "x"}, {"Cache-Control": "must-revalidate"}, (True, True)),
+        (200, {"Proxy-Authorization": "Basic x"}, {"Cache-Control": "public"}, (True, True)),
         (200, {"Authorization": "x"}, {"Cache-Control": "max-age=60"}, (True, True)),
         (200, {"Cookie": "s=1"}, {"Cache-Control": "public"}, (True, True)),
         (200, {"X-Api-Key": "k"}, {}, (True, True)),

@@ -14,6 +14,7 @@ import pytest
 from tests.cache_entries import fresh_entry
 from vllm_fetch import FetchCache, HTTPStatusError
 from vllm_fetch.cache.blobs import BlobStore
+from vllm_fetch.cache.costs import ENTRY_COST, INDEX_BASE, blob_cost
 from vllm_fetch.cache.single_flight import AsyncSingleFlight, SingleFlight
 from vllm_fetch.config import parse_size
 from vllm_fetch.core.cache_policy import cache_key
@@ -120,8 +121,9 @@ def test_verify_removes_corrupt_blobs_and_their_entries(tmp_path: Path) -> None:
 def test_prune_by_age_and_size_keeps_pinned_blobs(tmp_path: Path) -> None:
     cache = FetchCache(tmp_path / "c")
     keys = [store(cache, f"https://example.com/{i}", bytes([i]) * 1000) for i in range(4)]
+    each = blob_cost(1000) + ENTRY_COST  # what one entry with its own blob occupies
     with cache.blobs.pinned(sha(bytes([0]) * 1000)):
-        report = cache.prune(max_size=2000)
+        report = cache.prune(max_size=INDEX_BASE + 2 * each)
     assert report.removed_blobs == 2 and report.freed_bytes == 2000
     remaining = {e.sha256 for e in cache.entries()}
     assert sha(bytes([0]) * 1000) in remaining  # being read: kept although least recent
@@ -234,7 +236,7 @@ def test_unusable_index_is_bypassed(tmp_path: Path, caplog: pytest.LogCaptureFix
     (tmp_path / "c" / "index").write_bytes(b"a file where the index directory should be")
     cache = FetchCache(tmp_path / "c")
     assert not cache.index.available
-    assert any("bypassing" in r.getMessage() for r in caplog.records)
+    assert any("left as it is" in r.getMessage() for r in caplog.records)
     key = cache_key("https://example.com/x")
     assert not cache.store_bytes(key, fresh_entry("https://example.com/x"), b"x", None)
     assert cache.index.get(key) is None and cache.info().entries == 0

@@ -15,6 +15,7 @@ import pytest
 from tests.cache_entries import fresh_entry
 from vllm_fetch import FetchCache
 from vllm_fetch.cache import writer
+from vllm_fetch.cache.costs import ENTRY_COST, blob_cost
 from vllm_fetch.cache.writer import StoreJob, take_burst
 from vllm_fetch.core.cache_policy import CacheEntry, cache_key
 
@@ -131,7 +132,8 @@ def test_a_store_that_must_wait_gets_a_future_that_settles(
         key = cache_key("https://example.com/backlog")
         done = cache.submit_bytes(key, fresh_entry("https://example.com/backlog"), b"body", None)
         assert done is not None
-        assert done.result(timeout=30) == len(b"body")  # the blob total after the commit
+        # the running total after the commit: the body's block and its entry
+        assert done.result(timeout=30) == blob_cost(len(b"body")) + ENTRY_COST
         assert cache.index.get(key) is not None
     finally:
         cache.close()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import DiskError
 from ..files import create_temp, disk_error, fsync_fd, publish, remove_quietly, write_all
+from .seal import fd_matches, matches
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -192,8 +193,12 @@ class BlobStore:
         with self._pin_lock:
             return self._pins[sha256] > 0
 
-    def read(self, sha256: str, size: int) -> bytes | None:
-        """The blob's bytes, or None when it is gone, unreadable or not ``size`` bytes long."""
+    def read(self, sha256: str, size: int, seal: str | None = None) -> bytes | None:
+        """The blob's bytes, or None when it is gone, unreadable or not ``size`` bytes long.
+
+        With ``seal`` (the index's; "" when none was kept, then the sha256 is checked) the bytes
+        are checked too: a damaged blob is deleted and None returned, never its bytes.
+        """
         with self.pinned(sha256) as path:
             try:
                 with open(path, "rb", buffering=0) as f:
@@ -202,14 +207,24 @@ class BlobStore:
                 if not isinstance(exc, FileNotFoundError):
                     logger.warning("cannot read cache blob %s: %s", path, exc)
                 return None
-        return data if len(data) == size else None
+        if len(data) != size or (seal is not None and not matches(data, sha256, seal)):
+            self.discard_damaged(sha256)
+            return None
+        return data
 
-    def copy_to(self, sha256: str, target: Path) -> bool:
+    def discard_damaged(self, sha256: str) -> None:
+        """Delete a blob whose bytes are not what was stored (so a refetch can store it again)."""
+        logger.warning("cache blob %s is damaged; deleting it", sha256)
+        with contextlib.suppress(OSError):
+            self.path(sha256).unlink()
+
+    def copy_to(self, sha256: str, target: Path, seal: str | None = None) -> bool:
         """Publish a copy (or hardlink, with ``link_files``) of the blob at ``target``.
 
         Crash-safe like a download: temp file beside the target, fsync, rename, fsync dir.
-        False when the blob is gone or unreadable (the caller falls back to the network);
-        a failure to write the target (disk full) is a ``DiskError``, and leaves no temp file.
+        With ``seal`` (see ``read``) the copy is checked before it is published. False when
+        the blob is gone, unreadable or damaged (the caller falls back to the network); a
+        failure to write the target (disk full) is a ``DiskError``, and leaves no temp file.
         """
         with self.pinned(sha256) as path:
             try:
@@ -224,6 +239,9 @@ class BlobStore:
                         fsync_fd(fd, temp)
                     os.close(fd)
                     fd = -1
+                    if seal is not None and not _file_matches(temp, sha256, seal):
+                        self.discard_damaged(sha256)
+                        return False
                     publish(temp, target)
                 except DiskError:
                     raise
@@ -289,6 +307,15 @@ def copy_fileobj(src_fd: int, dst_fd: int) -> None:
         pass
     with open(src_fd, "rb", closefd=False) as src, open(dst_fd, "wb", closefd=False) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _file_matches(path: Path, sha256: str, seal: str) -> bool:
+    """Whether the file at ``path`` holds the body stored with this sha256 and seal."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return fd_matches(fd, sha256, seal)
+    finally:
+        os.close(fd)
 
 
 def _replace_with_link(blob: Path, temp: Path) -> bool:

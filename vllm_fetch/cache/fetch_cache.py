@@ -22,9 +22,13 @@ import platformdirs
 
 from ..config import env_size, env_str, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
+from ..core.tenancy import credential_material, policy_headers
 from .blobs import BlobStore, is_sha256
+from .costs import INDEX_BASE, blob_cost
 from .housekeeping import PruneReport, VerifyReport, prune, verify
 from .index import Index
+from .seal import seal_file
+from .tenants import TenantKeys
 from .writer import StoreJob, StoreWriter
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -66,12 +70,15 @@ class CachedItem:
 class FetchCache:
     """A content-addressed HTTP cache on disk; see the README's "Cache" section.
 
-    ``size_limit`` (bytes; default ``$VLLM_FETCH_CACHE_SIZE`` or 10 GB) bounds the blob bytes:
-    least recently used blobs are evicted past it. ``allow_private`` lets this cache keep and
-    serve responses to requests with credentials (Authorization, Cookie, X-Api-Key) or marked
-    ``private``: only for a cache that one caller owns. ``link_files`` hardlinks downloaded
-    files into the store and back out instead of copying them (no extra space, but editing a
-    downloaded file in place would then change the cached bytes).
+    ``size_limit`` (bytes; default ``$VLLM_FETCH_CACHE_SIZE`` or 10 GB) bounds what the cache
+    occupies: bodies in whole blocks plus each index entry (``cache/costs.py``); least recently
+    used entries are evicted past it (SQLite's write-ahead log adds at most ~1 MiB).
+    ``allow_private`` lets this cache keep and serve responses to requests with credentials
+    (Authorization, Proxy-Authorization, Cookie, X-Api-Key, URL userinfo) or marked
+    ``private``: only for a cache that one caller owns. Even then such a response is served
+    only to a request with the same credentials. ``link_files`` hardlinks downloaded files
+    into the store and back out instead of copying them (no extra space; a downloaded file
+    edited in place then fails its seal and is fetched again, never served edited).
     """
 
     def __init__(
@@ -88,6 +95,7 @@ class FetchCache:
         self.allow_private = allow_private
         self.blobs = BlobStore(self.directory / "blobs", link_files=link_files)
         self.index = Index(self.directory / "index")
+        self._tenants = TenantKeys(self.directory)
         self._pending: dict[str, StoreJob] = {}
         self._guard = threading.Lock()
         self._writer = StoreWriter(self.blobs, self.index, guard=self._guard,
@@ -111,8 +119,12 @@ class FetchCache:
         self, url: str, request_headers: Mapping[str, str], *, offline: bool, now: float,
         scope: str = "",
     ) -> tuple[str, LookupDecision]:
-        """The key for ``url`` (in the URL policy's ``scope``) and the core's verdict on what
-        is stored (or queued) under it."""
+        """The key for ``url`` (in the URL policy's ``scope``, and the credentials' own space
+        when the request carries any) and the core's verdict on what is stored under it."""
+        tenant = self._tenants.tag(credential_material(url, request_headers))
+        if tenant:
+            scope = f"{scope}\0tenant:{tenant}"
+            request_headers = policy_headers(url, request_headers)
         key = cache_key(url, scope=scope)
         job = self._pending.get(key)
         stored = job.entry if job is not None else self.index.get(key)
@@ -125,7 +137,7 @@ class FetchCache:
         job = self._pending.get(key)
         if job is not None and job.entry.sha256 == entry.sha256:
             return job.content  # queued for the writer: served from memory
-        data = self.blobs.read(entry.sha256, entry.size)
+        data = self.blobs.read(entry.sha256, entry.size, entry.seal)
         if data is None:
             self._lost(key, entry)
         else:
@@ -136,7 +148,7 @@ class FetchCache:
         """Publish the stored body at ``target`` (crash-safe); False when the blob is gone."""
         if key in self._pending:
             self.flush()  # a body still queued for the writer has no blob yet
-        if not self.blobs.copy_to(entry.sha256, target):
+        if not self.blobs.copy_to(entry.sha256, target, entry.seal):
             self._lost(key, entry)
             return False
         self.index.touch(key, now)
@@ -145,6 +157,8 @@ class FetchCache:
     def _lost(self, key: str, entry: CacheEntry) -> None:
         logger.warning("cache blob for %s is missing or damaged; dropping the entry", entry.url)
         self.invalidate(key)
+        if not self.blobs.exists(entry.sha256):
+            self.index.forget_seal(entry.sha256)
 
     def submit_bytes(
         self, key: str, entry: CacheEntry, content: bytes, sha256: str | None
@@ -190,7 +204,7 @@ class FetchCache:
     def _over_limit(self, total: int) -> None:
         # Runs on the writer thread too: never flush (wait for the writer) from here. Evicting
         # down to a low-water mark makes the full scan rare, not one per store at capacity.
-        if total <= self.size_limit:
+        if total + INDEX_BASE <= self.size_limit:  # the running total leaves the base out
             return
         try:
             prune(self.index, self.blobs, self._lock_path,
@@ -203,13 +217,15 @@ class FetchCache:
         if size > self.size_limit:
             return False
         try:
+            seal = seal_file(path)  # of the bytes just verified by sha256 (in the page cache)
             digest, created = self.blobs.put_file(path, sha256, size)
         except OSError as exc:
             logger.warning("cannot cache %s: %s", entry.url, exc)
             return False
         with self._guard:
             self._pending.pop(key, None)
-            total = self.index.commit(key, entry.with_body(digest, size), size if created else 0)
+            total = self.index.commit(key, entry.with_body(digest, size, seal),
+                                      blob_cost(size) if created else 0)
         if total is not None:
             self._over_limit(total)
         return total is not None
@@ -237,8 +253,14 @@ class FetchCache:
             return None
 
     def copy_blob_to(self, sha256: str, target: Path) -> bool:
-        """Publish the blob with this sha256 at ``target``, whatever URL it came from."""
-        return self.blobs.copy_to(sha256.lower(), target)
+        """Publish the blob with this sha256 at ``target``, whatever URL it came from; checked
+        against its recorded seal (or its sha256) first. False when gone or damaged."""
+        sha256 = sha256.lower()
+        if self.blobs.copy_to(sha256, target, self.index.seal_of(sha256)):
+            return True
+        if not self.blobs.exists(sha256):
+            self.index.forget_seal(sha256)
+        return False
 
     # -- housekeeping (the ``vllm-fetch cache`` commands) ------------------------------------------
     def info(self) -> CacheInfo:

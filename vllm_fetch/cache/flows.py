@@ -40,8 +40,10 @@ from ..core.redirects import next_hop
 from ..core.request import FetchRequest
 from ..core.responses import check_status
 from ..core.results import Body, DownloadResult
+from ..core.tenancy import policy_headers
 from ..core.urls import redact_url
 from ..errors import (
+    CachedBodyDamagedError,
     ChecksumMismatchError,
     FetchConnectionError,
     FetchError,
@@ -119,6 +121,14 @@ def offline_error(url: str, reason: str = "not in the cache") -> OfflineError:
     return OfflineError(f"offline mode: {safe} is {reason or 'not in the cache'}", url=safe)
 
 
+def damaged_error(url: str) -> CachedBodyDamagedError:
+    """Offline, and the stored body failed its seal (or vanished): never served; dropped."""
+    safe = redact_url(url)
+    return CachedBodyDamagedError(
+        f"offline mode: the cached body of {safe} is damaged or missing; it was dropped "
+        "(fetch it again online)", url=safe)
+
+
 # --- bodies -------------------------------------------------------------------------------------
 
 
@@ -142,7 +152,7 @@ def serve_body(cache: FetchCache, start: Start, req: FetchRequest) -> Body | Non
     _check_size(entry.size if byte_range is None else byte_range.length, req)
     data = cache.read(start.key, entry, start.now)
     if data is None and decision.action is LookupAction.OFFLINE_HIT:
-        raise offline_error(req.url, "cached, but its stored body is missing")
+        raise damaged_error(req.url)
     if data is not None and decision.stale:
         if decision.action is LookupAction.OFFLINE_HIT:
             logger.warning("offline: serving a stale cached copy of %s", redact_url(req.url))
@@ -290,8 +300,9 @@ def _verdict(
     cache: FetchCache, entry: CacheEntry | None, status: int, headers: Mapping[str, str],
     req: FetchRequest, sent_at: float,
 ) -> ResponseDecision:
-    return on_response(entry, status, headers, req.headers, time.time(), sent_at,
-                       url=redact_url(req.url), store_private=cache.allow_private)
+    return on_response(entry, status, headers, policy_headers(req.url, req.headers),
+                       time.time(), sent_at, url=redact_url(req.url),
+                       store_private=cache.allow_private)
 
 
 def _stale_on_error(
@@ -385,13 +396,21 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     ):
         # same bytes, any URL
         return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
-    start = begin(cache, req, offline=offline)
+    try:
+        start = begin(cache, req, offline=offline)
+    except OfflineError:
+        if size is not None:  # the copy from another URL's blob failed its check
+            raise damaged_error(req.url) from None
+        raise
     if hops is not None:
         req, start = _through_stored_redirects(cache, req, start, offline=offline, hops=hops)
     entry = start.decision.entry
     if _fits(entry, req) and entry is not None:
-        if start.decision.action in HITS and (yield from _copy(cache, start, entry, target, req)):
-            return _published(target, entry, req.url)
+        if start.decision.action in HITS:
+            if (yield from _copy(cache, start, entry, target, req)):
+                return _published(target, entry, req.url)
+            if offline:
+                raise damaged_error(req.url)
         if start.decision.action is LookupAction.REVALIDATE:
             refreshed = yield from _revalidate_file(cache, start, req, target)
             if refreshed is not None:

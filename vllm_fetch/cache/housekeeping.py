@@ -1,9 +1,13 @@
 """Eviction, pruning and verification: whole-cache passes over the index and the blob store.
 
 Every pass runs under one cross-process file lock, so two processes never evict at once.
-Blob bytes are what count against the size limit; a blob's last use is the latest use of any
-entry pointing at it. Blobs that no entry references (left by a replaced entry, or by a crash
-between writing a blob and its entry) are removed once older than ``ORPHAN_GRACE`` seconds.
+What counts against the size limit is what the cache occupies on disk: each blob in whole
+filesystem blocks (``blob_cost``: a 10-byte body takes a 4 KiB block), ``INDEX_BASE`` for the
+empty index and ``ENTRY_COST`` for each index entry (its record, key, last-used row and
+SQLite's page overhead), so a flood of distinct URLs for one tiny body is bounded too.
+Eviction drops the least recently used entries first, and a blob with its last entry. Blobs
+that no entry references (left by a replaced entry, or by a crash between writing a blob and
+its entry) are removed once older than ``ORPHAN_GRACE`` seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .blobs import BlobInfo, BlobStore
+from .costs import ENTRY_COST, INDEX_BASE, blob_cost
 from .index import Index
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -49,15 +54,24 @@ class _Scan:
     blobs: dict[str, BlobInfo]
     keys_by_blob: dict[str, list[str]]
     last_used: dict[str, float]
+    entries: list[tuple[float, str, str]]  # (last used, key, sha256)
+
+    def occupied(self) -> int:
+        """What the cache is charged: blobs in blocks plus every entry."""
+        blobs = sum(blob_cost(info.size) for info in self.blobs.values())
+        entries = ENTRY_COST * sum(len(keys) for keys in self.keys_by_blob.values())
+        return INDEX_BASE + blobs + entries
 
 
 def _scan(index: Index, blobs: BlobStore) -> _Scan:
     keys_by_blob: dict[str, list[str]] = defaultdict(list)
     last_used: dict[str, float] = {}
+    entries: list[tuple[float, str, str]] = []
     for key, entry, used in index.items():
         keys_by_blob[entry.sha256].append(key)
         last_used[entry.sha256] = max(used, last_used.get(entry.sha256, 0.0))
-    return _Scan({b.sha256: b for b in blobs.iter_blobs()}, keys_by_blob, last_used)
+        entries.append((used, key, entry.sha256))
+    return _Scan({b.sha256: b for b in blobs.iter_blobs()}, keys_by_blob, last_used, entries)
 
 
 def _remove_blob(index: Index, blobs: BlobStore, scan: _Scan, sha: str) -> int:
@@ -65,6 +79,7 @@ def _remove_blob(index: Index, blobs: BlobStore, scan: _Scan, sha: str) -> int:
     for key in scan.keys_by_blob.pop(sha, []):
         index.delete(key)
     scan.blobs.pop(sha, None)
+    index.forget_seal(sha)
     return blobs.remove(sha)
 
 
@@ -72,8 +87,9 @@ def prune(
     index: Index, blobs: BlobStore, lock: Path, *, max_size: int | None,
     older_than: float | None, now: float | None = None,
 ) -> PruneReport:
-    """Drop orphans, blobs unused for ``older_than`` seconds, then least recently used blobs
-    until the total is at most ``max_size``. Blobs being read in this process are kept."""
+    """Drop orphans, blobs unused for ``older_than`` seconds, then least recently used entries
+    (and a blob with its last one) until what the cache occupies (``_Scan.occupied``) is at
+    most ``max_size``. Blobs being read in this process are kept. ``freed_bytes``: blob bytes."""
     now = time.time() if now is None else now
     with FileLock(str(lock)):
         scan = _scan(index, blobs)
@@ -96,18 +112,22 @@ def prune(
             for key in scan.keys_by_blob.pop(key_sha):  # entries whose blob is gone
                 index.delete(key)
                 removed_entries += 1
-        total = sum(info.size for info in scan.blobs.values())
+        total = scan.occupied()
         if max_size is not None and total > max_size:
-            by_age = sorted(scan.blobs.values(),
-                            key=lambda b: scan.last_used.get(b.sha256, b.mtime))
-            for info in by_age:
+            for _, key, sha in sorted(scan.entries):  # least recently used entries first
                 if total <= max_size:
                     break
-                if blobs.is_pinned(info.sha256):
+                keys = scan.keys_by_blob.get(sha)
+                if not keys or key not in keys or blobs.is_pinned(sha):
                     continue
-                drop(info.sha256)
-                total -= info.size
-        index.set_bytes(total)
+                index.delete(key)
+                keys.remove(key)
+                removed_entries += 1
+                total -= ENTRY_COST
+                if not keys and sha in scan.blobs:  # its last entry: the blob goes too
+                    total -= blob_cost(scan.blobs[sha].size)
+                    drop(sha)
+        index.set_bytes(total - INDEX_BASE)  # the running total leaves the base out
     if removed_blobs:
         logger.info("cache: removed %d blobs (%d bytes) and %d entries",
                     removed_blobs, freed, removed_entries)
@@ -141,6 +161,6 @@ def verify(index: Index, blobs: BlobStore, lock: Path, *, remove: bool) -> Verif
             if remove:
                 removed_entries += len(scan.keys_by_blob.get(sha, []))
                 _remove_blob(index, blobs, scan, sha)
-        index.set_bytes(sum(info.size for info in scan.blobs.values()))
+        index.set_bytes(scan.occupied() - INDEX_BASE)
     return VerifyReport(len(scan.blobs) + (len(corrupt) if remove else 0), corrupt,
                         removed_entries)

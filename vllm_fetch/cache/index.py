@@ -7,10 +7,19 @@ worst lose entries, not run code. Keys:
 - ``u:<64 hex>``: when the entry was last served (unix seconds), written at most once a minute
   per key and process, so a hit is a read, not a write; an entry's last use is the later of
   this and its ``stored_at`` (a store is not a second write);
-- ``n:blob-bytes``: a running total of blob bytes, the cheap trigger for eviction.
+- ``n:blob-bytes``: a running total of what the cache occupies (blobs in whole blocks, plus
+  ``ENTRY_COST`` per entry written; a replaced entry counts again until the next prune
+  recounts), the cheap trigger for eviction;
+- ``s:<sha256>``: the seal (``cache/seal.py``) of the blob with that sha256, for a copy made by
+  naming the sha256 alone (``download_file(expected_sha256=…)`` from any URL's copy).
 
-A corrupt or unreadable index (fault D8) is logged at WARNING, moved aside and rebuilt empty;
-when even that fails the index is bypassed (every lookup a miss), never an error for a fetch.
+Only a proven corruption moves the index aside (fault D8, D11): when opening or using it
+fails, SQLite's own ``PRAGMA quick_check`` (read-only) decides. A damaged file is logged at
+WARNING, moved aside and rebuilt empty; a full disk, a read-only or locked database, locks that
+do nothing or fail (some NFS/Lustre mounts) and I/O errors leave the file as it is: the failed
+operation is skipped (a lookup is a miss, a store is not made), one WARNING says so, and an
+index that could not be opened is tried again after ``REOPEN_AFTER`` seconds. Never an error
+for a fetch.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import diskcache
 
 from ..core.cache_policy import CacheEntry
 from .blobs import is_sha256
+from .costs import ENTRY_COST
+from .index_mutex import DirMutex, LockSupport, lock_support
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -36,6 +47,12 @@ BYTES_KEY = "n:blob-bytes"
 #: Seconds between two last-used writes for one key from one process.
 TOUCH_RESOLUTION = 60.0
 MAX_TOUCHED = 100_000
+#: SQLite's write-ahead log is checkpointed every this many pages (4 KiB) and truncated back
+#: to that size: beyond the size limit, the index's log occupies at most ~1 MiB (SQLite's
+#: default of 1000 pages let a flood of small stores grow it past 4 MB).
+WAL_PAGES = 256
+#: Seconds before an index that could not be opened (disk full, locks) is tried again.
+REOPEN_AFTER = 30.0
 _DB_FILE = "cache.db"
 _T = TypeVar("_T")
 _ERRORS = (sqlite3.Error, OSError, ValueError, TypeError, KeyError)
@@ -90,7 +107,20 @@ class Index:
         self.directory = directory
         self._lock = threading.Lock()
         self._touched: dict[str, float] = {}
+        self._warned: set[str] = set()
+        self._reopen_at = 0.0
+        self._mutex: DirMutex | None = None
+        with contextlib.suppress(OSError):
+            directory.mkdir(parents=True, exist_ok=True)
+            if lock_support(directory) is LockSupport.NO_OP:
+                logger.info("file locks in %s do nothing: serialising the cache index",
+                            directory)
+                self._mutex = DirMutex(directory / ".index-mutex")
         self._db: diskcache.Cache | None = self._open(rebuild=True)
+
+    def _serialised(self) -> contextlib.AbstractContextManager[None]:
+        """Held around every use of SQLite where file locks do nothing (``index_mutex``)."""
+        return self._mutex.held() if self._mutex is not None else contextlib.nullcontext()
 
     @property
     def available(self) -> bool:
@@ -102,8 +132,10 @@ class Index:
         if path.is_file():  # a damaged file fails here, not inside diskcache's constructor,
             with contextlib.closing(sqlite3.connect(path)) as probe:  # which leaks its connection
                 probe.execute("PRAGMA schema_version").fetchall()
+        journal = "wal" if self._mutex is None else "delete"  # WAL's shared memory needs locks
         db = diskcache.Cache(
-            str(self.directory), disk=JSONDisk,
+            str(self.directory), disk=JSONDisk, sqlite_journal_mode=journal,
+            sqlite_wal_autocheckpoint=WAL_PAGES, sqlite_journal_size_limit=WAL_PAGES * 4096,
             eviction_policy="none", statistics=False, tag_index=False, timeout=10,
         )
         db.close()  # the connection diskcache opened in __init__, before its local is swapped
@@ -117,16 +149,53 @@ class Index:
 
     def _open(self, *, rebuild: bool) -> diskcache.Cache | None:
         try:
-            return self._connect()
+            with self._serialised():
+                return self._connect()
         except _ERRORS as exc:
-            if not rebuild:
-                logger.warning("cache index %s is unusable (%s); bypassing it",
-                               self.directory, exc)
-                return None
-            logger.warning("cache index %s is corrupt or unreadable (%s); rebuilding it",
-                           self.directory, exc)
-            self._quarantine()
-            return self._open(rebuild=False)
+            if rebuild and self._proven_corrupt():
+                logger.warning("cache index %s is corrupt (%s; its integrity check fails); "
+                               "moving it aside and rebuilding it", self.directory, exc)
+                self._quarantine()
+                return self._open(rebuild=False)
+            self._reopen_at = time.monotonic() + REOPEN_AFTER
+            self._warn_once("open", "cache index %s cannot be used now (%s); it is left as it "
+                            "is and fetches go on without the cache", self.directory, exc)
+            return None
+
+    def _proven_corrupt(self) -> bool:
+        """Whether SQLite itself says the database file is damaged: a read-only
+        ``quick_check`` that fails, or a file SQLite does not recognise. Errors that say
+        nothing about the file (full disk, locks, I/O, permissions) prove nothing."""
+        path = self.directory / _DB_FILE
+        if not path.is_file():
+            return False
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
+            ) as probe:
+                rows = probe.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.OperationalError:
+            return False  # locked, unreadable, I/O: not a verdict on the file
+        except sqlite3.DatabaseError:
+            return True  # not a database, or malformed
+        return rows != [("ok",)]
+
+    def _warn_once(self, kind: str, message: str, *args: object) -> None:
+        """One WARNING per kind of trouble and index; repeats go to DEBUG."""
+        level = logging.DEBUG if kind in self._warned else logging.WARNING
+        self._warned.add(kind)
+        logger.log(level, message, *args)
+
+    def _reopen(self) -> diskcache.Cache | None:
+        """An index that could not be opened is tried again now and then (space may be back)."""
+        if time.monotonic() < self._reopen_at or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._db is None and time.monotonic() >= self._reopen_at:
+                self._db = self._open(rebuild=True)
+            return self._db
+        finally:
+            self._lock.release()
 
     def _quarantine(self) -> None:
         """Move the damaged database aside (kept for inspection), so a fresh one can be made."""
@@ -143,21 +212,32 @@ class Index:
     def _guard(self, what: str, op: Callable[[diskcache.Cache], _T], default: _T) -> _T:
         db = self._db
         if db is None:
-            return default
+            db = self._reopen()
+            if db is None:
+                return default
         try:
-            return op(db)
-        except sqlite3.DatabaseError as exc:  # a damaged file: rebuild
-            self._recover(db, what, exc)
-        except _ERRORS as exc:  # anything else (locked, I/O): this operation is skipped
-            logger.warning("cache index %s: %s failed (%s)", self.directory, what, exc)
+            with self._serialised():
+                return op(db)
+        except sqlite3.OperationalError as exc:  # full, locked, read-only, I/O: skipped
+            self._warn_once(what, "cache index %s: %s failed (%s); going on without it",
+                            self.directory, what, exc)
+        except sqlite3.DatabaseError as exc:  # maybe a damaged file: rebuild if proven
+            if self._proven_corrupt():
+                self._recover(db, what, exc)
+            else:
+                self._warn_once(what, "cache index %s: %s failed (%s); going on without it",
+                                self.directory, what, exc)
+        except _ERRORS as exc:  # anything else: this operation is skipped
+            self._warn_once(what, "cache index %s: %s failed (%s)", self.directory, what, exc)
         return default
 
     def _recover(self, db: Any, what: str, exc: BaseException) -> None:
         with self._lock:
             if self._db is not db or db is None:
                 return  # another thread already recovered
-            logger.warning("cache index %s failed during %s (%s); rebuilding it",
-                           self.directory, what, exc)
+            logger.warning("cache index %s is corrupt (%s during %s; its integrity check "
+                           "fails); moving it aside and rebuilding it", self.directory, exc,
+                           what)
             with contextlib.suppress(*_ERRORS):
                 db.close()
             self._quarantine()
@@ -166,7 +246,8 @@ class Index:
     def close(self) -> None:
         db, self._db = self._db, None
         if db is not None:
-            db.close()
+            with self._serialised():
+                db.close()
 
     # -- entries ------------------------------------------------------------------------------
     def get(self, key: str) -> CacheEntry | None:
@@ -183,8 +264,9 @@ class Index:
     def commit_many(
         self, items: list[tuple[str, CacheEntry, int]], *, extra_bytes: int = 0
     ) -> int | None:
-        """Write new entries (key, entry, blob bytes they added), their last use and the blob
-        total in one transaction; the new total (None when the index is unavailable)."""
+        """Write new entries (key, entry, blob bytes they added, in ``blob_cost``), their last
+        use and the running total in one transaction; the new total (None when the index is
+        unavailable)."""
         for key, entry, _ in items:
             self._touched[key] = entry.stored_at
 
@@ -192,7 +274,9 @@ class Index:
             with db.transact():
                 for key, entry, _ in items:
                     db.set(key, entry.to_dict())  # last used: its stored_at until served
-                added = sum(n for *_, n in items) + extra_bytes
+                    if entry.seal:
+                        db.set("s:" + entry.sha256, entry.seal)
+                added = sum(n for *_, n in items) + extra_bytes + ENTRY_COST * len(items)
                 total = int(db.get(BYTES_KEY, 0)) + added
                 if added:
                     db.set(BYTES_KEY, total)
@@ -203,6 +287,14 @@ class Index:
     def commit(self, key: str, entry: CacheEntry, added_bytes: int) -> int | None:
         """``commit_many`` for one entry."""
         return self.commit_many([(key, entry, added_bytes)])
+
+    def seal_of(self, sha256: str) -> str:
+        """The seal recorded for the blob with this sha256 ("" when none is)."""
+        seal = self._guard("lookup", lambda db: db.get("s:" + sha256), None)
+        return seal if isinstance(seal, str) else ""
+
+    def forget_seal(self, sha256: str) -> None:
+        self._guard("delete", lambda db: db.delete("s:" + sha256), None)
 
     def set(self, key: str, entry: CacheEntry) -> bool:
         return self._guard("store", lambda db: bool(db.set(key, entry.to_dict())), False)

@@ -33,7 +33,9 @@ from typing import Protocol
 
 from ..core.cache_policy import CacheEntry
 from .blobs import BlobStore
+from .costs import blob_cost
 from .index import Index
+from .seal import seal_of
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -51,9 +53,9 @@ MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 @dataclass(eq=False)
 class StoreJob:
-    """A body queued for the writer. Its digest is computed when first needed: by the writer
-    thread normally (hashlib releases the GIL there, so the event loop that fetched the body
-    never spends ~50 us per 100 KB on it), or by a lookup that meets the job first."""
+    """A body queued for the writer. Its digest and seal are computed when first needed: by
+    the writer thread normally (hashlib releases the GIL there, so the event loop that fetched
+    the body never spends ~50 us per 100 KB on it), or by a lookup that meets the job first."""
 
     key: str
     template: CacheEntry  # the entry to store; its sha256 and size are filled in by ``entry``
@@ -72,7 +74,8 @@ class StoreJob:
         entry = self._entry
         if entry is None:
             digest = self.sha256 or hashlib.sha256(self.content).hexdigest()
-            entry = self._entry = self.template.with_body(digest, len(self.content))
+            entry = self._entry = self.template.with_body(digest, len(self.content),
+                                                          seal_of(self.content))
         return entry
 
 
@@ -212,7 +215,7 @@ class StoreWriter:
                 if job.done is not None:
                     job.done.set_exception(outcome)
             else:
-                written.append((job, job.entry.size if outcome[1] else 0))
+                written.append((job, blob_cost(job.entry.size) if outcome[1] else 0))
         # A job superseded meanwhile (invalidated, or a newer store for its key) only adds its
         # blob; its entry is not written. ``guard`` keeps invalidations out of this window.
         with self._guard:

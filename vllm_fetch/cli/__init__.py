@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from ..config import env_flag
 from ..connections import HTTPConnection
+from ..core.scrub import scrub_error, scrub_text
 from ..core.urls import redact_url
 from ..errors import FetchError
 from .cache import add_cache_parser, cmd_cache
-from .manifest import default_name, read_manifest
+from .manifest import default_name, read_manifest, resolve_targets
 from .prefetch import PrefetchOutcome, prefetch
 
 EXIT_FAILED = 1
@@ -91,6 +92,7 @@ def _report(outcome: PrefetchOutcome, bar: tqdm[Any]) -> None:
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     entries = read_manifest(args.manifest)
+    resolve_targets(args.dir, entries)  # refuse a path leading out before fetching anything
     show_bar = sys.stderr.isatty() and not env_flag("VLLM_FETCH_DISABLE_PROGRESS")
     with _connection(args) as conn, tqdm(total=len(entries), unit="file", desc="prefetch",
                                          disable=not show_bar) as bar:
@@ -120,18 +122,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="   %(levelname)s %(message)s", stream=sys.stderr)
+    url = getattr(args, "url", None)  # what no printed line may quote the secrets of
     try:
         return COMMANDS[args.command](args)
     except (FetchError, ValueError, OSError) as exc:
-        print(f"vllm-fetch: error: {exc}", file=sys.stderr)
+        scrub_error(exc, url)
+        print(f"vllm-fetch: error: {scrub_text(str(exc), url)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("vllm-fetch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug, not bad input: still one line, the details with -v
+        scrub_error(exc, url)
         if args.verbose:
             logging.getLogger("vllm_fetch").exception("internal error")
-        print(f"vllm-fetch: internal error: {type(exc).__name__}: {exc}"
+        print(f"vllm-fetch: internal error: {type(exc).__name__}: {scrub_text(str(exc), url)}"
               f"{'' if args.verbose else ' (run with -v for details)'}", file=sys.stderr)
         return EXIT_FAILED
 

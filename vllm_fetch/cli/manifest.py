@@ -8,7 +8,8 @@ Two formats, told apart by the first character:
   optional), or an object with such a list under ``"files"``.
 
 Target paths are relative to the download directory and may not leave it (no absolute paths,
-no ``..``): a manifest is input, and input never chooses where outside that directory to write.
+no ``..``, no symbolic link on the way that leads out of the real directory): a manifest is
+input, and input never chooses where outside that directory to write.
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ class ManifestEntry:
     url: str
     path: PurePosixPath
     sha256: str | None = None
+    where: str = "manifest"  # "FILE:LINE" or "FILE: entry N", for messages
+
+
+def resolve_target(directory: Path, entry: ManifestEntry) -> Path:
+    """Where ``entry`` is written: under the *real* ``directory``, every symlink on the way
+    resolved. ManifestError (naming the entry's line) when one leads outside it. The file name
+    itself is not followed: publishing replaces a link there instead of writing through it."""
+    root = Path(directory).resolve()
+    parent = root.joinpath(*entry.path.parts[:-1]).resolve()
+    if parent != root and not parent.is_relative_to(root):
+        raise ManifestError(f"{entry.where}: path {entry.path} leads outside {directory} "
+                            "(through a symbolic link)")
+    return parent / entry.path.name
+
+
+def resolve_targets(directory: Path, entries: list[ManifestEntry]) -> list[Path]:
+    """``resolve_target`` for every entry, before anything is fetched."""
+    return [resolve_target(directory, entry) for entry in entries]
 
 
 def default_name(url: str) -> str:
@@ -64,7 +83,8 @@ def _entry(url: Any, sha256: Any, path: Any, where: str) -> ManifestEntry:
     if path is not None and not isinstance(path, str):
         raise ManifestError(f"{where}: 'path' must be a string")
     target = safe_relative_path(path if path else default_name(url), where)
-    return ManifestEntry(url=url, path=target, sha256=sha256.lower() if sha256 else None)
+    return ManifestEntry(url=url, path=target, sha256=sha256.lower() if sha256 else None,
+                         where=where)
 
 
 def _parse_line(line: str, where: str) -> ManifestEntry | None:

@@ -12,7 +12,7 @@ from typing import Any
 from ..connections import HTTPConnection
 from ..core.urls import redact_url
 from ..errors import FetchError
-from .manifest import ManifestEntry
+from .manifest import ManifestEntry, ManifestError, resolve_target
 
 logger = logging.getLogger("vllm_fetch.prefetch")
 
@@ -36,9 +36,10 @@ def fetch_entry(conn: HTTPConnection, entry: ManifestEntry, directory: Path,
     """Download one entry; ``options`` go to :meth:`HTTPConnection.fetch_file`."""
     target = directory.joinpath(*entry.path.parts)
     try:
+        target = resolve_target(directory, entry)  # again: a link may have appeared since
         result = conn.fetch_file(entry.url, target, expected_sha256=entry.sha256,
                                  progress=False, **options)
-    except (FetchError, OSError) as exc:
+    except (FetchError, ManifestError, OSError) as exc:
         logger.debug("prefetch of %s failed", redact_url(entry.url), exc_info=True)
         return PrefetchOutcome(entry, target, error=f"{type(exc).__name__}: {exc}")
     return PrefetchOutcome(entry, target, from_cache=result.from_cache)

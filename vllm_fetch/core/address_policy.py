@@ -1,9 +1,10 @@
 """Which URLs and addresses may be fetched, and which headers survive a redirect (pure).
 
 ``block_private_ips`` uses an explicit deny list rather than ``ipaddress.is_global`` alone,
-and unwraps every IPv6 form that embeds an IPv4 address (mapped, compatible, NAT64, 6to4,
-Teredo) so a private IPv4 address cannot hide inside one. The drivers resolve a host once,
-ask :meth:`URLPolicy.check_addresses` about every answer, and dial only a checked address.
+and unwraps every IPv6 form that embeds an IPv4 address (mapped, translated, compatible,
+NAT64, 6to4, ISATAP, Teredo) so a private IPv4 address cannot hide inside one. The drivers
+resolve a host once, ask :meth:`URLPolicy.check_addresses` about every answer, and dial only a
+checked address.
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ DENIED_NETWORKS: tuple[IPNetwork, ...] = tuple(
         "ff00::/8",  # multicast
     )
 )
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"),)
+#: RFC 8215 local-use NAT64: operators choose where the IPv4 address sits (RFC 6052 /32../96),
+#: so no single position can be checked; nothing in it is a public address.
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+#: RFC 2765 / 6145 IPv4-translated ``::ffff:0:a.b.c.d``.
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+#: ISATAP interface identifiers (RFC 5214): ``…:0:5efe:a.b.c.d`` / ``…:200:5efe:a.b.c.d``.
+_ISATAP_IDS = (bytes.fromhex("00005efe"), bytes.fromhex("02005efe"))
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 _TEREDO = ipaddress.ip_network("2001::/32")
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -68,20 +76,25 @@ CROSS_ORIGIN_SAFE_HEADERS = frozenset(
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
-    """The IPv4 addresses an IPv6 address carries (mapped, compatible, NAT64, 6to4, and both
-    the server and the client of a Teredo address); empty for a plain IPv6 address."""
+    """The IPv4 addresses an IPv6 address carries (mapped, translated, compatible, NAT64, 6to4,
+    ISATAP, and both the server and the client of a Teredo address); empty for a plain IPv6
+    address."""
     if address.ipv4_mapped is not None:
         return (address.ipv4_mapped,)
     packed = address.packed
+    low = ipaddress.IPv4Address(packed[12:])
     if packed[:12] == bytes(12) and int(address) > 1:  # IPv4-compatible ::a.b.c.d
-        return (ipaddress.IPv4Address(packed[12:]),)
-    if any(address in net for net in _NAT64):
-        return (ipaddress.IPv4Address(packed[12:]),)
+        return (low,)
+    if address in _TRANSLATED or any(address in net for net in _NAT64):
+        return (low,)
+    found: list[ipaddress.IPv4Address] = []
+    if packed[8:12] in _ISATAP_IDS:
+        found.append(low)
     if address in _SIX_TO_FOUR and address.sixtofour is not None:
-        return (address.sixtofour,)
+        found.append(address.sixtofour)
     if address in _TEREDO and address.teredo is not None:
-        return address.teredo
-    return ()
+        found.extend(address.teredo)
+    return tuple(found)
 
 
 def is_denied_address(address: IPAddress, allowed: Iterable[IPNetwork] = ()) -> bool:
@@ -93,7 +106,7 @@ def is_denied_address(address: IPAddress, allowed: Iterable[IPNetwork] = ()) -> 
     if any(address in net for net in allowed if net.version == address.version):
         return False
     if isinstance(address, ipaddress.IPv6Address):
-        if address.scope_id:
+        if address.scope_id or address in _LOCAL_NAT64:
             return True
         if any(is_denied_address(inner) for inner in embedded_ipv4(address)):
             return True

@@ -13,10 +13,12 @@ OFFLINE_HIT / OFFLINE_MISS; BYPASS for a Range it cannot answer); after a networ
 STORE / REFRESH / SERVE_STALE / PASS / REFETCH. Pass ``lookup.entry`` (not the raw stored entry)
 to ``on_response``: it is None when the stored entry must not be shown to this caller.
 
-Privacy (fault S8): the cache is shared by every caller of a process, so a response to a request
-carrying Authorization (unless the response says public, s-maxage or must-revalidate, §3.5),
-Cookie or X-Api-Key, or marked ``Cache-Control: private``, is stored with ``private=True`` and
-only served to callers that opt in (``caller_private_ok``); to anyone else it is a MISS.
+Privacy (faults S8, S10): the cache is shared by every caller of a process, so a response to a
+request carrying credentials (``core.tenancy``: Authorization, Proxy-Authorization, Cookie,
+X-Api-Key, URL userinfo — whatever the response's Cache-Control says, stricter than §3.5), or
+marked ``Cache-Control: private``, is stored with ``private=True`` and only served to callers
+that opt in (``caller_private_ok``); to anyone else it is a MISS. The caller keys such entries
+by the credentials (a keyed hash in ``scope``), so one tenant never reads another's.
 
 Vary: the index keeps one variant per URL, stored under ``cache_key(url)``. The entry records the
 request values of the Vary-named fields; a request with other values is a MISS and its response
@@ -43,7 +45,8 @@ from .body import header
 from .cache_range import ByteRange, if_range_holds, parse_range
 from .header_fields import Fields, combine, field_lines, replace_lines, storable_lines
 from .http_dates import parse_http_date
-from .urls import URL_CACHE_SIZE, split_url
+from .tenancy import CREDENTIAL_FIELDS
+from .urls import URL_CACHE_SIZE, parse_problem, redact_url, split_url
 
 #: RFC 9110 §15.1: statuses a cache may store with heuristic freshness (§4.2.2).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -67,10 +70,6 @@ HEURISTIC_FRACTION = 0.1  # §4.2.2: 10% of the time since Last-Modified ...
 HEURISTIC_CAP = 86400.0  # ... capped at one day
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Request fields that make a response private whatever the response says.
-_ALWAYS_PRIVATE_REQUEST_FIELDS = ("cookie", "x-api-key")
-# §3.5: these let a shared cache store a response to an authenticated request.
-_AUTHORIZATION_OVERRIDES = ("public", "s-maxage", "must-revalidate")
 # §3.2: a 304 never rewrites the fields that describe the stored body itself.
 _NOT_UPDATED_BY_304 = frozenset({"content-length", "content-encoding"})
 _DELTA_SECONDS_CAP = 2**31  # §1.2.2
@@ -86,19 +85,25 @@ _T = TypeVar("_T")
 
 @lru_cache(maxsize=URL_CACHE_SIZE)
 def normalize_url(url: str) -> str:
-    """Scheme and host lowercased, default port and fragment dropped; path and query verbatim."""
+    """Scheme and host lowercased; default port, userinfo and fragment dropped; path and query
+    verbatim."""
     try:
         parts, hostname, port = split_url(url)  # the parse the URL check already made
     except ValueError as exc:
-        raise InvalidURLError(f"Invalid HTTP URL: {exc}") from None
+        problem = parse_problem(exc)
+    else:
+        problem = ""
+    if problem:  # raised out here: urllib's error (it may quote a password) is not its context
+        raise InvalidURLError(f"Invalid HTTP URL: {problem}: {redact_url(url)}",
+                              url=redact_url(url))
     scheme = parts.scheme.lower()
     host = hostname or ""
     if ":" in host:
         host = f"[{host}]"
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         host = f"{host}:{port}"
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    return urlunsplit((scheme, userinfo + at + host, parts.path or "/", parts.query, ""))
+    # userinfo is dropped: credentials enter a key only as the caller's keyed hash (scope)
+    return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
 
 
 def cache_key(
@@ -139,7 +144,9 @@ def vary_values(
     names = _field_names(header(response_headers, "Vary"))
     if "*" in names:
         return None
-    return {name: _normalize_field(header(request_headers, name) or "") for name in names}
+    # Credential fields are never recorded: the key already binds an entry to them.
+    return {name: _normalize_field(header(request_headers, name) or "") for name in names
+            if name not in CREDENTIAL_FIELDS}
 
 
 def vary_matches(entry: CacheEntry, request_headers: Mapping[str, str]) -> bool:
@@ -193,6 +200,8 @@ class CacheEntry:
     vary: dict[str, str] = field(default_factory=dict)
     private: bool = False
     fields: Fields = ()
+    #: xxh3-128 of the body (``cache/seal.py``), checked on every read; "" for older entries.
+    seal: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", {k.lower(): v for k, v in self.headers.items()})
@@ -225,8 +234,8 @@ class CacheEntry:
     def is_redirect(self) -> bool:
         return self.status in REDIRECT_STATUSES and "location" in self.headers
 
-    def with_body(self, sha256: str, size: int) -> CacheEntry:
-        return replace(self, sha256=sha256, size=size)
+    def with_body(self, sha256: str, size: int, seal: str = "") -> CacheEntry:
+        return replace(self, sha256=sha256, size=size, seal=seal)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; ``from_dict`` reverses it. (What ``dataclasses.asdict``
@@ -251,6 +260,7 @@ class CacheEntry:
             vary=_str_dict(_get(data, "vary", dict, {})),
             private=_get(data, "private", bool, False),
             fields=_lines(_get(data, "fields", list, [])),
+            seal=_get(data, "seal", str, ""),
         )
 
 
@@ -353,13 +363,11 @@ def _age_value(value: str | None) -> float:
 
 
 def _is_private(request_headers: Mapping[str, str], response_cc: Mapping[str, str | None]) -> bool:
+    # Credentials make a response private whatever it says: public, s-maxage and
+    # must-revalidate (§3.5) do not make one tenant's response another's here.
     if "private" in response_cc:
         return True
-    if any(header(request_headers, name) is not None for name in _ALWAYS_PRIVATE_REQUEST_FIELDS):
-        return True
-    return header(request_headers, "Authorization") is not None and not any(
-        d in response_cc for d in _AUTHORIZATION_OVERRIDES
-    )
+    return any(name.lower() in CREDENTIAL_FIELDS for name in request_headers)
 
 
 def is_storable(

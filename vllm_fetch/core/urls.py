@@ -34,9 +34,40 @@ def split_url(url: str) -> tuple[SplitResult, str | None, int | None]:
     return parts, parts.hostname, parts.port
 
 
+def _after_scheme(url: str) -> tuple[str, str] | None:
+    scheme, sep, rest = url.partition("://")
+    return (scheme, rest) if sep else None
+
+
+def _ambiguous_authority(url: str) -> bool:
+    """Whether an ``@`` stands outside the authority the parser found: then the "host" and
+    "port" it found may be a user name and the start of a password holding ``? # / @ %`` or
+    whitespace (``http://alice:TOP?SECRET@host/``), and nothing before the last ``@`` is safe
+    to show."""
+    split = _after_scheme(url)
+    if split is None or "@" not in split[1]:
+        return False
+    authority = re.split(r"[/?#\\]", split[1], maxsplit=1)[0]
+    return "@" in split[1][len(authority):]
+
+
+def _redact_ambiguous(url: str) -> str:
+    scheme, rest = _after_scheme(url) or ("", url)
+    tail = rest.rpartition("@")[2]
+    host = re.split(r"[/?#\s\\]", tail, maxsplit=1)[0]
+    more = "/…" if len(tail) > len(host) else ""
+    return f"{scheme.lower()}://…@{host}{more}"
+
+
 @lru_cache(maxsize=URL_CACHE_SIZE)
 def redact_url(url: str) -> str:
-    """The URL without userinfo, query or fragment: safe for messages and logs."""
+    """The URL without userinfo, query or fragment: safe for messages and logs. When an ``@``
+    stands outside the parsed authority (a password holding ``?``, ``#``, ``/`` …), everything
+    up to the last ``@`` is hidden, and the path too."""
+    if not isinstance(url, str):
+        return "<invalid URL>"
+    if _ambiguous_authority(url):
+        return _redact_ambiguous(url)
     try:
         parts, hostname, port_number = split_url(url)
         host = hostname or ""
@@ -87,7 +118,12 @@ def validate_url(url: object) -> str:
     try:
         parts, hostname, _ = split_url(url)  # ValueError for a bad port too
     except ValueError as exc:
-        raise InvalidURLError(f"Invalid HTTP URL: {exc}") from None
+        problem = parse_problem(exc)
+    else:
+        problem = ""
+    if problem:  # raised out here: urllib's error (it may quote a password) is not its context
+        raise InvalidURLError(f"Invalid HTTP URL: {problem}: {redact_url(url)}",
+                              url=redact_url(url))
     if parts.scheme.lower() not in ALLOWED_SCHEMES:
         raise InvalidURLError(
             "Invalid HTTP URL: A valid HTTP URL must have scheme 'http' or 'https'."
@@ -95,6 +131,17 @@ def validate_url(url: object) -> str:
     if not hostname:
         raise InvalidURLError("Invalid HTTP URL: no host")
     return url
+
+
+def parse_problem(exc: ValueError) -> str:
+    """What urllib found wrong, without quoting the URL (its message can quote a port that
+    is really part of a password)."""
+    text = str(exc).lower()
+    if "port" in text:
+        return "bad port" if "range" not in text else "port out of range 0-65535"
+    if "ipv6" in text or "bracket" in text:
+        return "bad IPv6 address"
+    return "cannot be parsed"
 
 
 def origin_of(url: str) -> tuple[str, str, int]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..core.address_policy import Resolver, URLPolicy, parse_ip_literal
@@ -35,13 +36,51 @@ class AddressGuard:
         IP literals (in any legacy spelling) are answered without a lookup. A failed lookup
         raises the resolver's OSError; a refused answer raises BlockedURLError.
         """
+        return self.resolve_within(host, port, None)
+
+    def resolve_within(self, host: str, port: int, timeout: float | None) -> list[str]:
+        """``resolve``, giving up with a TimeoutError after ``timeout`` seconds (the attempt's
+        connect timeout, never past the call's deadline) when the lookup has not answered."""
         name = host.strip("[]")
         literal = parse_ip_literal(name)
-        answers = [str(literal)] if literal is not None else addresses(self.resolver(name, port))
+        if literal is not None:
+            answers = [str(literal)]
+        else:
+            answers = addresses(within(lambda: self.resolver(name, port), timeout, name))
         self.policy.check_addresses(f"{name}:{port}", answers)
         if not answers:
             raise socket.gaierror(socket.EAI_NONAME, f"no address for {name}")
         return answers
+
+
+def within(lookup: Callable[[], Iterable[object]], timeout: float | None,
+           name: str) -> Iterable[object]:
+    """Run a blocking name lookup, but wait at most ``timeout`` seconds for it.
+
+    ``getaddrinfo`` (or a resolver hook) cannot be interrupted, so it runs in a daemon thread;
+    when the time is up the caller gets a TimeoutError at once and the lookup's answer, when it
+    comes, is dropped (the thread ends with it).
+    """
+    if timeout is None:
+        return lookup()
+    outcome: list[Iterable[object]] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(lookup())
+        except BaseException as exc:  # handed to the waiting caller
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="vllm-fetch-dns", daemon=True).start()
+    if not done.wait(max(timeout, 0.0)):
+        raise TimeoutError(f"the DNS lookup of {name} took longer than {timeout:.3g} s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def addresses(answers: Iterable[object]) -> list[str]:

@@ -40,7 +40,7 @@ from urllib3.exceptions import (
 from urllib3.util import connection
 from urllib3.util.url import _encode_target
 
-from ..core.address_policy import URLPolicy
+from ..core.address_policy import URLPolicy, parse_ip_literal
 from .address_guard import AddressGuard
 
 _Pool = TypeVar("_Pool", bound=HTTPConnectionPool)
@@ -219,11 +219,29 @@ class _TrackedResponseMixin:
         return make
 
 
-class _TrackedHTTPConnection(_TrackedResponseMixin, HTTPConnection):  # type: ignore[misc]
+class _BoundedLookupMixin:
+    """Unpinned connections (no guard): the system lookup (``getaddrinfo``) is bounded by the
+    connect timeout too, as on the async side; a literal address needs no lookup."""
+
+    #: resolves with ``getaddrinfo`` and checks nothing (no URL policy applies here)
+    guard: ClassVar[AddressGuard] = AddressGuard(URLPolicy())
+    _dns_host: str
+    timeout: float | None
+
+    def _new_conn(self) -> socket.socket:
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+        if timeout is not None and parse_ip_literal(self._dns_host.strip("[]")) is None:
+            return _PinnedConnectionMixin._new_conn(self)  # type: ignore[arg-type]
+        return super()._new_conn()  # type: ignore[misc, no-any-return]
+
+
+class _TrackedHTTPConnection(_BoundedLookupMixin, _TrackedResponseMixin,  # type: ignore[misc]
+                             HTTPConnection):
     pass
 
 
-class _TrackedHTTPSConnection(_TrackedResponseMixin, HTTPSConnection):  # type: ignore[misc]
+class _TrackedHTTPSConnection(_BoundedLookupMixin, _TrackedResponseMixin,  # type: ignore[misc]
+                              HTTPSConnection):
     pass
 
 
@@ -247,10 +265,13 @@ class _PinnedConnectionMixin:
 
     def _new_conn(self) -> socket.socket:
         host = cast(HTTPConnection, self).host
-        try:
-            addresses = self.guard.resolve(self._dns_host, self.port)
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+        try:  # bounded: the call's deadline covers DNS too (issue 13)
+            addresses = self.guard.resolve_within(self._dns_host, self.port, timeout)
         except socket.gaierror as exc:
             raise NameResolutionError(host, cast(HTTPConnection, self), exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"{exc} (connect timeout={timeout})") from exc
         failure: OSError | None = None
         for address in addresses:
             try:
