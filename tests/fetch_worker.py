@@ -20,6 +20,8 @@ from vllm_fetch import HTTPConnection, RetryPolicy
 
 def main() -> None:
     mode, url, target = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if mode != "sync":  # import the async side first: "ready" must mean ready to start at once
+        import vllm_fetch.download.async_runner  # noqa: F401
     if len(sys.argv) > 4:
         sync_dir = Path(sys.argv[4])
         (sync_dir / str(os.getpid())).touch()

@@ -153,3 +153,19 @@ def test_parallel_async_download_never_blocks_the_event_loop(
             if r.name == "asyncio" and "vllm_fetch" in r.getMessage()]
     assert slow == [], slow
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parts_kept_from_an_older_version_are_never_continued(mode: str, origin: Origin,
+                                                              tmp_path: Path) -> None:
+    served = RangeFile(BODY, cut_ranges={PART: PART + 1000})
+    url = served.mount(origin, "/kept")
+    target = tmp_path / "kept.bin"
+    once = HTTPConnection(retry=RetryPolicy.none())
+    with pytest.raises(TruncatedBodyError):
+        call(mode, once, "download_file", url, target, connections=4)
+    assert any(p.name.endswith(".part") for p in tmp_path.iterdir())  # kept for resume
+    served.data, served.etag = NEW, '"v2"'  # replaced before the next call
+    call(mode, once, "download_file", url, target, connections=4, expected_sha256=sha256(NEW))
+    assert sha256(target.read_bytes()) == sha256(NEW)
+    assert leftovers(tmp_path) == ["kept.bin"]

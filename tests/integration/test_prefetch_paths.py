@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vllm_fetch.manifest import parse_manifest
-from vllm_fetch.prefetch import prefetch
-
 from tests.origin import Origin, sha256
 from vllm_fetch import HTTPConnection, RetryPolicy
+from vllm_fetch.cli.manifest import parse_manifest
+from vllm_fetch.cli.prefetch import prefetch
 
 SCRIPT = Path(sys.executable).with_name("vllm-fetch")
 BODY = b'{"architectures": ["LlamaForCausalLM"]}'

@@ -340,6 +340,16 @@ def test_parts_resume_from_the_sidecar() -> None:
     assert io.published == DATA and ranges(io) == [f"bytes={PART + 1000}-{SIZE - 1}"]
 
 
+def test_parts_resumed_from_the_sidecar_of_a_replaced_file_start_over() -> None:
+    state = PartialState(0, STRONG, None, SIZE, URL,
+                         ((0, PART - 1, PART), (PART, SIZE - 1, 1000)))
+    m = machine(2, start=Start(state, SIZE), sha=NEW)
+    io = FakeIO(ranged(NEW, '"v2"'), disk=bytearray(DATA))
+    io.run(m, m.flow())
+    assert io.published == NEW  # the old part 0 is never kept
+    assert ranges(io) == [f"bytes={PART + 1000}-{SIZE - 1}", None]
+
+
 def test_part_answers_that_are_refused() -> None:
     m = machine(4)
     io = FakeIO(ranged(DATA))

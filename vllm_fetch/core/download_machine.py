@@ -273,27 +273,26 @@ class Machine:
     def _attempt(self) -> Flow:
         for _ in range(MAX_PLAN_CHANGES):
             request = yield from self._next_request()
-            if request is None:
-                yield RunParts(self.workers, None)
-                return (yield from self._finish_parts())
-            answer: Answer = yield Send(request)
-            sink = yield from self._on_answer(answer)
-            if sink is None:
-                continue  # the partial was discarded: ask again
-            if sink.kind is Kind.PART:
-                try:
-                    yield RunParts(self.workers, sink)
-                except RangeRefused as exc:
-                    logger.info("%s: %s; one stream from zero", self.safe_url, exc)
-                    yield from self._fall_back()
-                    continue
-                return (yield from self._finish_parts())
-            if sink.kind is Kind.STREAM:
-                try:
-                    yield Receive(sink)
-                finally:
-                    self._interrupted(sink)
-            return (yield from self._publish(sink.meter, sink.total))
+            first = None  # part 0 in the probe's body; None: the parts resume from the sidecar
+            if request is not None:
+                answer: Answer = yield Send(request)
+                first = yield from self._on_answer(answer)
+                if first is None:
+                    continue  # the partial was discarded: ask again
+                if first.kind is Kind.STREAM:
+                    try:
+                        yield Receive(first)
+                    finally:
+                        self._interrupted(first)
+                if first.kind is not Kind.PART:
+                    return (yield from self._publish(first.meter, first.total))
+            try:
+                yield RunParts(self.workers, first)
+            except RangeRefused as exc:
+                logger.info("%s: %s; one stream from zero", self.safe_url, exc)
+                yield from self._fall_back()
+                continue
+            return (yield from self._finish_parts())
         raise IntegrityError(f"{self.safe_url} keeps answering unusable ranges",
                              url=self.safe_url)
 
