@@ -71,6 +71,13 @@ def _as_async(error: FetchError) -> FetchError:
     return as_async(error)
 
 
+def _settled(req: FetchRequest, result: Body) -> Body:
+    """``result`` after charging the request's budget for what no transfer charged (a hit)."""
+    if isinstance(req.request_budget, CallBudget):
+        req.request_budget.settle(len(result.content), redact_url(req.url))
+    return result
+
+
 class _DownloadPlan(NamedTuple):
     """A download after validation: the request, where it goes, how, and through which cache."""
 
@@ -352,6 +359,16 @@ class HTTPConnection:
         return await async_retrying(self.retry, req.deadline, "GET", req.url)(
             self._async.fetch_body, req)
 
+    def _media_request(
+        self, url: str, timeout: float | None, allow_redirects: bool, max_bytes: int | None,
+        request_budget: ByteBudget | None, extra_headers: Mapping[str, str] | None,
+    ) -> FetchRequest:
+        """A ``get_bytes`` request: the media cap, and this call's view of ``request_budget``."""
+        budget = None if request_budget is None else CallBudget(request_budget)
+        return self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
+                             allow_redirects=allow_redirects, max_bytes=max_bytes,
+                             request_budget=budget)
+
     def _body(self, req: FetchRequest, use_cache: bool) -> Body:
         offline = self.offline
         cache = self._cache_for(req, use_cache, offline)
@@ -416,14 +433,9 @@ class HTTPConnection:
         As in vLLM's ``get_bytes``, the body is capped by ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB``
         too (the smaller of it and ``max_bytes`` wins) and charged to ``request_budget``.
         """
-        budget = None if request_budget is None else CallBudget(request_budget)
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
-                            allow_redirects=allow_redirects, max_bytes=max_bytes,
-                            request_budget=budget)
-        result = self._body(req, use_cache)
-        if budget is not None:
-            budget.settle(len(result.content), redact_url(req.url))
-        return result
+        req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
+                                  extra_headers)
+        return _settled(req, self._body(req, use_cache))
 
     @ascrubbed
     async def async_fetch_bytes(
@@ -438,14 +450,9 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> FetchResult:
         """Async twin of :meth:`fetch_bytes`."""
-        budget = None if request_budget is None else CallBudget(request_budget)
-        req = self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
-                            allow_redirects=allow_redirects, max_bytes=max_bytes,
-                            request_budget=budget)
-        result = await self._abody(req, use_cache)
-        if budget is not None:
-            budget.settle(len(result.content), redact_url(req.url))
-        return result
+        req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
+                                  extra_headers)
+        return _settled(req, await self._abody(req, use_cache))
 
     @scrubbed
     def get_bytes(

@@ -40,13 +40,12 @@ from json.encoder import encode_basestring as _json_string  # what json.dumps wr
 from typing import Any, TypeVar
 from urllib.parse import urlunsplit
 
-from ..errors import InvalidURLError
 from .body import header
 from .cache_range import ByteRange, if_range_holds, parse_range
 from .header_fields import Fields, combine, field_lines, replace_lines, storable_lines
 from .http_dates import parse_http_date
 from .tenancy import CREDENTIAL_FIELDS
-from .urls import URL_CACHE_SIZE, parse_problem, redact_url, split_url
+from .urls import URL_CACHE_SIZE, checked_split
 
 #: RFC 9110 §15.1: statuses a cache may store with heuristic freshness (§4.2.2).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -87,15 +86,7 @@ _T = TypeVar("_T")
 def normalize_url(url: str) -> str:
     """Scheme and host lowercased; default port, userinfo and fragment dropped; path and query
     verbatim."""
-    try:
-        parts, hostname, port = split_url(url)  # the parse the URL check already made
-    except ValueError as exc:
-        problem = parse_problem(exc)
-    else:
-        problem = ""
-    if problem:  # raised out here: urllib's error (it may quote a password) is not its context
-        raise InvalidURLError(f"Invalid HTTP URL: {problem}: {redact_url(url)}",
-                              url=redact_url(url))
+    parts, hostname, port = checked_split(url)  # the parse the URL check already made
     scheme = parts.scheme.lower()
     host = hostname or ""
     if ":" in host:

@@ -34,6 +34,16 @@ def split_url(url: str) -> tuple[SplitResult, str | None, int | None]:
     return parts, parts.hostname, parts.port
 
 
+def checked_split(url: str) -> tuple[SplitResult, str | None, int | None]:
+    """:func:`split_url`, a parse failure (a bad port too) as ``InvalidURLError``."""
+    try:
+        return split_url(url)
+    except ValueError as exc:
+        problem = parse_problem(exc)
+    # raised out here: urllib's error (it may quote a password) is not its context
+    raise InvalidURLError(f"Invalid HTTP URL: {problem}: {redact_url(url)}", url=redact_url(url))
+
+
 def _after_scheme(url: str) -> tuple[str, str] | None:
     scheme, sep, rest = url.partition("://")
     return (scheme, rest) if sep else None
@@ -115,15 +125,7 @@ def validate_url(url: object) -> str:
             f"Invalid HTTP URL: contains whitespace, control characters or a backslash: "
             f"{redact_url(url)}"
         )
-    try:
-        parts, hostname, _ = split_url(url)  # ValueError for a bad port too
-    except ValueError as exc:
-        problem = parse_problem(exc)
-    else:
-        problem = ""
-    if problem:  # raised out here: urllib's error (it may quote a password) is not its context
-        raise InvalidURLError(f"Invalid HTTP URL: {problem}: {redact_url(url)}",
-                              url=redact_url(url))
+    parts, hostname, _ = checked_split(url)
     if parts.scheme.lower() not in ALLOWED_SCHEMES:
         raise InvalidURLError(
             "Invalid HTTP URL: A valid HTTP URL must have scheme 'http' or 'https'."
