@@ -130,6 +130,14 @@ def _flight_key(kind: str, req: FetchRequest, target: Path | None = None) -> obj
             req.allow_redirects, req.expected_sha256, req.expected_size, target)
 
 
+def _lookup(cache: FetchCache, req: FetchRequest, offline: bool) -> Start | None:
+    """The cache's answer to look at first; None when it is a stored redirect, which the body
+    flow follows itself, hop by hop."""
+    start = begin(cache, req, offline=offline)
+    entry = start.decision.entry
+    return None if entry is not None and entry.is_redirect else start
+
+
 class CachedCalls:
     """The façade's entry points into the cache, sync and async."""
 
@@ -141,12 +149,8 @@ class CachedCalls:
         self._lock = threading.Lock()
 
     def body(self, cache: FetchCache, req: FetchRequest, io: SyncIO, *, offline: bool) -> Body:
-        start: Start | None = begin(cache, req, offline=offline)
-        assert start is not None
-        entry = start.decision.entry
-        if entry is not None and entry.is_redirect:
-            start = None  # the flow follows it, hop by hop
-        else:
+        start = _lookup(cache, req, offline)
+        if start is not None:
             hit = serve_body(cache, start, req)
             if hit is not None:
                 if start.decision.background:
@@ -160,12 +164,9 @@ class CachedCalls:
     async def abody(
         self, cache: FetchCache, req: FetchRequest, io: AsyncIO, *, offline: bool
     ) -> Body:
-        start: Start | None = begin(cache, req, offline=offline)
-        assert start is not None
-        entry = start.decision.entry
-        if entry is not None and entry.is_redirect:
-            start = None  # the flow follows it, hop by hop
-        else:
+        start = _lookup(cache, req, offline)
+        if start is not None:
+            entry = start.decision.entry
             if entry is not None and entry.size > INLINE_READ_MAX:
                 hit = await asyncio.to_thread(serve_body, cache, start, req)
             else:
