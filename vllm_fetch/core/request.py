@@ -56,3 +56,6 @@ class FetchRequest:
     read_bufsize: int | None = None
     #: The URL policy's namespace in the shared cache (``URLPolicy.cache_scope``).
     cache_scope: str = ""
+    #: Where the first request goes instead of ``url`` (a mirror, ``core.mirrors``); ``url``
+    #: stays the identity: cache key, partials, locks and the policy check.
+    send_url: str | None = None
