@@ -22,6 +22,7 @@ import platformdirs
 
 from ..config import env_size, env_str, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
+from ..filesystems import warn_if_shared
 from .blobs import BlobStore, is_sha256
 from .housekeeping import PruneReport, VerifyReport, prune, verify
 from .index import Index
@@ -84,6 +85,7 @@ class FetchCache:
     ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
+        warn_if_shared(self.directory, "cache")
         self.size_limit = _size_limit(size_limit)
         self.allow_private = allow_private
         self.blobs = BlobStore(self.directory / "blobs", link_files=link_files)
