@@ -7,6 +7,7 @@ go through the disk cache (``vllm_fetch.cache``) unless it is off; raw responses
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -23,6 +24,7 @@ from .cache.fetch_cache import FetchCache
 from .cache.flows import Hops, Probed, offline_error
 from .cache.runner import AsyncIO, CachedCalls, SyncIO
 from .cache.settings import CacheArg, CacheSetting
+from .cache.shared_tier import SharedTier
 from .config import env_flag, env_float, env_str
 from .core.address_policy import Resolver, URLPolicy
 from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
@@ -155,6 +157,7 @@ class HTTPConnection:
         # their pooled connections are never reused for a URL a caller named
         self._mirror_options = dataclasses.replace(options, policy=dataclasses.replace(
             policy, trusted_hosts=self.mirrors.hosts))
+        self._shared = SharedTier.from_env()  # read-only blobs another machine filled
         self._mirror_sync: RequestsDriver | None = None
         self._mirror_async: AiohttpDriver | None = None
         self._cache = CacheSetting(cache)
@@ -609,6 +612,11 @@ class HTTPConnection:
                 options = dataclasses.replace(plan.options, retry=retry)
                 return sync_runner.download(driver, r, t, options)
 
+            if self._shared is not None and r.expected_sha256 and (
+                shared := self._shared.publish_to(r.expected_sha256, t, r.url, r.expected_size)
+            ):
+                return shared
+
             return self._mirror_calls.call(r, self._sync, self._mirror_sync_driver, attempt,
                                            mark_download)
 
@@ -668,6 +676,12 @@ class HTTPConnection:
                               ) -> DownloadResult:
                 options = dataclasses.replace(plan.options, retry=retry)
                 return await async_runner.download(driver, r, t, options)
+
+            if self._shared is not None and r.expected_sha256 and (
+                shared := await asyncio.to_thread(self._shared.publish_to, r.expected_sha256,
+                                                  t, r.url, r.expected_size)
+            ):
+                return shared
 
             return await self._mirror_calls.acall(r, self._async, self._mirror_async_driver,
                                                   attempt, mark_download)
