@@ -95,7 +95,7 @@ def map_error(exc: BaseException, url: str) -> FetchError:
 
 
 def ca_bundle_from_env() -> str | bool:
-    """``$REQUESTS_CA_BUNDLE`` / ``$CURL_CA_BUNDLE`` as requests reads them, else True."""
+    """The CA bundle the CA variables name (``config.ca_bundle``), else True."""
     return ca_bundle() or True
 
 
