@@ -224,3 +224,23 @@ def test_mirrors_from_the_environment(upstream: Origin, mirror: Origin, tmp_path
     assert conn.fetch_bytes(url).source == "mirror"
     assert asyncio.run(conn.async_fetch_bytes(url)).source == "mirror"
     assert HTTPConnection(cache=False, mirrors={}).fetch_bytes(url).content == b"origin"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_mirror_cut_mid_body_resumes_from_the_origin(
+    mode: str, upstream: Origin, mirror: Origin, tmp_path: Path
+) -> None:
+    """The partial belongs to the origin URL: the origin continues what the mirror sent."""
+    RangeFile(DATA, cuts={0: 120_000}).mount(mirror, "/hf/r.bin")
+    origin_file = RangeFile(DATA)
+    url = origin_file.mount(upstream, "/r.bin")
+    conn = connect(upstream, mirror, tmp_path, cache=False)
+    result = call(mode, conn, "fetch_file", url, tmp_path / "r.bin", expected_sha256=sha256(DATA))
+    assert result.source == "origin" and result.url == url
+    assert sha256((tmp_path / "r.bin").read_bytes()) == sha256(DATA)
+    (seen,) = upstream.seen("/r.bin")
+    ranged = seen.headers.get("Range", "")
+    assert ranged.startswith("bytes=") and ranged != "bytes=0-"
+    assert seen.headers.get("If-Range") == '"v1"'
+    assert upstream.bytes_sent < len(DATA)
+    assert leftovers(tmp_path) == ["r.bin"]
