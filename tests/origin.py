@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Origin:
     requests: list[Seen] = field(default_factory=list)
     bytes_sent: int = 0
     connections: int = 0
+    tls: ssl.SSLContext | None = None  # serve https with this context
     _handlers: dict[str, Handler] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
@@ -40,7 +42,7 @@ class Origin:
 
     # -- describing the origin --------------------------------------------------------------
     def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{path}"
 
     def route(self, path: str, handler: Handler) -> str:
         self._handlers[path] = handler
@@ -77,7 +79,7 @@ class Origin:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls)
         await site.start()
         server = site._server
         assert server is not None and server.sockets

@@ -16,9 +16,16 @@ def env_str(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     return value.strip() or None if value is not None else None
 
 
-def ca_bundle() -> str | None:
-    """``$REQUESTS_CA_BUNDLE``, else ``$CURL_CA_BUNDLE``, as requests itself reads them."""
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+#: Variables naming a CA bundle (a file or a directory), the first one set wins: ours, then
+#: requests' own two, then OpenSSL's. Both drivers verify with the same one.
+CA_BUNDLE_VARIABLES = ("VLLM_FETCH_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                       "SSL_CERT_FILE")
+
+
+def ca_bundle(environ: Mapping[str, str] | None = None) -> str | None:
+    """The CA bundle to verify TLS with (:data:`CA_BUNDLE_VARIABLES`), or None: the default."""
+    env = environ if environ is not None else os.environ
+    return next((env[name] for name in CA_BUNDLE_VARIABLES if env.get(name)), None)
 
 
 def env_flag(name: str, default: bool = False, environ: Mapping[str, str] | None = None) -> bool:

@@ -8,6 +8,8 @@ go through the disk cache (``vllm_fetch.cache``) unless it is off; raw responses
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import threading
@@ -23,10 +25,12 @@ from .cache.fetch_cache import FetchCache
 from .cache.flows import Hops, Probed, offline_error
 from .cache.runner import AsyncIO, CachedCalls, SyncIO
 from .cache.settings import CacheArg, CacheSetting
+from .cache.shared_tier import SharedTier
 from .config import env_flag, env_float, env_str
 from .core.address_policy import Resolver, URLPolicy
 from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
 from .core.media_limits import ByteBudget, CallBudget, MediaRequestDownloadBudget, media_cap
+from .core.mirrors import Mirrors, Route, parse_mirrors
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import decode_text, request_headers
 from .core.results import Body, DownloadResult, FetchResult
@@ -43,6 +47,7 @@ from .errors import (
     MediaDownloadSizeExceededError,
     MediaRequestDownloadSizeExceededError,
 )
+from .mirroring import MirrorCalls, mark_body, mark_download
 from .retry_loop import ResultRetry, async_retrying, sync_retrying
 
 if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start faster
@@ -86,6 +91,18 @@ class _DownloadPlan(NamedTuple):
     options: DownloadOptions
     cache: FetchCache | None
     offline: bool
+
+
+def mirrors_from(mirrors: Mapping[str, str] | None, credentials: bool) -> Mirrors:
+    """The connection's mirrors: ``mirrors``, else ``$VLLM_FETCH_MIRRORS``; falling back to the
+    origin unless ``VLLM_FETCH_MIRROR_FALLBACK=0``."""
+    mapping = parse_mirrors(env_str("VLLM_FETCH_MIRRORS")) if mirrors is None else mirrors
+    return Mirrors.build(mapping, fallback=env_flag("VLLM_FETCH_MIRROR_FALLBACK", True),
+                         credentials=credentials)
+
+
+def _mark_probe(probed: Probed, mirrors: Mirrors, route: Route) -> Probed:
+    return dataclasses.replace(probed, url=mirrors.restore(probed.url, route))
 
 
 def proxies_allowed(policy: URLPolicy, trust_env: bool | None) -> bool:
@@ -132,10 +149,16 @@ class HTTPConnection:
         trust_env: bool | None = None,
         allowed_networks: Iterable[str] | None = None,
         resolver: Resolver | None = None,
+        mirrors: Mapping[str, str] | None = None,
+        mirror_credentials: bool = False,
     ) -> None:
         """``block_private_ips=None`` reads ``$VLLM_FETCH_BLOCK_PRIVATE_IPS`` (default off).
         ``allowed_networks`` (e.g. ``["10.1.2.0/24"]``) are exempt from it. ``resolver`` is a
-        DNS hook ``(host, port) -> addresses``; see the README's "Fetching untrusted URLs"."""
+        DNS hook ``(host, port) -> addresses``; see the README's "Fetching untrusted URLs".
+        ``mirrors`` (None: ``$VLLM_FETCH_MIRRORS``) maps origin URL prefixes to mirror
+        prefixes, e.g. ``{"https://huggingface.co": "https://cache.internal/hf"}``; the
+        origin's credential headers reach a mirror only with ``mirror_credentials=True``.
+        See the README's "Fleets"."""
         if max_redirects < 0:
             raise ValueError("max_redirects must be >= 0")
         if max_bytes is not None and max_bytes < 0:
@@ -160,6 +183,15 @@ class HTTPConnection:
         self._sync = RequestsDriver(options, reuse_client=reuse_client)
         self._async_driver: AiohttpDriver | None = None
         self._async_driver_lock = threading.Lock()
+        self.mirrors = mirrors_from(mirrors, mirror_credentials)
+        self._mirror_calls = MirrorCalls(self.mirrors, self.retry)
+        # mirrors get drivers of their own: their hosts are trusted by the URL policy, and
+        # their pooled connections are never reused for a URL a caller named
+        self._mirror_options = dataclasses.replace(options, policy=dataclasses.replace(
+            policy, trusted_hosts=self.mirrors.hosts))
+        self._shared = SharedTier.from_env()  # read-only blobs another machine filled
+        self._mirror_sync: RequestsDriver | None = None
+        self._mirror_async: AiohttpDriver | None = None
         self._cache = CacheSetting(cache)
         self._offline = offline
         self._cached = CachedCalls()
@@ -180,6 +212,22 @@ class HTTPConnection:
                                                        reuse_client=self.reuse_client)
                 driver = self._async_driver
         return driver
+
+    def _mirror_sync_driver(self) -> RequestsDriver:
+        with self._async_driver_lock:
+            if self._mirror_sync is None:
+                self._mirror_sync = RequestsDriver(self._mirror_options,
+                                                   reuse_client=self.reuse_client)
+            return self._mirror_sync
+
+    def _mirror_async_driver(self) -> AiohttpDriver:
+        with self._async_driver_lock:
+            if self._mirror_async is None:
+                from .drivers.aiohttp_driver import AiohttpDriver
+
+                self._mirror_async = AiohttpDriver(self._mirror_options,
+                                                   reuse_client=self.reuse_client)
+            return self._mirror_async
 
     @property
     def offline(self) -> bool:
@@ -215,12 +263,16 @@ class HTTPConnection:
     def close(self) -> None:
         """Close every sync session this connection opened."""
         self._sync.close()
+        if self._mirror_sync is not None:
+            self._mirror_sync.close()
 
     async def aclose(self) -> None:
         """Close the running loop's aiohttp session and every sync session."""
         if self._async_driver is not None:
             await self._async_driver.aclose()
-        self._sync.close()
+        if self._mirror_async is not None:
+            await self._mirror_async.aclose()
+        self.close()
 
     def __enter__(self) -> HTTPConnection:
         return self
@@ -353,11 +405,18 @@ class HTTPConnection:
 
     # -- bodies ---------------------------------------------------------------------------------
     def _fetch(self, req: FetchRequest) -> Body:
-        return sync_retrying(self.retry, req.deadline, "GET", req.url)(self._sync.fetch_body, req)
+        def attempt(driver: RequestsDriver, r: FetchRequest, retry: RetryPolicy) -> Body:
+            return sync_retrying(retry, r.deadline, "GET", r.url)(driver.fetch_body, r)
+
+        return self._mirror_calls.call(req, self._sync, self._mirror_sync_driver, attempt,
+                                       mark_body)
 
     async def _afetch(self, req: FetchRequest) -> Body:
-        return await async_retrying(self.retry, req.deadline, "GET", req.url)(
-            self._async.fetch_body, req)
+        async def attempt(driver: AiohttpDriver, r: FetchRequest, retry: RetryPolicy) -> Body:
+            return await async_retrying(retry, r.deadline, "GET", r.url)(driver.fetch_body, r)
+
+        return await self._mirror_calls.acall(req, self._async, self._mirror_async_driver,
+                                              attempt, mark_body)
 
     def _media_request(
         self, url: str, timeout: float | None, allow_redirects: bool, max_bytes: int | None,
@@ -391,28 +450,36 @@ class HTTPConnection:
 
     def _probe(self, req: FetchRequest) -> Probed:
         """A (conditional) request whose body is never read: its status and headers."""
-        def attempt() -> Probed:
-            with self._sync.call_session() as session, self._sync.open(session, req) as r:
-                failure = status_failure(self.retry, r.status_code, redact_url(r.url or req.url),
-                                         r.headers)
-                if failure is not None:
-                    raise failure
-                return Probed(r.status_code, dict(r.headers), r.url or req.url)
-
-        return sync_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
-
-    async def _aprobe(self, req: FetchRequest) -> Probed:
-        async def attempt() -> Probed:
-            async with self._async.call_session() as session:
-                r = await self._async.open(session, req)
-                async with r:
-                    failure = status_failure(self.retry, r.status, redact_url(str(r.url)),
+        def probe(driver: RequestsDriver, req: FetchRequest, retry: RetryPolicy) -> Probed:
+            def attempt() -> Probed:
+                with driver.call_session() as session, driver.open(session, req) as r:
+                    failure = status_failure(retry, r.status_code, redact_url(r.url or req.url),
                                              r.headers)
                     if failure is not None:
                         raise failure
-                    return Probed(r.status, dict(r.headers), str(r.url))
+                    return Probed(r.status_code, dict(r.headers), r.url or req.url)
 
-        return await async_retrying(self.retry, req.deadline, "GET", req.url)(attempt)
+            return sync_retrying(retry, req.deadline, "GET", req.url)(attempt)
+
+        return self._mirror_calls.call(req, self._sync, self._mirror_sync_driver, probe,
+                                       _mark_probe, lambda p: p.status)
+
+    async def _aprobe(self, req: FetchRequest) -> Probed:
+        async def probe(driver: AiohttpDriver, req: FetchRequest, retry: RetryPolicy) -> Probed:
+            async def attempt() -> Probed:
+                async with driver.call_session() as session:
+                    r = await driver.open(session, req)
+                    async with r:
+                        failure = status_failure(retry, r.status, redact_url(str(r.url)),
+                                                 r.headers)
+                        if failure is not None:
+                            raise failure
+                        return Probed(r.status, dict(r.headers), str(r.url))
+
+            return await async_retrying(retry, req.deadline, "GET", req.url)(attempt)
+
+        return await self._mirror_calls.acall(req, self._async, self._mirror_async_driver,
+                                              probe, _mark_probe, lambda p: p.status)
 
     @scrubbed
     def fetch_bytes(
@@ -629,11 +696,23 @@ class HTTPConnection:
             expected_sha256=expected_sha256, expected_size=expected_size, resume=resume,
             connections=connections, progress=progress, use_cache=use_cache,
         )
+        def engine(r: FetchRequest, t: Path) -> DownloadResult:
+            def attempt(driver: RequestsDriver, r: FetchRequest, retry: RetryPolicy
+                        ) -> DownloadResult:
+                options = dataclasses.replace(plan.options, retry=retry)
+                return sync_runner.download(driver, r, t, options)
+
+            if self._shared is not None and r.expected_sha256 and (
+                shared := self._shared.publish_to(r.expected_sha256, t, r.url, r.expected_size)
+            ):
+                return shared
+
+            return self._mirror_calls.call(r, self._sync, self._mirror_sync_driver, attempt,
+                                           mark_download)
+
         if plan.cache is None:
-            return sync_runner.download(self._sync, plan.req, plan.target, plan.options)
-        io = SyncIO(self._fetch, self._probe,
-                    lambda r, t: sync_runner.download(self._sync, r, t, plan.options),
-                    self._sync_io.hops)
+            return engine(plan.req, plan.target)
+        io = SyncIO(self._fetch, self._probe, engine, self._sync_io.hops)
         return self._cached.download(plan.cache, plan.req, plan.target, io, offline=plan.offline)
 
     @ascrubbed
@@ -684,13 +763,24 @@ class HTTPConnection:
         )
         from .download import async_runner  # imports aiohttp: on first async use only
 
+        async def engine(r: FetchRequest, t: Path) -> DownloadResult:
+            async def attempt(driver: AiohttpDriver, r: FetchRequest, retry: RetryPolicy
+                              ) -> DownloadResult:
+                options = dataclasses.replace(plan.options, retry=retry)
+                return await async_runner.download(driver, r, t, options)
+
+            if self._shared is not None and r.expected_sha256 and (
+                shared := await asyncio.to_thread(self._shared.publish_to, r.expected_sha256,
+                                                  t, r.url, r.expected_size)
+            ):
+                return shared
+
+            return await self._mirror_calls.acall(r, self._async, self._mirror_async_driver,
+                                                  attempt, mark_download)
+
         try:
             if plan.cache is None:
-                return await async_runner.download(self._async, plan.req, plan.target,
-                                                  plan.options)
-
-            async def engine(r: FetchRequest, t: Path) -> DownloadResult:
-                return await async_runner.download(self._async, r, t, plan.options)
+                return await engine(plan.req, plan.target)
 
             io = AsyncIO(self._afetch, self._aprobe, engine, self._async_io.hops)
             return await self._cached.adownload(plan.cache, plan.req, plan.target, io,

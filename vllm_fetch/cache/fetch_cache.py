@@ -23,6 +23,7 @@ import platformdirs
 from ..config import env_size, env_str, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
 from ..core.tenancy import credential_material, policy_headers
+from ..filesystems import warn_if_shared
 from .blobs import BlobStore, is_sha256
 from .costs import INDEX_BASE, blob_cost
 from .housekeeping import PruneReport, VerifyReport, prune, verify
@@ -91,6 +92,7 @@ class FetchCache:
     ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
+        warn_if_shared(self.directory, "cache")
         self.size_limit = _size_limit(size_limit)
         self.allow_private = allow_private
         self.blobs = BlobStore(self.directory / "blobs", link_files=link_files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("-d", "--dir", type=Path, default=Path("."), help="download directory")
     _add_fetch_options(pre)
 
+    warm = sub.add_parser("warm", help="fill the mirror and the local cache with a manifest's "
+                          "files, writing no targets")
+    warm.add_argument("manifest", type=Path, help="'URL [SHA256] [PATH]' lines, or JSON")
+    warm.add_argument("-j", "--jobs", type=_positive_int, default=4, help="files at once (4)")
+    _add_fetch_options(warm)
+
     add_cache_parser(sub)
     sub.add_parser("demo", help="watch retries, resume, verification and the cache, offline")
     return parser
@@ -82,22 +89,39 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(outcome: PrefetchOutcome, bar: tqdm[Any]) -> None:
+def _report(outcome: PrefetchOutcome, bar: tqdm[Any], *, targets: bool = True) -> None:
     bar.update(1)
     if outcome.ok:
-        bar.write(f"{'cached' if outcome.from_cache else 'ok':<8}{outcome.target}")
+        shown = outcome.target if targets else redact_url(outcome.entry.url)
+        bar.write(f"{'cached' if outcome.from_cache else 'ok':<8}{shown}")
     else:
         bar.write(f"FAILED  {redact_url(outcome.entry.url)}: {outcome.error}", file=sys.stderr)
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        return _run_manifest(conn, args, args.dir, "prefetch")
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    """prefetch into a scratch directory that is removed: the requests (through the mirror,
+    when one is configured) fill the mirror and the local cache; no target is written."""
+    with _connection(args) as conn:
+        cache = conn.cache
+        scratch_parent = cache.directory if cache is not None else None  # same filesystem
+        with tempfile.TemporaryDirectory(prefix=".warm-", dir=scratch_parent) as scratch:
+            return _run_manifest(conn, args, Path(scratch), "warm")
+
+
+def _run_manifest(conn: HTTPConnection, args: argparse.Namespace, directory: Path,
+                  label: str) -> int:
     entries = read_manifest(args.manifest)
     resolve_targets(args.dir, entries)  # refuse a path leading out before fetching anything
     show_bar = sys.stderr.isatty() and not env_flag("VLLM_FETCH_DISABLE_PROGRESS")
-    with _connection(args) as conn, tqdm(total=len(entries), unit="file", desc="prefetch",
-                                         disable=not show_bar) as bar:
-        outcomes = prefetch(conn, entries, args.dir, jobs=args.jobs, timeout=args.timeout,
-                            on_done=lambda outcome: _report(outcome, bar))
+    targets = label != "warm"
+    with tqdm(total=len(entries), unit="file", desc=label, disable=not show_bar) as bar:
+        outcomes = prefetch(conn, entries, directory, jobs=args.jobs, timeout=args.timeout,
+                            on_done=lambda outcome: _report(outcome, bar, targets=targets))
     failed = sum(not o.ok for o in outcomes)
     cached = sum(o.ok and o.from_cache for o in outcomes)
     print(f"{len(outcomes) - failed - cached} fetched, {cached} from cache, {failed} failed")
@@ -113,6 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "get": cmd_get,
     "prefetch": cmd_prefetch,
+    "warm": cmd_warm,
     "cache": cmd_cache,
     "demo": cmd_demo,
 }

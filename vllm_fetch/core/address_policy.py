@@ -190,6 +190,8 @@ class URLPolicy:
     allowed_domains: frozenset[str] | None = None
     block_private_ips: bool = False
     allowed_networks: tuple[IPNetwork, ...] = ()
+    #: Host names the operator configured (mirrors): exempt from both checks, by name.
+    trusted_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -240,6 +242,8 @@ class URLPolicy:
     def check_url(self, url: str) -> str:
         """Validate ``url`` and refuse it if the policy forbids its host. Returns it unchanged."""
         host = checked_host(url)
+        if host in self.trusted_hosts:
+            return url
         safe = redact_url(url)
         if self.allowed_domains is not None and host not in self.allowed_domains:
             raise BlockedURLError(f"{safe} is refused: host not in allowed_domains", url=safe)

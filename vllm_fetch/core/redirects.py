@@ -59,7 +59,7 @@ class Chain:
     __slots__ = ("follow", "headers", "hops", "options", "url")
 
     def __init__(self, req: FetchRequest, options: TransportOptions) -> None:
-        self.url, self.headers = req.url, req.headers
+        self.url, self.headers = req.send_url or req.url, req.headers
         self.follow, self.options = req.allow_redirects, options
         self.hops = 0
 

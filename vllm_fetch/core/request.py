@@ -61,3 +61,6 @@ class FetchRequest:
     media_limit: bool = False
     #: Charged for every body chunk received (vLLM's per-request media budget).
     request_budget: ByteBudget | None = field(default=None, compare=False)
+    #: Where the first request goes instead of ``url`` (a mirror, ``core.mirrors``); ``url``
+    #: stays the identity: cache key, partials, locks and the policy check.
+    send_url: str | None = None

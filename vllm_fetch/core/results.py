@@ -6,11 +6,14 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .body import CASE_INSENSITIVE_TYPES
+
+if TYPE_CHECKING:
+    from .mirrors import Source
 
 Headers: TypeAlias = "CIMultiDictProxy[str]"
 CASE_INSENSITIVE_TYPES.update((CIMultiDict, CIMultiDictProxy))
@@ -32,16 +35,19 @@ class FetchResult:
     answer from the cache carries ``Age``. ``url`` is the final URL (after redirects);
     ``from_cache`` says the body came from the disk cache (``age``: its current age in
     seconds, RFC 9111 §4.2.3; 0 for a network answer); ``sha256`` is the body's hex digest
-    (known for a cached body, computed on first use otherwise).
+    (known for a cached body, computed on first use otherwise). ``source`` says where the
+    bytes came from: ``"cache"``, ``"mirror"`` or ``"origin"``.
     """
 
-    __slots__ = ("_headers", "_lines", "_sha256", "age", "content", "from_cache", "status", "url")
+    __slots__ = ("_headers", "_lines", "_sha256", "age", "content", "from_cache", "source",
+                 "status", "url")
 
     content: bytes
     status: int
     url: str
     from_cache: bool
     age: int
+    source: Source
     _headers: Headers | None
     _lines: Mapping[str, str] | Iterable[tuple[str, str]] | None
     _sha256: str | None
@@ -56,8 +62,10 @@ class FetchResult:
         *,
         from_cache: bool = False,
         age: int = 0,
+        source: Source = "origin",
     ) -> None:
         setter = object.__setattr__
+        setter(self, "source", "cache" if from_cache else source)
         setter(self, "content", content)
         setter(self, "status", status)
         setter(self, "url", url)
@@ -121,7 +129,9 @@ Body = FetchResult
 @dataclass(frozen=True)
 class DownloadResult:
     """A file published at ``path``: its size, sha256 (when hashed) and the final response;
-    ``from_cache`` when the bytes came from the disk cache rather than a body transfer."""
+    ``from_cache`` when the bytes came from the disk cache rather than a body transfer;
+    ``source``: ``"cache"``, ``"mirror"`` or ``"origin"`` (always ``"cache"`` with
+    ``from_cache``)."""
 
     path: Path
     size: int
@@ -130,3 +140,8 @@ class DownloadResult:
     headers: dict[str, str]
     url: str
     from_cache: bool = False
+    source: Source = "origin"
+
+    def __post_init__(self) -> None:
+        if self.from_cache:
+            object.__setattr__(self, "source", "cache")

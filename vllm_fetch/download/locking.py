@@ -31,6 +31,7 @@ from ..core.deadline import Deadline
 from ..core.results import DownloadResult
 from ..core.urls import redact_url
 from ..errors import FetchTimeoutError
+from ..filesystems import warn_if_shared
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ def locks_enabled() -> bool:
 
 def lock_dir() -> Path:
     configured = env_str("VLLM_FETCH_LOCK_DIR")
-    return Path(configured) if configured else Path(
+    path = Path(configured) if configured else Path(
         platformdirs.user_cache_dir("vllm_fetch")) / "locks"
+    warn_if_shared(path, "lock")  # once per directory and process
+    return path
 
 
 def _lock_timeout(deadline: Deadline) -> float:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..core.address_policy import Resolver, URLPolicy, parse_ip_literal
+from ..core.address_policy import Resolver, URLPolicy, normalize_host, parse_ip_literal
 from ..core.request import TransportOptions
 
 
@@ -47,7 +47,9 @@ class AddressGuard:
             answers = [str(literal)]
         else:
             answers = addresses(within(lambda: self.resolver(name, port), timeout, name))
-        self.policy.check_addresses(f"{name}:{port}", answers)
+        trusted = self.policy.trusted_hosts
+        if not trusted or normalize_host(name) not in trusted:  # a mirror is trusted by name
+            self.policy.check_addresses(f"{name}:{port}", answers)
         if not answers:
             raise socket.gaierror(socket.EAI_NONAME, f"no address for {name}")
         return answers

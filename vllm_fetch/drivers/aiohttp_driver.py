@@ -16,6 +16,7 @@ from yarl import URL
 
 from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
+from ..core.proxy_refusal import proxy_refused
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import reads_no_body, response_meter
 from ..core.results import Body
@@ -34,6 +35,7 @@ from ..errors import (
 from .address_guard import address_guard
 from .aiohttp_environment import NO_ROUTE, environment_route
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
+from .tls import ca_context
 
 CASE_INSENSITIVE_TYPES.update((CIMultiDict, CIMultiDictProxy))
 
@@ -61,6 +63,8 @@ def map_error(exc: BaseException, url: str) -> FetchError:
         return TruncatedBodyError(f"connection to {safe} broke mid-body", url=safe)
     if isinstance(exc, aiohttp.InvalidURL):
         return InvalidURLError(f"Invalid HTTP URL: {safe}", url=safe)
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return proxy_refused(safe, exc.status)
     if isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400:
         # aiohttp reports unparseable response headers (huge lines, too many) this way
         return ResponseHeadersError(f"malformed response headers from {safe}", url=safe)
@@ -240,9 +244,11 @@ class AiohttpDriver:
             proxy_headers = None
             if route is not NO_ROUTE:
                 headers, proxy_headers = route.credentials(target, headers)
+            context = ca_context() if target.scheme == "https" else None
             return await session.get(
                 target, headers=headers, allow_redirects=False, timeout=timeout,
                 read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
+                ssl=context if context is not None else True,
             )
         except Exception as exc:
             # not chained: aiohttp's own exceptions quote the full URL, query string included

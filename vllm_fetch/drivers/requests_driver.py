@@ -17,6 +17,7 @@ from ..config import ca_bundle
 from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.header_fields import field_lines
+from ..core.proxy_refusal import proxy_refused, tunnel_status
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import reads_no_body, response_meter
 from ..core.results import Body
@@ -86,13 +87,17 @@ def map_error(exc: BaseException, url: str) -> FetchError:
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                         u3.LocationParseError)):
         return InvalidURLError(f"Invalid HTTP URL: {safe}", url=safe)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        status = next((s for e in _wrapped(exc) if (s := tunnel_status(str(e)))), None)
+        if status is not None:
+            return proxy_refused(safe, status)
     if isinstance(exc, (requests.RequestException, OSError, u3.HTTPError)):
         return FetchConnectionError(f"cannot fetch {safe}: {type(exc).__name__}", url=safe)
     raise exc
 
 
 def ca_bundle_from_env() -> str | bool:
-    """``$REQUESTS_CA_BUNDLE`` / ``$CURL_CA_BUNDLE`` as requests reads them, else True."""
+    """The CA bundle the CA variables name (``config.ca_bundle``), else True."""
     return ca_bundle() or True
 
 
