@@ -116,7 +116,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
 def _run_manifest(conn: HTTPConnection, args: argparse.Namespace, directory: Path,
                   label: str) -> int:
     entries = read_manifest(args.manifest)
-    resolve_targets(args.dir, entries)  # refuse a path leading out before fetching anything
+    resolve_targets(directory, entries)  # refuse a path leading out before fetching anything
     show_bar = sys.stderr.isatty() and not env_flag("VLLM_FETCH_DISABLE_PROGRESS")
     targets = label != "warm"
     with tqdm(total=len(entries), unit="file", desc=label, disable=not show_bar) as bar:
