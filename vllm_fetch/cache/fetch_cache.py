@@ -49,6 +49,8 @@ class CacheInfo:
     blobs: int
     bytes: int
     size_limit: int
+    #: bodies held by reference to a published file on another filesystem (no bytes here)
+    references: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class CachedItem:
     stored_at: float
     last_used: float
     etag: str | None
+    #: how the body is held: ``copy``, ``shared`` (a hard link to the downloaded file),
+    #: ``reference`` (the downloaded file, on another filesystem) or ``missing``
+    stored_as: str = "copy"
 
 
 class FetchCache:
@@ -69,9 +74,10 @@ class FetchCache:
     ``size_limit`` (bytes; default ``$VLLM_FETCH_CACHE_SIZE`` or 10 GB) bounds the blob bytes:
     least recently used blobs are evicted past it. ``allow_private`` lets this cache keep and
     serve responses to requests with credentials (Authorization, Cookie, X-Api-Key) or marked
-    ``private``: only for a cache that one caller owns. ``link_files`` hardlinks downloaded
-    files into the store and back out instead of copying them (no extra space, but editing a
-    downloaded file in place would then change the cached bytes).
+    ``private``: only for a cache that one caller owns. A downloaded file shares its storage
+    with the cache (a sealed hard link, or a sealed reference across filesystems: no second
+    copy; an edited file is a miss, never served). ``link_files`` also hard-links cache hits
+    out to their targets instead of copying them (every such target then shares one inode).
     """
 
     def __init__(
@@ -231,10 +237,7 @@ class FetchCache:
         sha256 = sha256.lower()
         if not is_sha256(sha256):
             return None
-        try:
-            return self.blobs.path(sha256).stat().st_size
-        except FileNotFoundError:
-            return None
+        return self.blobs.size(sha256)
 
     def copy_blob_to(self, sha256: str, target: Path) -> bool:
         """Publish the blob with this sha256 at ``target``, whatever URL it came from."""
@@ -246,13 +249,14 @@ class FetchCache:
         self.flush()
         entries = sum(1 for _ in self.index.items())
         blobs = list(self.blobs.iter_blobs())
-        return CacheInfo(self.directory, entries, len(blobs), sum(b.size for b in blobs),
-                         self.size_limit)
+        return CacheInfo(self.directory, entries, len(blobs), sum(b.held for b in blobs),
+                         self.size_limit, sum(1 for b in blobs if not b.held and b.size))
 
     def entries(self) -> list[CachedItem]:
         """Every entry, most recently used first."""
         self.flush()
-        items = [CachedItem(e.url, e.size, e.sha256, e.stored_at, used, e.etag)
+        items = [CachedItem(e.url, e.size, e.sha256, e.stored_at, used, e.etag,
+                            self.blobs.kind(e.sha256))
                  for _, e, used in self.index.items()]
         return sorted(items, key=lambda item: item.last_used, reverse=True)
 

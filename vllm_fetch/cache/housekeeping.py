@@ -96,7 +96,7 @@ def prune(
             for key in scan.keys_by_blob.pop(key_sha):  # entries whose blob is gone
                 index.delete(key)
                 removed_entries += 1
-        total = sum(info.size for info in scan.blobs.values())
+        total = sum(info.held for info in scan.blobs.values())
         if max_size is not None and total > max_size:
             by_age = sorted(scan.blobs.values(),
                             key=lambda b: scan.last_used.get(b.sha256, b.mtime))
@@ -106,7 +106,7 @@ def prune(
                 if blobs.is_pinned(info.sha256):
                     continue
                 drop(info.sha256)
-                total -= info.size
+                total -= info.held
         index.set_bytes(total)
     if removed_blobs:
         logger.info("cache: removed %d blobs (%d bytes) and %d entries",
@@ -141,6 +141,6 @@ def verify(index: Index, blobs: BlobStore, lock: Path, *, remove: bool) -> Verif
             if remove:
                 removed_entries += len(scan.keys_by_blob.get(sha, []))
                 _remove_blob(index, blobs, scan, sha)
-        index.set_bytes(sum(info.size for info in scan.blobs.values()))
+        index.set_bytes(sum(info.held for info in scan.blobs.values()))
     return VerifyReport(len(scan.blobs) + (len(corrupt) if remove else 0), corrupt,
                         removed_entries)
