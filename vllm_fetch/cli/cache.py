@@ -44,7 +44,8 @@ def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                                      "user cache dir)")
     what = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     what.add_parser("info", help="where the cache is, how many entries, how many bytes")
-    what.add_parser("ls", help="every entry, most recently used first")
+    what.add_parser("ls", help="every entry, most recently used first, and how its body is "
+                               "held (copy, shared with the downloaded file, reference)")
     verify = what.add_parser("verify", help="re-hash every blob; remove corrupt ones")
     verify.add_argument("--keep", action="store_true", help="report corrupt blobs, keep them")
     prune = what.add_parser("prune", help="remove old or least recently used entries")
@@ -70,7 +71,8 @@ def _info(cache: FetchCache, _: argparse.Namespace) -> int:
     info = cache.info()
     print(f"directory  {info.directory}")
     print(f"entries    {info.entries}")
-    print(f"blobs      {info.blobs}")
+    print(f"blobs      {info.blobs}" + (f" ({info.references} by reference to downloaded "
+                                         "files)" if info.references else ""))
     print(f"size       {human_size(info.bytes)} of {human_size(info.size_limit)}")
     return 0
 
@@ -78,7 +80,7 @@ def _info(cache: FetchCache, _: argparse.Namespace) -> int:
 def _ls(cache: FetchCache, _: argparse.Namespace) -> int:
     for item in cache.entries():
         print(f"{human_size(item.size):>10}  {_when(item.last_used)}  {item.sha256[:12]}  "
-              f"{item.url}")
+              f"{item.stored_as:<9} {item.url}")
     return 0
 
 
