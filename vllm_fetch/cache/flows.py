@@ -50,6 +50,7 @@ from ..errors import (
     OfflineError,
     SizeLimitExceededError,
 )
+from . import transfer_lock
 from .fetch_cache import FetchCache
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -374,7 +375,33 @@ def _through_stored_redirects(
 def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
                   hops: Hops | None = None) -> Flow:
     """download_file through the cache: a hit is copied to the target, zero requests. With
-    ``hops``, a usable stored redirect is followed to its target's stored response."""
+    ``hops``, a usable stored redirect is followed to its target's stored response. A transfer
+    holds the machine-wide lock of its URL (``transfer_lock``): callers that wanted the same
+    URL meanwhile, for any target, are then served from what it stored."""
+    served, req, start = yield from _file_from_cache(cache, req, target, offline=offline,
+                                                     hops=hops)
+    if served is not None:
+        return served
+    name = transfer_lock.lock_name(start.key, req.expected_sha256)
+    held: transfer_lock.Held | None = yield Disk(
+        lambda: transfer_lock.hold(cache.directory, name, req.deadline, req.url))
+    try:
+        if held is not None:  # another caller may have stored it since the lookup
+            served, req, start = yield from _file_from_cache(
+                cache, req, target, offline=offline, hops=hops, revalidate=held.waited)
+            if served is not None:
+                return served
+        result: DownloadResult = yield from _transfer(cache, req, start, target)
+        return result
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
+                     hops: Hops | None, revalidate: bool = True) -> Flow:
+    """Serve the file from the cache when it can be: (result or None, request, lookup).
+    Without ``revalidate``, only a stored copy that needs no request is served."""
     wanted = req.expected_sha256.lower() if req.expected_sha256 else None
     # same bytes from any URL: only in the shared namespace (a restricting policy never gets
     # bytes that a connection allowed more fetched, not even by naming their sha256)
@@ -385,18 +412,18 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
         yield Disk(lambda: cache.copy_blob_to(wanted, target))
     ):
         # same bytes, any URL
-        return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
+        return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True), req, None
     start = begin(cache, req, offline=offline)
     if hops is not None:
         req, start = _through_stored_redirects(cache, req, start, offline=offline, hops=hops)
     entry = start.decision.entry
     if _fits(entry, req) and entry is not None:
         if start.decision.action in HITS and (yield from _copy(cache, start, entry, target, req)):
-            return _published(target, entry, req.url)
-        if start.decision.action is LookupAction.REVALIDATE:
+            return _published(target, entry, req.url), req, start
+        if start.decision.action is LookupAction.REVALIDATE and revalidate:
             refreshed = yield from _revalidate_file(cache, start, req, target)
             if refreshed is not None:
-                return refreshed
+                return refreshed, req, start
     if offline:
         if entry is not None and not _fits(entry, req):
             safe = redact_url(req.url)
@@ -404,6 +431,12 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
                 f"offline mode: the cached copy of {safe} does not match the expected "
                 "sha256/size", url=safe)
         raise offline_error(req.url)
+    return None, req, start
+
+
+def _transfer(cache: FetchCache, req: FetchRequest, start: Start, target: Path) -> Flow:
+    """Download the file (serving the stored copy on an error that allows it), then store it."""
+    entry = start.decision.entry
     sent_at = time.time()
     try:
         result: DownloadResult = yield Download(replace(req, hash_body=True), target)
