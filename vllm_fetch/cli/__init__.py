@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from ..core.urls import redact_url
 from ..errors import FetchError
 from .cache import add_cache_parser, cmd_cache
 from .manifest import default_name, read_manifest
-from .prefetch import PrefetchOutcome, prefetch
+from .prefetch import PrefetchInterrupted, PrefetchOutcome, prefetch
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -89,17 +90,29 @@ def _report(outcome: PrefetchOutcome, bar: tqdm[Any]) -> None:
         bar.write(f"FAILED  {redact_url(outcome.entry.url)}: {outcome.error}", file=sys.stderr)
 
 
+def _summary(outcomes: Sequence[PrefetchOutcome]) -> str:
+    failed = sum(not o.ok for o in outcomes)
+    cached = sum(o.ok and o.from_cache for o in outcomes)
+    return f"{len(outcomes) - failed - cached} fetched, {cached} from cache, {failed} failed"
+
+
 def cmd_prefetch(args: argparse.Namespace) -> int:
     entries = read_manifest(args.manifest)
     show_bar = sys.stderr.isatty() and not env_flag("VLLM_FETCH_DISABLE_PROGRESS")
-    with _connection(args) as conn, tqdm(total=len(entries), unit="file", desc="prefetch",
-                                         disable=not show_bar) as bar:
-        outcomes = prefetch(conn, entries, args.dir, jobs=args.jobs, timeout=args.timeout,
-                            on_done=lambda outcome: _report(outcome, bar))
-    failed = sum(not o.ok for o in outcomes)
-    cached = sum(o.ok and o.from_cache for o in outcomes)
-    print(f"{len(outcomes) - failed - cached} fetched, {cached} from cache, {failed} failed")
-    return EXIT_FAILED if failed else 0
+    try:
+        with _connection(args) as conn, tqdm(total=len(entries), unit="file", desc="prefetch",
+                                             disable=not show_bar) as bar:
+            outcomes = prefetch(conn, entries, args.dir, jobs=args.jobs, timeout=args.timeout,
+                                on_done=lambda outcome: _report(outcome, bar))
+    except PrefetchInterrupted as stop:
+        print(f"interrupted: {_summary(stop.finished)}, {stop.left} left "
+              "(partial downloads kept: run again to resume)", flush=True)
+        print("vllm-fetch: interrupted", file=sys.stderr, flush=True)
+        # running transfers are threads that cannot be stopped: exit now, as a kill would;
+        # every file is published atomically, so a partial is all they leave
+        os._exit(EXIT_INTERRUPTED)
+    print(_summary(outcomes))
+    return EXIT_FAILED if any(not o.ok for o in outcomes) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

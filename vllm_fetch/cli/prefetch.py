@@ -17,6 +17,15 @@ from .manifest import ManifestEntry
 logger = logging.getLogger("vllm_fetch.prefetch")
 
 
+class PrefetchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a prefetch: the outcomes finished so far, and how many entries were left
+    (running ones stopped with their partials kept; queued ones never started)."""
+
+    def __init__(self, finished: list[PrefetchOutcome], left: int) -> None:
+        super().__init__(f"{left} left")
+        self.finished, self.left = finished, left
+
+
 @dataclass(frozen=True)
 class PrefetchOutcome:
     """How one manifest entry ended: ``error`` is None on success."""
@@ -54,12 +63,23 @@ def prefetch(
     **options: Any,
 ) -> list[PrefetchOutcome]:
     """Download every entry into ``directory``, ``jobs`` at once; outcomes in manifest order.
-    ``on_done`` sees each outcome as it completes."""
+    ``on_done`` sees each outcome as it completes. On Ctrl-C, queued entries are cancelled and
+    ``PrefetchInterrupted`` is raised at once (running transfers are not waited for: the
+    caller exits, and their partials stay for the next run to resume)."""
     if jobs < 1:
         raise ValueError("jobs must be >= 1")
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vllm-fetch-prefetch") as pool:
-        futures = [pool.submit(fetch_entry, conn, entry, directory, **options) for entry in entries]
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vllm-fetch-prefetch")
+    futures = []
+    finished: list[PrefetchOutcome] = []
+    try:
+        futures = [pool.submit(fetch_entry, conn, entry, directory, **options)
+                   for entry in entries]
         for future in as_completed(futures):
+            finished.append(future.result())
             if on_done is not None:
-                on_done(future.result())
+                on_done(finished[-1])
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise PrefetchInterrupted(finished, len(entries) - len(finished)) from None
+    pool.shutdown()
     return [future.result() for future in futures]
