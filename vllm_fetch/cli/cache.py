@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
+import sqlite3
+from pathlib import Path
 
-from ..cache.fetch_cache import FetchCache
+from ..cache.fetch_cache import FetchCache, default_cache_dir
 from ..config import parse_size
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
@@ -38,21 +41,27 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cache = sub.add_parser("cache", help="inspect and clean the shared download cache")
+def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                     parents: list[argparse.ArgumentParser]) -> None:
+    cache = sub.add_parser("cache", help="inspect and clean the shared download cache",
+                           parents=parents)
     cache.add_argument("--dir", help="cache directory (default: $VLLM_FETCH_CACHE_DIR or the "
                                      "user cache dir)")
     what = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    what.add_parser("info", help="where the cache is, how many entries, how many bytes")
-    what.add_parser("ls", help="every entry, most recently used first, and how its body is "
-                               "held (copy, shared with the downloaded file, reference)")
-    verify = what.add_parser("verify", help="re-hash every blob; remove corrupt ones")
+    what.add_parser("info", help="where the cache is, how many entries, how many bytes",
+                    parents=parents)
+    what.add_parser("ls", parents=parents,
+                    help="every entry, most recently used first, and how its body is held "
+                         "(copy, shared with the downloaded file, reference)")
+    verify = what.add_parser("verify", help="re-hash every blob; remove corrupt ones",
+                             parents=parents)
     verify.add_argument("--keep", action="store_true", help="report corrupt blobs, keep them")
-    prune = what.add_parser("prune", help="remove old or least recently used entries")
+    prune = what.add_parser("prune", help="remove old or least recently used entries",
+                            parents=parents)
     prune.add_argument("--max-size", type=_size, help="keep at most this much (e.g. 5GB)")
     prune.add_argument("--older-than", type=parse_duration,
                        help="remove what was not used for this long (e.g. 7d, 12h)")
-    what.add_parser("clear", help="remove every entry and blob")
+    what.add_parser("clear", help="remove every entry and blob", parents=parents)
 
 
 def _when(timestamp: float) -> str:
@@ -60,11 +69,43 @@ def _when(timestamp: float) -> str:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    cache = FetchCache(args.dir)
+    directory = Path(args.dir) if args.dir else default_cache_dir()
+    if not directory.is_dir():  # looking never creates it
+        if args.cache_command in ("info", "ls", "verify"):
+            return _nothing(directory, args)
+        raise ValueError(f"no cache at {directory}")
+    if not _writable(directory):
+        raise OSError(f"the cache at {directory} is read-only: its index cannot be opened")
+    try:
+        cache = FetchCache(directory)
+    except (OSError, sqlite3.Error) as exc:
+        raise OSError(f"cannot open the cache at {directory}: {_reason(exc)}") from None
     try:
         return ACTIONS[args.cache_command](cache, args)
     finally:
         cache.close()
+
+
+def _writable(directory: Path) -> bool:
+    """Whether the cache's index can be opened (diskcache opens it for writing)."""
+    index = directory / "index"
+    paths = [directory, index, *(index / n for n in ("cache.db", "cache.db-wal"))]
+    return all(os.access(p, os.W_OK) for p in paths if p.exists())
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or \
+        type(exc).__name__
+
+
+def _nothing(directory: Path, args: argparse.Namespace) -> int:
+    """What looking at a cache that does not exist shows (and it is not created)."""
+    if args.cache_command == "info":
+        print(f"directory  {directory} (none yet)")
+        print("entries    0")
+    elif args.cache_command == "verify":
+        print("0 blobs checked, 0 corrupt, 0 entries removed")
+    return 0
 
 
 def _info(cache: FetchCache, _: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..connections import HTTPConnection
 from ..core.urls import redact_url
+from ..download.progress import ProgressCallback
 from ..errors import FetchError
 from .manifest import ManifestEntry
 
@@ -42,11 +43,11 @@ class PrefetchOutcome:
 
 def fetch_entry(conn: HTTPConnection, entry: ManifestEntry, directory: Path,
                 **options: Any) -> PrefetchOutcome:
-    """Download one entry; ``options`` go to :meth:`HTTPConnection.fetch_file`."""
+    """Download one entry; ``options`` (``progress`` among them) go to
+    :meth:`HTTPConnection.fetch_file`."""
     target = directory.joinpath(*entry.path.parts)
     try:
-        result = conn.fetch_file(entry.url, target, expected_sha256=entry.sha256,
-                                 progress=False, **options)
+        result = conn.fetch_file(entry.url, target, expected_sha256=entry.sha256, **options)
     except (FetchError, OSError) as exc:
         logger.debug("prefetch of %s failed", redact_url(entry.url), exc_info=True)
         return PrefetchOutcome(entry, target, error=f"{type(exc).__name__}: {exc}")
@@ -60,10 +61,12 @@ def prefetch(
     *,
     jobs: int = 4,
     on_done: Callable[[PrefetchOutcome], None] | None = None,
+    progress_for: Callable[[int], ProgressCallback] | None = None,
     **options: Any,
 ) -> list[PrefetchOutcome]:
     """Download every entry into ``directory``, ``jobs`` at once; outcomes in manifest order.
-    ``on_done`` sees each outcome as it completes. On Ctrl-C, queued entries are cancelled and
+    ``on_done`` sees each outcome as it completes; ``progress_for(n)`` gives entry n's byte
+    progress callback. On Ctrl-C, queued entries are cancelled and
     ``PrefetchInterrupted`` is raised at once (running transfers are not waited for: the
     caller exits, and their partials stay for the next run to resume)."""
     if jobs < 1:
@@ -72,8 +75,10 @@ def prefetch(
     futures = []
     finished: list[PrefetchOutcome] = []
     try:
-        futures = [pool.submit(fetch_entry, conn, entry, directory, **options)
-                   for entry in entries]
+        futures = [pool.submit(fetch_entry, conn, entry, directory,
+                               progress=False if progress_for is None else progress_for(n),
+                               **options)
+                   for n, entry in enumerate(entries)]
         for future in as_completed(futures):
             finished.append(future.result())
             if on_done is not None:
