@@ -201,7 +201,7 @@ def test_cache_commands(origin: Origin, tmp_path: Path) -> None:
     assert "entries    0" in run("cache", "info", cwd=tmp_path).stdout
 
 
-@pytest.mark.parametrize("args", [("prune",), ("prune", "--older-than", "soon"),
+@pytest.mark.parametrize("args", [("prune", "--older-than", "soon"),
                                   ("prune", "--max-size", "lots")])
 def test_cache_bad_arguments(args: tuple[str, ...], tmp_path: Path) -> None:
     result = run("cache", *args, cwd=tmp_path)

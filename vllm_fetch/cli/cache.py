@@ -10,7 +10,9 @@ import sqlite3
 from pathlib import Path
 
 from ..cache.fetch_cache import FetchCache, default_cache_dir
+from ..cache.housekeeping import PruneReport
 from ..config import parse_size
+from ..download import registry
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -50,9 +52,11 @@ def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     what = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     what.add_parser("info", help="where the cache is, how many entries, how many bytes",
                     parents=parents)
-    what.add_parser("ls", parents=parents,
-                    help="every entry, most recently used first, and how its body is held "
-                         "(copy, shared with the downloaded file, reference)")
+    ls = what.add_parser("ls", parents=parents,
+                         help="every entry, most recently used first, and how its body is held "
+                              "(copy, shared with the downloaded file, reference)")
+    ls.add_argument("--partials", action="store_true",
+                    help="list the partial downloads on this machine instead")
     verify = what.add_parser("verify", help="re-hash every blob; remove corrupt ones",
                              parents=parents)
     verify.add_argument("--keep", action="store_true", help="report corrupt blobs, keep them")
@@ -60,7 +64,9 @@ def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                             parents=parents)
     prune.add_argument("--max-size", type=_size, help="keep at most this much (e.g. 5GB)")
     prune.add_argument("--older-than", type=parse_duration,
-                       help="remove what was not used for this long (e.g. 7d, 12h)")
+                       help="remove what was not used for this long (e.g. 7d, 12h); partial "
+                            "downloads and unheld lock files untouched this long (default 7d) "
+                            "always go")
     what.add_parser("clear", help="remove every entry and blob", parents=parents)
 
 
@@ -70,9 +76,13 @@ def _when(timestamp: float) -> str:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else default_cache_dir()
+    if args.cache_command == "ls" and args.partials:
+        return _ls_partials()
     if not directory.is_dir():  # looking never creates it
         if args.cache_command in ("info", "ls", "verify"):
             return _nothing(directory, args)
+        if args.cache_command == "prune":
+            return _report_prune(PruneReport(), registry.prune(args.older_than))
         raise ValueError(f"no cache at {directory}")
     if not _writable(directory):
         raise OSError(f"the cache at {directory} is read-only: its index cannot be opened")
@@ -103,6 +113,7 @@ def _nothing(directory: Path, args: argparse.Namespace) -> int:
     if args.cache_command == "info":
         print(f"directory  {directory} (none yet)")
         print("entries    0")
+        _print_partials()
     elif args.cache_command == "verify":
         print("0 blobs checked, 0 corrupt, 0 entries removed")
     return 0
@@ -115,6 +126,20 @@ def _info(cache: FetchCache, _: argparse.Namespace) -> int:
     print(f"blobs      {info.blobs}" + (f" ({info.references} by reference to downloaded "
                                          "files)" if info.references else ""))
     print(f"size       {human_size(info.bytes)} of {human_size(info.size_limit)}")
+    _print_partials()
+    return 0
+
+
+def _print_partials() -> None:
+    found = list(registry.partials())
+    print(f"partials   {len(found)} ({human_size(sum(p.on_disk for p in found))} on disk; "
+          "`cache ls --partials` lists them)")
+
+
+def _ls_partials() -> int:
+    for partial in registry.partials():
+        print(f"{human_size(partial.size):>10}  {human_size(partial.on_disk):>10} on disk  "
+              f"{_when(partial.mtime)}  {partial.path}")
     return 0
 
 
@@ -135,11 +160,17 @@ def _verify(cache: FetchCache, args: argparse.Namespace) -> int:
 
 
 def _prune(cache: FetchCache, args: argparse.Namespace) -> int:
-    if args.max_size is None and args.older_than is None:
-        raise ValueError("prune needs --max-size and/or --older-than")
-    report = cache.prune(max_size=args.max_size, older_than=args.older_than)
+    report = PruneReport()
+    if args.max_size is not None or args.older_than is not None:
+        report = cache.prune(max_size=args.max_size, older_than=args.older_than)
+    return _report_prune(report, registry.prune(args.older_than, cache.directory / "locks"))
+
+
+def _report_prune(report: PruneReport, cleaned: registry.Cleaned) -> int:
     print(f"removed {report.removed_entries} entries and {report.removed_blobs} blobs, "
-          f"freed {human_size(report.freed_bytes)}")
+          f"freed {human_size(report.freed_bytes)}; removed {cleaned.partials} abandoned "
+          f"partial downloads ({human_size(cleaned.partial_bytes)}) and {cleaned.locks} stale "
+          "lock files")
     return 0
 
 
