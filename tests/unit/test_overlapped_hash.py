@@ -39,14 +39,14 @@ def test_copy_continues_independently() -> None:
 def test_the_helper_thread_exits_when_idle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(overlapped_hash, "IDLE_EXIT", 0.05)
     hasher = OverlappedSha256()
-    hasher.update(b"x" * 10_000)
+    hasher.update(b"x" * overlapped_hash.BATCH)  # a whole batch: handed over at once
     assert hasher._worker is not None
     deadline = time.monotonic() + 10
     while hasher._worker is not None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     hasher.update(b"y")  # a new chunk starts a new one
-    assert hasher.hexdigest() == hashlib.sha256(b"x" * 10_000 + b"y").hexdigest()
+    assert hasher.hexdigest() == hashlib.sha256(b"x" * overlapped_hash.BATCH + b"y").hexdigest()
 
 
 def test_transfer_lock_names() -> None:
