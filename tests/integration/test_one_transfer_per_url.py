@@ -109,18 +109,20 @@ def test_same_expected_sha256_from_two_urls_makes_one_transfer(origin: Origin,
     assert origin.bytes_sent == SIZE
 
 
-def test_a_killed_holder_lets_a_waiter_take_over(origin: Origin, tmp_path: Path) -> None:
+def test_a_killed_holder_lets_a_waiter_take_over_and_resume(origin: Origin,
+                                                             tmp_path: Path) -> None:
     url = RangeFile(BODY, delay=0.05).mount(origin, "/slow.bin")  # ~1.6 s
     env = {"VLLM_FETCH_CACHE_DIR": str(tmp_path / "cache")}
     holder = worker("sync", url, tmp_path / "a" / "model.bin", env)
     waiter: subprocess.Popen[str] | None = None
     try:
-        wait_for(lambda: origin.bytes_sent > 0)
+        wait_for(lambda: origin.bytes_sent >= SIZE // 4)
         waiter = worker("async", url, tmp_path / "b" / "model.bin", env)
         time.sleep(1.0)  # the waiter is waiting for the holder's lock, not downloading
         assert origin.count("/slow.bin") == 1
         holder.send_signal(signal.SIGKILL)
         holder.communicate()
+        sent_by_then = origin.bytes_sent
         out, err = waiter.communicate(timeout=90)
         assert waiter.returncode == 0, err
     finally:
@@ -129,5 +131,11 @@ def test_a_killed_holder_lets_a_waiter_take_over(origin: Origin, tmp_path: Path)
             waiter.kill()
     assert out.strip() == sha256(BODY)
     assert sha256((tmp_path / "b" / "model.bin").read_bytes()) == sha256(BODY)
-    assert not (tmp_path / "a" / "model.bin").exists()
-    assert origin.count("/slow.bin") == 2  # the waiter took over the transfer
+    seen = origin.seen("/slow.bin")
+    assert len(seen) == 2  # the waiter took over the transfer ...
+    resumed_from = seen[1].headers.get("Range", "")
+    assert resumed_from.startswith("bytes=") and resumed_from != "bytes=0-", resumed_from
+    assert origin.bytes_sent < sent_by_then + SIZE  # ... and resumed it, not from zero
+    # the holder's target got its file too (it was what the holder was downloading)
+    assert sha256((tmp_path / "a" / "model.bin").read_bytes()) == sha256(BODY)
+    assert not [p.name for p in (tmp_path / "a").iterdir() if p.name.endswith(".part")]

@@ -384,13 +384,17 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
         return served
     name = transfer_lock.lock_name(start.key, req.expected_sha256)
     held: transfer_lock.Held | None = yield Disk(
-        lambda: transfer_lock.hold(cache.directory, name, req.deadline, req.url))
+        lambda: transfer_lock.hold(cache.directory, name, req.deadline, req.url, target))
     try:
         if held is not None:  # another caller may have stored it since the lookup
             served, req, start = yield from _file_from_cache(
                 cache, req, target, offline=offline, hops=hops, revalidate=held.waited)
             if served is not None:
                 return served
+        if held is not None and held.orphan is not None:  # its holder died: resume its partial
+            resumed = yield from _resume_orphan(cache, req, start, held.orphan, target)
+            if resumed is not None:
+                return resumed
         result: DownloadResult = yield from _transfer(cache, req, start, target)
         return result
     finally:
@@ -432,6 +436,19 @@ def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offl
                 "sha256/size", url=safe)
         raise offline_error(req.url)
     return None, req, start
+
+
+def _resume_orphan(cache: FetchCache, req: FetchRequest, start: Start, orphan: Path,
+                   target: Path) -> Flow:
+    """Finish a dead holder's transfer into its own target (resumed from the partial it left),
+    then publish the stored file at ``target``; None when it could not be copied from the
+    cache (the caller then downloads to ``target`` itself)."""
+    logger.info("taking over an interrupted download of %s", redact_url(req.url))
+    result: DownloadResult = yield from _transfer(cache, req, start, orphan)
+    sha = result.sha256
+    if sha and (yield Disk(lambda: cache.copy_blob_to(sha, target))):
+        return replace(result, path=target)
+    return None
 
 
 def _transfer(cache: FetchCache, req: FetchRequest, start: Start, target: Path) -> Flow:
