@@ -27,8 +27,12 @@ from pathlib import Path
 from loopback_nginx import ensure_tools, loopback_nginx
 
 HERE = Path(__file__).resolve()
-TOOLS = ("curl", "download_file", "async_download_file", "download_file_auto",
-         "download_file_cold_cache", "vllm_baseline")
+TOOLS = ("curl", "aria2c", "download_file", "async_download_file", "download_file_auto",
+         "download_file_cold_cache", "download_file_cache", "async_download_file_cache",
+         "download_file_cache_x8", "vllm_baseline")
+#: rows with the cache on (the default): a fresh cache beside the target each round
+CACHED = ("download_file_cold_cache", "download_file_cache", "async_download_file_cache",
+          "download_file_cache_x8")
 MIB = 1024 * 1024
 
 
@@ -48,14 +52,16 @@ def run_one(tool: str, url: str, target: str, chunk_size: int | None) -> float:
     from vllm_fetch import HTTPConnection
 
     kwargs: dict[str, int] = {} if chunk_size is None else {"chunk_size": chunk_size}
-    if tool != "download_file_auto":  # one stream, like curl (auto splits files >= 64 MiB)
-        kwargs["connections"] = 1
-    # The transfer alone: no cache (curl has none), except in the row that measures what adding
-    # the file to a cold cache costs (a fresh cache beside the target, removed by the parent).
-    cache = Path(target).parent / "cold-cache" if tool == "download_file_cold_cache" else False
+    # one stream, like curl (auto splits files >= 64 MiB)
+    kwargs["connections"] = {"download_file_auto": 0, "download_file_cache_x8": 8}.get(tool, 1)
+    if not kwargs["connections"]:
+        del kwargs["connections"]
+    # The transfer alone: no cache (curl has none), except in the rows that measure the cache
+    # on (the default), each into a fresh cache beside the target, removed by the parent.
+    cache = Path(target).parent / "cold-cache" if tool in CACHED else False
     conn = HTTPConnection(cache=cache)
     started = time.perf_counter()
-    if tool in ("download_file", "download_file_auto", "download_file_cold_cache"):
+    if not tool.startswith("async"):
         conn.download_file(url, target, **kwargs)
     else:
         async def fetch() -> None:
@@ -71,6 +77,22 @@ class Samples:
     seconds: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
     faults: list[int] = field(default_factory=list)
+    disk: list[int] = field(default_factory=list)
+
+
+def disk_usage(*roots: Path) -> int:
+    """Bytes on disk under ``roots``: summed st_blocks, a hard-linked inode counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root in roots:
+        if not root.exists():
+            continue
+        for path in [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]:
+            st = path.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
 
 
 def spawn(
@@ -78,6 +100,17 @@ def spawn(
 ) -> tuple[float, float, int]:
     """Run one tool in a child: (seconds it reports, its peak RSS in MiB, its minor faults;
     ru_maxrss is in KiB on Linux)."""
+    if tool == "aria2c":  # timed from here: its own start-up (a few ms) included
+        started = time.perf_counter()
+        aria = subprocess.Popen(["aria2c", "-x8", "-s8", "--allow-overwrite=true",
+                                 "--console-log-level=warn", "--summary-interval=0",
+                                 "-d", str(target.parent), "-o", target.name, url],
+                                stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(aria.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit("aria2c failed")
+        return seconds, usage.ru_maxrss / 1024, usage.ru_minflt
     if tool == "curl":
         argv = ["curl", "-s", "-f", "-o", str(target), "-w", "%{time_total}", url]
     else:
@@ -130,28 +163,30 @@ def run_rounds(
             target = out_dir / f"{label}.bin"
             seconds, rss, faults = spawn(tool, url, target, chunk)
             verify(target, size, digest if n == 0 else None)
+            disk = disk_usage(target, out_dir / "cold-cache")
             target.unlink()
             shutil.rmtree(out_dir / "cold-cache", ignore_errors=True)  # cold again next round
             os.sync()  # no tool pays for another's dirty pages
             samples[label].seconds.append(seconds)
             samples[label].rss_mib.append(rss)
             samples[label].faults.append(faults)
-            print(f"  round {n + 1} {label:<24} {seconds:7.3f} s  {rss:6.1f} MiB  "
-                  f"{faults:6d} faults", flush=True)
+            samples[label].disk.append(disk)
+            print(f"  round {n + 1} {label:<26} {seconds:7.3f} s  {rss:6.1f} MiB  "
+                  f"{faults:6d} faults  disk {disk / size:4.2f}x", flush=True)
     return samples
 
 
 def report(samples: dict[str, Samples], size: int, refs: tuple[str, ...]) -> None:
     medians = {label: statistics.median(s.seconds) for label, s in samples.items()}
     head = "".join(f"  vs {ref:<14}" for ref in refs if ref in medians)
-    print(f"\n{'tool':<24} {'median s':>9} {'min s':>7} {'MiB/s':>7}{head} {'peak RSS':>9}"
-          f" {'faults':>7}")
+    print(f"\n{'tool':<26} {'median s':>9} {'min s':>7} {'MiB/s':>7}{head} {'peak RSS':>9}"
+          f" {'faults':>7} {'disk':>6}")
     for label, s in samples.items():
         ratios = "".join(f"  {medians[label] / medians[ref]:>6.2f}x{'':<10}"
                          for ref in refs if ref in medians)
-        print(f"{label:<24} {medians[label]:>9.3f} {min(s.seconds):>7.3f} "
+        print(f"{label:<26} {medians[label]:>9.3f} {min(s.seconds):>7.3f} "
               f"{size / MIB / medians[label]:>7.0f}{ratios} {max(s.rss_mib):>6.1f} MiB"
-              f" {statistics.median(s.faults):>7.0f}")
+              f" {statistics.median(s.faults):>7.0f} {max(s.disk) / size:>5.2f}x")
 
 
 def main() -> None:
@@ -175,7 +210,7 @@ def main() -> None:
         print(f"{run_one(*args.one, args.chunk_size):.6f}")
         return
 
-    ensure_tools("nginx", "curl")
+    ensure_tools("nginx", "curl", *(["aria2c"] if "aria2c" in args.tools else []))
     size = args.size_mib * MIB
     if args.sweep:
         runs = [("curl", "curl", None)] + [

@@ -181,9 +181,11 @@ def test_cache_commands(origin: Origin, tmp_path: Path) -> None:
     listing = run("cache", "ls", cwd=tmp_path)
     assert "one.bin" in listing.stdout and "two.bin" in listing.stdout
     assert "secret" not in listing.stdout
+    # each body is the downloaded file itself (a hard link), shown as such
+    assert listing.stdout.count(" shared ") == 2, listing.stdout
 
     blob = next(p for p in (tmp_path / ".cache" / "blobs").rglob("*")
-                if p.is_file() and p.name.startswith(sha256(BODY)[2:8]))
+                if p.is_file() and p.name == sha256(BODY)[2:])
     blob.chmod(0o644)
     blob.write_bytes(b"corrupted")
     verify = run("cache", "verify", cwd=tmp_path)
@@ -199,8 +201,75 @@ def test_cache_commands(origin: Origin, tmp_path: Path) -> None:
     assert "entries    0" in run("cache", "info", cwd=tmp_path).stdout
 
 
-@pytest.mark.parametrize("args", [("prune",), ("prune", "--older-than", "soon"),
+@pytest.mark.parametrize("args", [("prune", "--older-than", "soon"),
                                   ("prune", "--max-size", "lots")])
 def test_cache_bad_arguments(args: tuple[str, ...], tmp_path: Path) -> None:
     result = run("cache", *args, cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+def test_get_sha256_is_checked_before_any_transfer(origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/m.bin", BODY)
+    for bad in ("a" * 63, "sha256:" + "z" * 64, "abc"):
+        result = run("get", url, "--sha256", bad, cwd=tmp_path)
+        assert result.returncode == 2 and "64 hex digits" in result.stderr, result.stderr
+    assert origin.count("/m.bin") == 0
+    good = run("get", url, "--sha256", "sha256:" + sha256(BODY).upper(), cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+
+
+def test_get_into_a_directory_uses_the_url_name(origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/files/model.bin", BODY)
+    (tmp_path / "existing").mkdir()
+    assert run("get", url, "-o", "existing", cwd=tmp_path).returncode == 0
+    assert run("get", url, "-o", "new/", cwd=tmp_path).returncode == 0
+    for directory in ("existing", "new"):
+        assert sha256((tmp_path / directory / "model.bin").read_bytes()) == sha256(BODY)
+
+
+def test_verbose_before_or_after_the_command_and_retry_notes_only_with_it(
+        origin: Origin, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/status/500", b"no", status=500)
+    env = {**os.environ, "VLLM_FETCH_CACHE_DIR": str(tmp_path / ".cache"),
+           "VLLM_FETCH_MAX_RETRIES": "2"}
+
+    def get(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SCRIPT), *args], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=60, check=False)
+
+    quiet = get("get", url, "-o", "x")
+    assert_one_line_error(quiet)
+    assert quiet.stderr.count("\n") == 1, quiet.stderr  # the error, and nothing else
+    for verbose in (get("-v", "get", url, "-o", "x"), get("get", url, "-o", "x", "-v")):
+        assert verbose.returncode == 1
+        assert verbose.stderr.count("retrying") >= 1, verbose.stderr
+    assert origin.count("/status/500") >= 6
+
+
+def test_cache_info_of_a_missing_dir_does_not_create_it(tmp_path: Path) -> None:
+    where = tmp_path / "nothing-here"
+    result = run("cache", "--dir", where, "info", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "entries    0" in result.stdout
+    assert run("cache", "--dir", where, "ls", cwd=tmp_path).returncode == 0
+    assert not where.exists()
+
+
+def test_cache_info_on_a_read_only_cache_is_one_clean_line(origin: Origin,
+                                                           tmp_path: Path) -> None:
+    url = origin.serve_bytes("/ro.bin", BODY)
+    assert run("get", url, "-o", "ro.bin", cwd=tmp_path).returncode == 0
+    cache_dir = tmp_path / ".cache"
+    everything = [cache_dir, *cache_dir.rglob("*")]
+    if os.geteuid() == 0:  # root writes through modes: make it immutable instead
+        freeze = ["chattr", "+i"], ["chattr", "-i"]
+        subprocess.run([*freeze[0], *map(str, everything)], check=True)
+    else:
+        freeze = ["chmod", "a-w"], ["chmod", "u+w"]
+        subprocess.run([*freeze[0], *map(str, everything)], check=True)
+    try:
+        result = run("cache", "info", cwd=tmp_path)
+    finally:
+        subprocess.run([*freeze[1], *map(str, everything)], check=True)
+    assert_one_line_error(result)
+    assert result.stderr.count("\n") == 1 and "read-only" in result.stderr, result.stderr

@@ -44,15 +44,81 @@ def test_blob_store_dedups_and_leaves_no_temp_files(tmp_path: Path) -> None:
     assert [b.sha256 for b in blobs.iter_blobs()] == [sha(data)]
 
 
-def test_blob_store_put_file_copies_and_survives_edits_of_the_source(tmp_path: Path) -> None:
+def test_blob_store_put_file_shares_the_file_and_never_serves_it_once_edited(
+        tmp_path: Path) -> None:
     source = tmp_path / "model.bin"
     data = os.urandom(300_000)
     source.write_bytes(data)
     blobs = BlobStore(tmp_path / "blobs")
-    blobs.put_file(source, sha(data), len(data))
+    assert blobs.put_file(source, sha(data), len(data)) == (sha(data), True)
+    assert blobs.path(sha(data)).stat().st_ino == source.stat().st_ino  # no second copy
+    assert blobs.kind(sha(data)) == "shared"
+    assert blobs.read(sha(data), len(data)) == data
     with open(source, "r+b") as f:  # the user edits the downloaded file in place
         f.write(b"edited")
+    assert blobs.read(sha(data), len(data)) is None  # a miss, never the edited bytes
+    assert not blobs.copy_to(sha(data), tmp_path / "again.bin")
+    assert not (tmp_path / "again.bin").exists()
+
+
+def test_blob_store_keeps_its_link_when_the_file_is_deleted_or_replaced(tmp_path: Path) -> None:
+    source = tmp_path / "model.bin"
+    data = os.urandom(100_000)
+    source.write_bytes(data)
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.put_file(source, sha(data), len(data))
+    replacement = tmp_path / "new.bin"
+    replacement.write_bytes(b"other bytes")
+    os.replace(replacement, source)  # replaced: the blob keeps the old inode
     assert blobs.read(sha(data), len(data)) == data
+    source.unlink()
+    assert blobs.copy_to(sha(data), tmp_path / "again.bin")
+    assert (tmp_path / "again.bin").read_bytes() == data
+
+
+def _other_filesystem() -> Path:
+    shm = Path("/dev/shm")
+    assert shm.is_dir() and shm.stat().st_dev != Path(__file__).stat().st_dev
+    return shm
+
+
+def test_blob_store_records_a_file_on_another_filesystem_by_reference(tmp_path: Path) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=_other_filesystem()) as other:
+        source = Path(other) / "model.bin"
+        data = os.urandom(200_000)
+        source.write_bytes(data)
+        blobs = BlobStore(tmp_path / "blobs")
+        assert blobs.put_file(source, sha(data), len(data)) == (sha(data), False)
+        assert not blobs.path(sha(data)).exists()  # no bytes in the store
+        assert blobs.kind(sha(data)) == "reference"
+        assert blobs.size(sha(data)) == len(data)
+        [info] = blobs.iter_blobs()
+        assert (info.sha256, info.size, info.held) == (sha(data), len(data), 0)
+        assert blobs.read(sha(data), len(data)) == data
+        assert blobs.copy_to(sha(data), tmp_path / "copy.bin")
+        assert (tmp_path / "copy.bin").read_bytes() == data
+        stat = source.stat()
+        with open(source, "r+b") as f:  # edited, size and mtime put back: the seal sees it
+            f.write(b"X")
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert blobs.read(sha(data), len(data)) is None
+        assert blobs.kind(sha(data)) == "missing"  # the record went with the miss
+        assert blobs.remove(sha(data)) == 0
+        assert source.exists()  # the user's file is never removed by the cache
+
+
+def test_blob_store_reference_to_a_deleted_file_is_a_miss(tmp_path: Path) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=_other_filesystem()) as other:
+        source = Path(other) / "model.bin"
+        source.write_bytes(b"weights")
+        blobs = BlobStore(tmp_path / "blobs")
+        blobs.put_file(source, sha(b"weights"), 7)
+        source.unlink()
+        assert blobs.read(sha(b"weights"), 7) is None
+        assert not blobs.copy_to(sha(b"weights"), tmp_path / "t")
+        assert not blobs.present(sha(b"weights"))
 
 
 def test_blob_store_links_when_asked(tmp_path: Path) -> None:

@@ -76,3 +76,20 @@ def test_bad_manifests_name_the_problem(text: str, fragment: str) -> None:
 )
 def test_default_name_is_always_a_plain_file_name(url: str, name: str) -> None:
     assert default_name(url) == name
+
+
+@pytest.mark.parametrize("field", ["a" * 63, "a" * 65, "sha256:" + "a" * 63, "sha256:", "b" * 40])
+def test_a_sha256_that_is_not_64_hex_digits_is_an_error_with_its_line(field: str) -> None:
+    text = f"https://h.test/ok.bin\nhttps://h.test/m.bin {field} m.bin\n"
+    with pytest.raises(ManifestError, match=r"m\.txt:2: sha256 must be exactly 64 hex"):
+        parse_manifest(text, "m.txt")
+    with pytest.raises(ManifestError, match=r"m\.txt:2: sha256"):
+        parse_manifest(f"https://h.test/ok.bin\nhttps://h.test/m.bin {field}\n", "m.txt")
+
+
+def test_a_sha256_prefix_is_accepted_in_both_formats() -> None:
+    [text] = parse_manifest(f"https://h.test/m.bin sha256:{SHA.upper()}\n")
+    [as_json] = parse_manifest(f'[{{"url": "https://h.test/m.bin", "sha256": "sha256:{SHA}"}}]')
+    assert text.sha256 == as_json.sha256 == SHA
+    [named] = parse_manifest("https://h.test/m.bin deadbeef.bin\n")  # a short hex name: a path
+    assert (named.sha256, str(named.path)) == (None, "deadbeef.bin")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import DiskError
 from ..files import create_temp, disk_error, fsync_fd, publish, remove_quietly, write_all
+from . import references
 from .seal import fd_matches, matches
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -44,6 +45,12 @@ class BlobInfo:
     size: int
     path: Path
     mtime: float
+    #: bytes the store itself holds for it (0 for a body held by reference)
+    held: int = -1
+
+    def __post_init__(self) -> None:
+        if self.held < 0:
+            object.__setattr__(self, "held", self.size)
 
 
 class BlobStore:
@@ -66,6 +73,30 @@ class BlobStore:
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
+
+    def present(self, sha256: str) -> bool:
+        """A blob, or a reference to a published file, under this sha256."""
+        path = self.path(sha256)
+        return path.exists() or references.read_reference(path) is not None
+
+    def kind(self, sha256: str) -> str:
+        """How the body is held: ``copy`` (the store's own file), ``shared`` (a hard link to a
+        published file), ``reference`` (a published file on another filesystem) or ``missing``."""
+        path = self.path(sha256)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "reference" if references.read_reference(path) is not None else "missing"
+        return "shared" if references.is_shared(st) else "copy"
+
+    def size(self, sha256: str) -> int | None:
+        """The stored body's size (a referenced file's recorded size), None when there is none."""
+        path = self.path(sha256)
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            ref = references.read_reference(path)
+            return ref.size if ref is not None else None
 
     # -- writing ---------------------------------------------------------------------------
     def put_bytes(self, data: bytes | memoryview, sha256: str | None = None) -> tuple[str, bool]:
@@ -119,17 +150,37 @@ class BlobStore:
         return outcomes
 
     def put_file(self, source: Path, sha256: str, size: int) -> tuple[str, bool]:
-        """Store an existing, already-hashed file (never re-read over the network or re-hashed).
+        """Store an existing, already-hashed file (never re-read over the network or re-hashed);
+        returns (sha256, whether the store now holds bytes it did not hold before).
 
-        Hardlinked when ``link_files`` is set and the file is on the same filesystem; otherwise
-        copied in the kernel (``copy_file_range``: a reflink on copy-on-write filesystems).
+        The blob shares the file's storage: a hard link on the same filesystem (sealed, so an
+        edit of the file in place is caught), a sealed reference on another one
+        (``references``). Only where neither works is it copied in the kernel
+        (``copy_file_range``: a reflink on copy-on-write filesystems).
         """
         final = self.path(sha256)
-        if final.exists():
+        if self.present(sha256):
             return sha256, False
-        if self.link_files:
-            with contextlib.suppress(OSError):  # another filesystem: copy instead
-                return sha256, self._link_into_place(source, final)
+        with open(source, "rb") as src:
+            st = os.fstat(src.fileno())
+            if st.st_size != size:
+                raise OSError(errno.EIO, f"{source} changed before it was cached")
+            seal = references.seal_for(sha256, src.fileno())
+        # the seal first: a reader never finds a shared blob it cannot check
+        references.write_seal(final, seal)
+        try:
+            return sha256, self._link_into_place(source, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                return self._copy_in(source, sha256, size)
+        references.drop_seal(final)
+        references.write_reference(final, references.Reference(
+            os.fspath(Path(source).absolute()), st.st_dev, st.st_ino, st.st_size,
+            st.st_mtime_ns, seal))
+        return sha256, False  # held by reference: no bytes in the store
+
+    def _copy_in(self, source: Path, sha256: str, size: int) -> tuple[str, bool]:
+        final = self.path(sha256)
         fd, temp = self._temp()
         try:
             try:
@@ -194,14 +245,18 @@ class BlobStore:
             return self._pins[sha256] > 0
 
     def read(self, sha256: str, size: int, seal: str | None = None) -> bytes | None:
-        """The blob's bytes, or None when it is gone, unreadable or not ``size`` bytes long.
+        """The body's bytes, or None when it is gone, unreadable, not ``size`` bytes long, or a
+        shared file that no longer matches its seal.
 
         With ``seal`` (the index's; "" when none was kept, then the sha256 is checked) the bytes
         are checked too: a damaged blob is deleted and None returned, never its bytes.
         """
         with self.pinned(sha256) as path:
             try:
-                with open(path, "rb", buffering=0) as f:
+                opened = references.open_checked(path)
+                if opened is None:
+                    return None
+                with open(opened[0], "rb", buffering=0) as f:
                     data = f.read(size + 1)
             except OSError as exc:
                 if not isinstance(exc, FileNotFoundError):
@@ -213,25 +268,32 @@ class BlobStore:
         return data
 
     def discard_damaged(self, sha256: str) -> None:
-        """Delete a blob whose bytes are not what was stored (so a refetch can store it again)."""
+        """Forget a body whose bytes are not what was stored (so a refetch can store it again):
+        the blob (a hard link to a published file loses only this name), or the reference."""
         logger.warning("cache blob %s is damaged; deleting it", sha256)
+        path = self.path(sha256)
+        references.drop_reference(path)  # a referenced file is the user's: only the record goes
+        references.drop_seal(path)
         with contextlib.suppress(OSError):
-            self.path(sha256).unlink()
+            path.unlink()
 
     def copy_to(self, sha256: str, target: Path, seal: str | None = None) -> bool:
-        """Publish a copy (or hardlink, with ``link_files``) of the blob at ``target``.
+        """Publish a copy (or hardlink, with ``link_files``) of the body at ``target``.
 
         Crash-safe like a download: temp file beside the target, fsync, rename, fsync dir.
         With ``seal`` (see ``read``) the copy is checked before it is published. False when
-        the blob is gone, unreadable or damaged (the caller falls back to the network); a
-        failure to write the target (disk full) is a ``DiskError``, and leaves no temp file.
+        the body is gone, unreadable, damaged or fails its seal (the caller falls back to the
+        network); a failure to write the target (disk full) is a ``DiskError``, and leaves no
+        temp file.
         """
         with self.pinned(sha256) as path:
             try:
-                src = open(path, "rb")  # noqa: SIM115 - closed below; open first: a miss is cheap
+                opened = references.open_checked(path)  # first: a miss is cheap
             except OSError:
                 return False
-            with src:
+            if opened is None:
+                return False
+            with open(opened[0], "rb") as src:
                 fd, temp = create_temp(target)
                 try:
                     if not (self.link_files and _replace_with_link(path, temp)):
@@ -257,6 +319,8 @@ class BlobStore:
     def remove(self, sha256: str) -> int:
         """Delete a blob; the bytes freed (0 when it was already gone)."""
         path = self.path(sha256)
+        references.drop_reference(path)  # a referenced file is the user's: only the record goes
+        references.drop_seal(path)
         try:
             size = path.stat().st_size
             path.unlink()
@@ -273,6 +337,14 @@ class BlobStore:
                 continue
             for item in os.scandir(sub.path):
                 sha = sub.name + item.name
+                if sha.endswith(references.REF_SUFFIX):
+                    sha = sha.removesuffix(references.REF_SUFFIX)
+                    ref = references.read_reference(self.path(sha))
+                    if is_sha256(sha) and ref is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            yield BlobInfo(sha, ref.size, Path(ref.path), item.stat().st_mtime,
+                                           held=0)
+                    continue
                 if not is_sha256(sha):
                     continue
                 with contextlib.suppress(FileNotFoundError):

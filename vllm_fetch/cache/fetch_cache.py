@@ -22,6 +22,7 @@ import platformdirs
 
 from ..config import env_size, env_str, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
+from ..core.seal import known as known_seal
 from ..core.tenancy import credential_material, policy_headers
 from ..filesystems import warn_if_shared
 from .blobs import BlobStore, is_sha256
@@ -54,6 +55,8 @@ class CacheInfo:
     blobs: int
     bytes: int
     size_limit: int
+    #: bodies held by reference to a published file on another filesystem (no bytes here)
+    references: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class CachedItem:
     stored_at: float
     last_used: float
     etag: str | None
+    #: how the body is held: ``copy``, ``shared`` (a hard link to the downloaded file),
+    #: ``reference`` (the downloaded file, on another filesystem) or ``missing``
+    stored_as: str = "copy"
 
 
 class FetchCache:
@@ -77,9 +83,10 @@ class FetchCache:
     ``allow_private`` lets this cache keep and serve responses to requests with credentials
     (Authorization, Proxy-Authorization, Cookie, X-Api-Key, URL userinfo) or marked
     ``private``: only for a cache that one caller owns. Even then such a response is served
-    only to a request with the same credentials. ``link_files`` hardlinks downloaded files
-    into the store and back out instead of copying them (no extra space; a downloaded file
-    edited in place then fails its seal and is fetched again, never served edited).
+    only to a request with the same credentials. A downloaded file shares its storage with the
+    cache (a sealed hard link, or a sealed reference across filesystems: no second copy; an
+    edited file is a miss, never served). ``link_files`` also hard-links cache hits out to
+    their targets instead of copying them (every such target then shares one inode).
     """
 
     def __init__(
@@ -219,7 +226,9 @@ class FetchCache:
         if size > self.size_limit:
             return False
         try:
-            seal = seal_file(path)  # of the bytes just verified by sha256 (in the page cache)
+            # computed while the body streamed, else read once (the bytes just verified by
+            # sha256, in the page cache)
+            seal = known_seal(sha256) or seal_file(path)
             digest, created = self.blobs.put_file(path, sha256, size)
         except OSError as exc:
             logger.warning("cannot cache %s: %s", entry.url, exc)
@@ -249,10 +258,7 @@ class FetchCache:
         sha256 = sha256.lower()
         if not is_sha256(sha256):
             return None
-        try:
-            return self.blobs.path(sha256).stat().st_size
-        except FileNotFoundError:
-            return None
+        return self.blobs.size(sha256)
 
     def copy_blob_to(self, sha256: str, target: Path) -> bool:
         """Publish the blob with this sha256 at ``target``, whatever URL it came from; checked
@@ -260,7 +266,7 @@ class FetchCache:
         sha256 = sha256.lower()
         if self.blobs.copy_to(sha256, target, self.index.seal_of(sha256)):
             return True
-        if not self.blobs.exists(sha256):
+        if not self.blobs.present(sha256):
             self.index.forget_seal(sha256)
         return False
 
@@ -270,13 +276,14 @@ class FetchCache:
         self.flush()
         entries = sum(1 for _ in self.index.items())
         blobs = list(self.blobs.iter_blobs())
-        return CacheInfo(self.directory, entries, len(blobs), sum(b.size for b in blobs),
-                         self.size_limit)
+        return CacheInfo(self.directory, entries, len(blobs), sum(b.held for b in blobs),
+                         self.size_limit, sum(1 for b in blobs if not b.held and b.size))
 
     def entries(self) -> list[CachedItem]:
         """Every entry, most recently used first."""
         self.flush()
-        items = [CachedItem(e.url, e.size, e.sha256, e.stored_at, used, e.etag)
+        items = [CachedItem(e.url, e.size, e.sha256, e.stored_at, used, e.etag,
+                            self.blobs.kind(e.sha256))
                  for _, e, used in self.index.items()]
         return sorted(items, key=lambda item: item.last_used, reverse=True)
 

@@ -52,6 +52,7 @@ from ..errors import (
     OfflineError,
     size_exceeded,
 )
+from . import transfer_lock
 from .fetch_cache import FetchCache
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -384,7 +385,37 @@ def _through_stored_redirects(
 def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
                   hops: Hops | None = None) -> Flow:
     """download_file through the cache: a hit is copied to the target, zero requests. With
-    ``hops``, a usable stored redirect is followed to its target's stored response."""
+    ``hops``, a usable stored redirect is followed to its target's stored response. A transfer
+    holds the machine-wide lock of its URL (``transfer_lock``): callers that wanted the same
+    URL meanwhile, for any target, are then served from what it stored."""
+    served, req, start = yield from _file_from_cache(cache, req, target, offline=offline,
+                                                     hops=hops)
+    if served is not None:
+        return served
+    name = transfer_lock.lock_name(start.key, req.expected_sha256)
+    held: transfer_lock.Held | None = yield Disk(
+        lambda: transfer_lock.hold(cache.directory, name, req.deadline, req.url, target))
+    try:
+        if held is not None:  # another caller may have stored it since the lookup
+            served, req, start = yield from _file_from_cache(
+                cache, req, target, offline=offline, hops=hops, revalidate=held.waited)
+            if served is not None:
+                return served
+        if held is not None and held.orphan is not None:  # its holder died: resume its partial
+            resumed = yield from _resume_orphan(cache, req, start, held.orphan, target)
+            if resumed is not None:
+                return resumed
+        result: DownloadResult = yield from _transfer(cache, req, start, target)
+        return result
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
+                     hops: Hops | None, revalidate: bool = True) -> Flow:
+    """Serve the file from the cache when it can be: (result or None, request, lookup).
+    Without ``revalidate``, only a stored copy that needs no request is served."""
     wanted = req.expected_sha256.lower() if req.expected_sha256 else None
     # same bytes from any URL: only in the shared namespace (a restricting policy never gets
     # bytes that a connection allowed more fetched, not even by naming their sha256)
@@ -395,7 +426,7 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
         yield Disk(lambda: cache.copy_blob_to(wanted, target))
     ):
         # same bytes, any URL
-        return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
+        return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True), req, None
     try:
         start = begin(cache, req, offline=offline)
     except OfflineError:
@@ -408,13 +439,13 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     if _fits(entry, req) and entry is not None:
         if start.decision.action in HITS:
             if (yield from _copy(cache, start, entry, target, req)):
-                return _published(target, entry, req.url)
+                return _published(target, entry, req.url), req, start
             if offline:
                 raise damaged_error(req.url)
-        if start.decision.action is LookupAction.REVALIDATE:
+        if start.decision.action is LookupAction.REVALIDATE and revalidate:
             refreshed = yield from _revalidate_file(cache, start, req, target)
             if refreshed is not None:
-                return refreshed
+                return refreshed, req, start
     if offline:
         if entry is not None and not _fits(entry, req):
             safe = redact_url(req.url)
@@ -422,6 +453,25 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
                 f"offline mode: the cached copy of {safe} does not match the expected "
                 "sha256/size", url=safe)
         raise offline_error(req.url)
+    return None, req, start
+
+
+def _resume_orphan(cache: FetchCache, req: FetchRequest, start: Start, orphan: Path,
+                   target: Path) -> Flow:
+    """Finish a dead holder's transfer into its own target (resumed from the partial it left),
+    then publish the stored file at ``target``; None when it could not be copied from the
+    cache (the caller then downloads to ``target`` itself)."""
+    logger.info("taking over an interrupted download of %s", redact_url(req.url))
+    result: DownloadResult = yield from _transfer(cache, req, start, orphan)
+    sha = result.sha256
+    if sha and (yield Disk(lambda: cache.copy_blob_to(sha, target))):
+        return replace(result, path=target)
+    return None
+
+
+def _transfer(cache: FetchCache, req: FetchRequest, start: Start, target: Path) -> Flow:
+    """Download the file (serving the stored copy on an error that allows it), then store it."""
+    entry = start.decision.entry
     sent_at = time.time()
     try:
         result: DownloadResult = yield Download(replace(req, hash_body=True), target)

@@ -58,7 +58,7 @@ class _Scan:
 
     def occupied(self) -> int:
         """What the cache is charged: blobs in blocks plus every entry."""
-        blobs = sum(blob_cost(info.size) for info in self.blobs.values())
+        blobs = sum(blob_cost(info.held) for info in self.blobs.values())
         entries = ENTRY_COST * sum(len(keys) for keys in self.keys_by_blob.values())
         return INDEX_BASE + blobs + entries
 
@@ -125,7 +125,7 @@ def prune(
                 removed_entries += 1
                 total -= ENTRY_COST
                 if not keys and sha in scan.blobs:  # its last entry: the blob goes too
-                    total -= blob_cost(scan.blobs[sha].size)
+                    total -= blob_cost(scan.blobs[sha].held)
                     drop(sha)
         index.set_bytes(total - INDEX_BASE)  # the running total leaves the base out
     if removed_blobs:

@@ -13,12 +13,9 @@ import os
 
 import xxhash
 
+from ..core.seal import seal_of
+
 _CHUNK = 1 << 20
-
-
-def seal_of(data: bytes | memoryview) -> str:
-    """The seal of a body in memory."""
-    return xxhash.xxh3_128_hexdigest(data)
 
 
 def seal_fd(fd: int) -> str:
@@ -61,3 +58,6 @@ def matches(data: bytes | memoryview, sha256: str, seal: str) -> bool:
 def fd_matches(fd: int, sha256: str, seal: str) -> bool:
     """``matches`` for a whole open file."""
     return seal_fd(fd) == seal if seal else sha256_fd(fd) == sha256
+
+
+__all__ = ["fd_matches", "matches", "seal_fd", "seal_file", "seal_of", "sha256_fd"]

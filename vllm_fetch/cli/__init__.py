@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
 
 from ..config import env_flag
 from ..connections import HTTPConnection
@@ -19,11 +17,30 @@ from ..core.scrub import scrub_error, scrub_text
 from ..core.urls import redact_url
 from ..errors import FetchError
 from .cache import add_cache_parser, cmd_cache
-from .manifest import default_name, read_manifest, resolve_targets
-from .prefetch import PrefetchOutcome, prefetch
+from .manifest import default_name, parse_sha256, read_manifest, resolve_targets
+from .prefetch import PrefetchInterrupted, PrefetchOutcome, prefetch
+from .prefetch_bar import PrefetchBar
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+
+
+def _sha256(text: str) -> str:
+    try:
+        return parse_sha256(text)
+    except ValueError as exc:  # argparse names the option: only the reason
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+
+def _target(output: str | None, url: str) -> Path:
+    """``-o``: a file path, or a directory (existing, or written with a trailing slash) that
+    the URL's file name goes into."""
+    if output is None:
+        return Path(default_name(url))
+    path = Path(output)
+    if output.endswith(("/", os.sep)) or path.is_dir():
+        return path / default_name(url)
+    return path
 
 
 def _positive_int(text: str) -> int:
@@ -39,30 +56,39 @@ def _parser() -> argparse.ArgumentParser:
         description="Resilient downloads: retries, resume, verification, a shared cache.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every retry and hit")
+    # -v also after the subcommand: SUPPRESS keeps a -v given before it
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log every retry and hit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    get = sub.add_parser("get", help="download one URL to a file")
+    get = sub.add_parser("get", help="download one URL to a file", parents=[verbose])
     get.add_argument("url")
-    get.add_argument("-o", "--output", type=Path, help="target path (default: the URL's name)")
-    get.add_argument("--sha256", help="expected sha256 of the body (hex)")
+    get.add_argument("-o", "--output",
+                     help="target path, or a directory (existing, or ending in /) to save "
+                          "into under the URL's name (default: the URL's name)")
+    get.add_argument("--sha256", type=_sha256, help="expected sha256 of the body (64 hex "
+                                                    "digits, optionally sha256:-prefixed)")
     get.add_argument("--connections", type=_positive_int,
                      help="parallel ranged connections (default: automatic by size)")
     _add_fetch_options(get)
 
-    pre = sub.add_parser("prefetch", help="download every file a manifest lists")
+    pre = sub.add_parser("prefetch", help="download every file a manifest lists",
+                         parents=[verbose])
     pre.add_argument("manifest", type=Path, help="'URL [SHA256] [PATH]' lines, or JSON")
     pre.add_argument("-j", "--jobs", type=_positive_int, default=4, help="files at once (4)")
     pre.add_argument("-d", "--dir", type=Path, default=Path("."), help="download directory")
     _add_fetch_options(pre)
 
     warm = sub.add_parser("warm", help="fill the mirror and the local cache with a manifest's "
-                          "files, writing no targets")
+                          "files, writing no targets", parents=[verbose])
     warm.add_argument("manifest", type=Path, help="'URL [SHA256] [PATH]' lines, or JSON")
     warm.add_argument("-j", "--jobs", type=_positive_int, default=4, help="files at once (4)")
     _add_fetch_options(warm)
 
-    add_cache_parser(sub)
-    sub.add_parser("demo", help="watch retries, resume, verification and the cache, offline")
+    add_cache_parser(sub, parents=[verbose])
+    sub.add_parser("demo", help="watch retries, resume, verification and the cache, offline",
+                   parents=[verbose])
     return parser
 
 
@@ -79,7 +105,7 @@ def _connection(args: argparse.Namespace) -> HTTPConnection:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    target = args.output or Path(default_name(args.url))
+    target = _target(args.output, args.url)
     started = time.monotonic()
     with _connection(args) as conn:
         result = conn.fetch_file(args.url, target, timeout=args.timeout,
@@ -89,13 +115,19 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(outcome: PrefetchOutcome, bar: tqdm[Any], *, targets: bool = True) -> None:
-    bar.update(1)
+def _report(outcome: PrefetchOutcome, bar: PrefetchBar, *, targets: bool = True) -> None:
+    bar.file_done()
     if outcome.ok:
         shown = outcome.target if targets else redact_url(outcome.entry.url)
         bar.write(f"{'cached' if outcome.from_cache else 'ok':<8}{shown}")
     else:
         bar.write(f"FAILED  {redact_url(outcome.entry.url)}: {outcome.error}", file=sys.stderr)
+
+
+def _summary(outcomes: Sequence[PrefetchOutcome]) -> str:
+    failed = sum(not o.ok for o in outcomes)
+    cached = sum(o.ok and o.from_cache for o in outcomes)
+    return f"{len(outcomes) - failed - cached} fetched, {cached} from cache, {failed} failed"
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
@@ -119,13 +151,22 @@ def _run_manifest(conn: HTTPConnection, args: argparse.Namespace, directory: Pat
     resolve_targets(directory, entries)  # refuse a path leading out before fetching anything
     show_bar = sys.stderr.isatty() and not env_flag("VLLM_FETCH_DISABLE_PROGRESS")
     targets = label != "warm"
-    with tqdm(total=len(entries), unit="file", desc=label, disable=not show_bar) as bar:
+    bar = PrefetchBar(len(entries), enabled=show_bar, label=label)
+    try:
         outcomes = prefetch(conn, entries, directory, jobs=args.jobs, timeout=args.timeout,
-                            on_done=lambda outcome: _report(outcome, bar, targets=targets))
-    failed = sum(not o.ok for o in outcomes)
-    cached = sum(o.ok and o.from_cache for o in outcomes)
-    print(f"{len(outcomes) - failed - cached} fetched, {cached} from cache, {failed} failed")
-    return EXIT_FAILED if failed else 0
+                            on_done=lambda outcome: _report(outcome, bar, targets=targets),
+                            progress_for=bar.for_entry)
+    except PrefetchInterrupted as stop:
+        bar.close()
+        print(f"interrupted: {_summary(stop.finished)}, {stop.left} left "
+              "(partial downloads kept: run again to resume)", flush=True)
+        print("vllm-fetch: interrupted", file=sys.stderr, flush=True)
+        # running transfers are threads that cannot be stopped: exit now, as a kill would;
+        # every file is published atomically, so a partial is all they leave
+        os._exit(EXIT_INTERRUPTED)
+    bar.close()
+    print(_summary(outcomes))
+    return EXIT_FAILED if any(not o.ok for o in outcomes) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -143,11 +184,21 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+class _NoRetryNotes(logging.Filter):
+    """Without -v, a retry that may still succeed is not news: the error, if any, is one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "retrying in" not in str(record.msg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="   %(levelname)s %(message)s", stream=sys.stderr)
     url = getattr(args, "url", None)  # what no printed line may quote the secrets of
+    if not args.verbose and args.command != "demo":  # the demo is there to show its retries
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_NoRetryNotes())
     try:
         return COMMANDS[args.command](args)
     except (FetchError, ValueError, OSError) as exc:

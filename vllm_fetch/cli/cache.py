@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
+import sqlite3
+from pathlib import Path
 
-from ..cache.fetch_cache import FetchCache
+from ..cache.fetch_cache import FetchCache, default_cache_dir
+from ..cache.housekeeping import PruneReport
 from ..config import parse_size
+from ..download import registry
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -38,20 +43,31 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cache = sub.add_parser("cache", help="inspect and clean the shared download cache")
+def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                     parents: list[argparse.ArgumentParser]) -> None:
+    cache = sub.add_parser("cache", help="inspect and clean the shared download cache",
+                           parents=parents)
     cache.add_argument("--dir", help="cache directory (default: $VLLM_FETCH_CACHE_DIR or the "
                                      "user cache dir)")
     what = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    what.add_parser("info", help="where the cache is, how many entries, how many bytes")
-    what.add_parser("ls", help="every entry, most recently used first")
-    verify = what.add_parser("verify", help="re-hash every blob; remove corrupt ones")
+    what.add_parser("info", help="where the cache is, how many entries, how many bytes",
+                    parents=parents)
+    ls = what.add_parser("ls", parents=parents,
+                         help="every entry, most recently used first, and how its body is held "
+                              "(copy, shared with the downloaded file, reference)")
+    ls.add_argument("--partials", action="store_true",
+                    help="list the partial downloads on this machine instead")
+    verify = what.add_parser("verify", help="re-hash every blob; remove corrupt ones",
+                             parents=parents)
     verify.add_argument("--keep", action="store_true", help="report corrupt blobs, keep them")
-    prune = what.add_parser("prune", help="remove old or least recently used entries")
+    prune = what.add_parser("prune", help="remove old or least recently used entries",
+                            parents=parents)
     prune.add_argument("--max-size", type=_size, help="keep at most this much (e.g. 5GB)")
     prune.add_argument("--older-than", type=parse_duration,
-                       help="remove what was not used for this long (e.g. 7d, 12h)")
-    what.add_parser("clear", help="remove every entry and blob")
+                       help="remove what was not used for this long (e.g. 7d, 12h); partial "
+                            "downloads and unheld lock files untouched this long (default 7d) "
+                            "always go")
+    what.add_parser("clear", help="remove every entry and blob", parents=parents)
 
 
 def _when(timestamp: float) -> str:
@@ -59,26 +75,78 @@ def _when(timestamp: float) -> str:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    cache = FetchCache(args.dir)
+    directory = Path(args.dir) if args.dir else default_cache_dir()
+    if args.cache_command == "ls" and args.partials:
+        return _ls_partials()
+    if not directory.is_dir():  # looking never creates it
+        if args.cache_command in ("info", "ls", "verify"):
+            return _nothing(directory, args)
+        if args.cache_command == "prune":
+            return _report_prune(PruneReport(), registry.prune(args.older_than))
+        raise ValueError(f"no cache at {directory}")
+    if not _writable(directory):
+        raise OSError(f"the cache at {directory} is read-only: its index cannot be opened")
+    try:
+        cache = FetchCache(directory)
+    except (OSError, sqlite3.Error) as exc:
+        raise OSError(f"cannot open the cache at {directory}: {_reason(exc)}") from None
     try:
         return ACTIONS[args.cache_command](cache, args)
     finally:
         cache.close()
 
 
+def _writable(directory: Path) -> bool:
+    """Whether the cache's index can be opened (diskcache opens it for writing)."""
+    index = directory / "index"
+    paths = [directory, index, *(index / n for n in ("cache.db", "cache.db-wal"))]
+    return all(os.access(p, os.W_OK) for p in paths if p.exists())
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or \
+        type(exc).__name__
+
+
+def _nothing(directory: Path, args: argparse.Namespace) -> int:
+    """What looking at a cache that does not exist shows (and it is not created)."""
+    if args.cache_command == "info":
+        print(f"directory  {directory} (none yet)")
+        print("entries    0")
+        _print_partials()
+    elif args.cache_command == "verify":
+        print("0 blobs checked, 0 corrupt, 0 entries removed")
+    return 0
+
+
 def _info(cache: FetchCache, _: argparse.Namespace) -> int:
     info = cache.info()
     print(f"directory  {info.directory}")
     print(f"entries    {info.entries}")
-    print(f"blobs      {info.blobs}")
+    print(f"blobs      {info.blobs}" + (f" ({info.references} by reference to downloaded "
+                                         "files)" if info.references else ""))
     print(f"size       {human_size(info.bytes)} of {human_size(info.size_limit)}")
+    _print_partials()
+    return 0
+
+
+def _print_partials() -> None:
+    found = list(registry.partials())
+    print(f"partials   {len(found)} ({human_size(sum(p.on_disk for p in found))} on disk; "
+          "`cache ls --partials` lists them)")
+
+
+def _ls_partials() -> int:
+    for partial in registry.partials():
+        print(f"{human_size(partial.size):>10}  {human_size(partial.on_disk):>10} on disk  "
+              f"{_when(partial.mtime)}  {partial.path}")
     return 0
 
 
 def _ls(cache: FetchCache, _: argparse.Namespace) -> int:
     for item in cache.entries():
         print(f"{human_size(item.size):>10}  {_when(item.last_used)}  {item.sha256[:12]}  "
-              f"{item.url}")
+              f"{item.stored_as:<9} {item.url}")
     return 0
 
 
@@ -92,11 +160,17 @@ def _verify(cache: FetchCache, args: argparse.Namespace) -> int:
 
 
 def _prune(cache: FetchCache, args: argparse.Namespace) -> int:
-    if args.max_size is None and args.older_than is None:
-        raise ValueError("prune needs --max-size and/or --older-than")
-    report = cache.prune(max_size=args.max_size, older_than=args.older_than)
+    report = PruneReport()
+    if args.max_size is not None or args.older_than is not None:
+        report = cache.prune(max_size=args.max_size, older_than=args.older_than)
+    return _report_prune(report, registry.prune(args.older_than, cache.directory / "locks"))
+
+
+def _report_prune(report: PruneReport, cleaned: registry.Cleaned) -> int:
     print(f"removed {report.removed_entries} entries and {report.removed_blobs} blobs, "
-          f"freed {human_size(report.freed_bytes)}")
+          f"freed {human_size(report.freed_bytes)}; removed {cleaned.partials} abandoned "
+          f"partial downloads ({human_size(cleaned.partial_bytes)}) and {cleaned.locks} stale "
+          "lock files")
     return 0
 
 

@@ -3,7 +3,9 @@
 Two formats, told apart by the first character:
 
 - **text**: one entry per line, ``URL [SHA256] [PATH]``, separated by white space; ``#`` starts a
-  comment; a SHA256 is 64 hex digits (``-`` for none); PATH defaults to the URL's file name.
+  comment; a SHA256 is 64 hex digits, optionally ``sha256:``-prefixed (``-`` for none; a field
+  of 32 or more hex digits is taken for a SHA256, so a mistyped one is an error, never a file
+  name); PATH defaults to the URL's file name.
 - **JSON**: a list of ``{"url": ..., "sha256": ..., "path": ...}`` objects (sha256 and path
   optional), or an object with such a list under ``"files"``.
 
@@ -24,6 +26,8 @@ from urllib.parse import unquote, urlsplit
 from ..core.urls import validate_url
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+#: A field meant as a hash: ``sha256:``-prefixed, or 32 or more hex digits (a file name rarely is).
+_HASH_LIKE = re.compile(r"(?i:sha256:).*|[0-9a-fA-F]{32,}")
 _COMMENT = re.compile(r"(?:^|\s)#")  # a '#' inside a URL is not a comment
 
 
@@ -56,6 +60,16 @@ def resolve_targets(directory: Path, entries: list[ManifestEntry]) -> list[Path]
     return [resolve_target(directory, entry) for entry in entries]
 
 
+def parse_sha256(text: str, where: str = "sha256") -> str:
+    """A sha256 as given by a user: exactly 64 hex digits, optionally ``sha256:``-prefixed;
+    returned in lower case. Anything else is a ``ManifestError`` naming ``where``."""
+    digits = text[7:] if text[:7].lower() == "sha256:" else text
+    if not _SHA256.fullmatch(digits):
+        raise ManifestError(f"{where}: sha256 must be exactly 64 hex digits (optionally "
+                            f"'sha256:'-prefixed), got {len(digits)} characters")
+    return digits.lower()
+
+
 def default_name(url: str) -> str:
     """The last path segment of a URL, if it is a usable file name, else ``index.html``."""
     name = PurePosixPath(unquote(urlsplit(url).path)).name
@@ -78,13 +92,13 @@ def _entry(url: Any, sha256: Any, path: Any, where: str) -> ManifestEntry:
         validate_url(url)
     except ValueError as exc:
         raise ManifestError(f"{where}: {exc}") from None
-    if sha256 is not None and (not isinstance(sha256, str) or not _SHA256.fullmatch(sha256)):
-        raise ManifestError(f"{where}: sha256 must be 64 hex digits")
+    if sha256 is not None and not isinstance(sha256, str):
+        raise ManifestError(f"{where}: sha256 must be a string of 64 hex digits")
     if path is not None and not isinstance(path, str):
         raise ManifestError(f"{where}: 'path' must be a string")
     target = safe_relative_path(path if path else default_name(url), where)
-    return ManifestEntry(url=url, path=target, sha256=sha256.lower() if sha256 else None,
-                         where=where)
+    return ManifestEntry(url=url, path=target,
+                         sha256=parse_sha256(sha256, where) if sha256 else None, where=where)
 
 
 def _parse_line(line: str, where: str) -> ManifestEntry | None:
@@ -95,7 +109,7 @@ def _parse_line(line: str, where: str) -> ManifestEntry | None:
         raise ManifestError(f"{where}: expected 'URL [SHA256] [PATH]', got {len(fields)} fields")
     url, rest = fields[0], fields[1:]
     sha256: str | None = None
-    if rest and (_SHA256.fullmatch(rest[0]) or rest[0] == "-"):
+    if rest and (_HASH_LIKE.fullmatch(rest[0]) or rest[0] == "-"):
         sha256 = None if rest[0] == "-" else rest[0]
         rest = rest[1:]
     path = rest[0] if rest else None

@@ -29,10 +29,11 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import FetchError, FetchTimeoutError, IntegrityError, TruncatedBodyError
 from .body import BodyMeter, header, is_encoded, parse_content_length
+from .overlapped_hash import OverlappedSha256
 from .ranges import (
     DEFAULT_MIN_PART,
     MIN_PARALLEL_SIZE,
@@ -378,8 +379,8 @@ class Machine:
     def _hasher_at(self, offset: int) -> Generator[Effect, Any, hashlib._Hash | None]:
         if not self.hashing:
             return None
-        if not offset:
-            return hashlib.sha256()
+        if not offset:  # hashed on a helper thread while the body streams
+            return cast("hashlib._Hash", OverlappedSha256())
         kept = self._kept_hash
         if kept is not None and kept[0] == offset:
             return kept[1]

@@ -39,6 +39,7 @@ from ..core.partial_names import (
 from ..core.resume import PartialState, validator_for
 from ..errors import ChecksumMismatchError, DiskError, SizeLimitExceededError
 from ..files import disk_error, fsync_dir, fsync_fd, pwrite_all, pwritev_all, remove_quietly
+from . import registry
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class Partial:
         #: (offset, hasher) of the bytes on disk, kept between attempts of one call.
         self.hashed: tuple[int, hashlib._Hash] | None = None
         self._save_lock = threading.Lock()
+        self._noted = False
 
     # -- finding one -----------------------------------------------------------------------
     @classmethod
@@ -209,9 +211,13 @@ class Partial:
     def opener(self, path: str, flags: int) -> int:
         """``open()``'s opener for this partial (the async runner's aiofiles handles)."""
         try:
-            return _open_checked(Path(path), flags, os.stat(self.target.parent).st_dev)
+            fd = _open_checked(Path(path), flags, os.stat(self.target.parent).st_dev)
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
+        if not self._noted:  # listed by `vllm-fetch cache ls --partials`, pruned when abandoned
+            self._noted = True
+            registry.note(self.path)
+        return fd
 
     def start(self) -> Start:
         """What the machine starts from: the sidecar's state and the partial's size."""
