@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiofiles
 import aiohttp
+from aiofiles.threadpool.binary import AsyncFileIO
 
 from ..core import download_machine as dm
 from ..core.request import FetchRequest
@@ -50,6 +51,23 @@ async def _finished(work: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         await asyncio.wait([future])
         raise
+
+
+async def _open_partial(partial: Partial) -> AsyncFileIO:
+    """The partial's aiofiles handle. The open runs in a thread: when cancelled meanwhile, wait
+    for it and close what it opened, so no descriptor is left for the GC to find."""
+    future = asyncio.ensure_future(_open(partial))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        if not future.cancelled() and future.exception() is None:
+            await future.result().close()
+        raise
+
+
+async def _open(partial: Partial) -> AsyncFileIO:
+    return await aiofiles.open(partial.path, "r+b", buffering=0, opener=partial.opener)
 
 
 async def download(driver: AiohttpDriver, req: FetchRequest, target: Path,
@@ -147,8 +165,7 @@ class _Runner:
 
         async with response:
             try:
-                handle = await aiofiles.open(partial.path, "r+b", buffering=0,
-                                             opener=partial.opener)
+                handle = await _open_partial(partial)
             except OSError as exc:
                 raise disk_error(exc, partial.path) from exc
             try:
