@@ -27,13 +27,23 @@ from tests.ranged import RangeFile
 _SECRET = b"cdn-signing-key"
 
 
+_DIGESTS: dict[bytes, str] = {}  # big bodies are hashed once (bytes cache their hash)
+
+
+def sha256_of(data: bytes) -> str:
+    digest = _DIGESTS.get(data)
+    if digest is None:
+        digest = _DIGESTS[data] = hashlib.sha256(data).hexdigest()
+    return digest
+
+
 def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
 
 
 def lfs_pointer(data: bytes) -> bytes:
     return (f"version https://git-lfs.github.com/spec/v1\noid sha256:"
-            f"{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n").encode()
+            f"{sha256_of(data)}\nsize {len(data)}\n").encode()
 
 
 @dataclass
@@ -64,7 +74,7 @@ class CDN(Origin):
         self.bad_signatures = 0
 
     def add(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
+        sha = sha256_of(data)
         if sha not in self.blobs:
             self.blobs[sha] = RangeFile(data, etag=f'"{sha}"', delay=self.delay)
             self.blobs[sha].origin = self
@@ -121,7 +131,7 @@ class FakeHub(Origin):
         if is_lfs:
             pointer = lfs_pointer(data)
             return {"path": path, "size": len(data), "blob_id": git_blob_id(pointer),
-                    "lfs": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                    "lfs": {"sha256": sha256_of(data), "size": len(data),
                             "pointerSize": len(pointer)}}
         return {"path": path, "size": len(data), "blob_id": git_blob_id(data), "lfs": None}
 
@@ -189,7 +199,7 @@ class FakeHub(Origin):
             return web.Response(status=404, headers={**headers, "X-Error-Code": "EntryNotFound"})
         data = files.files[path]
         if path in files.lfs:
-            sha = hashlib.sha256(data).hexdigest()
+            sha = sha256_of(data)
             headers.update({"Location": self.cdn.signed(sha), "X-Linked-Etag": f'"{sha}"',
                             "X-Linked-Size": str(len(data)),
                             "ETag": f'"{git_blob_id(lfs_pointer(data))}"'})

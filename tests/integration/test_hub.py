@@ -246,3 +246,15 @@ def test_parse_hf_url() -> None:
     for bad in ("hf://acme/tiny/../x", "hf://../x", "https://acme/tiny", "hf://a/b@.."):
         with pytest.raises(ValueError):
             hub.parse_hf_url(bad)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_same_content_at_two_paths_is_one_transfer_and_one_blob(hubs: HubSetup, tmp_path: Path,
+                                                                mode: str) -> None:
+    data = b'{"same": true}'
+    hubs.hub.add_commit(REPO, COMMIT1, {"a/config.json": data, "b/config.json": data})
+    path = snap(mode, REPO, http=conn(tmp_path), progress=False)
+    assert (path / "a/config.json").read_bytes() == data == (path / "b/config.json").read_bytes()
+    assert (path / "a/config.json").resolve() == (path / "b/config.json").resolve()
+    gets = [s for s in hubs.hub.requests if "/resolve/" in s.path]
+    assert len(gets) == 1

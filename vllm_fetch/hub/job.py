@@ -141,9 +141,19 @@ class Job:
             return final
         return final.with_name(f".{final.name}.unverified")
 
-    def publish(self, entry: RepoEntry, downloaded: Path) -> None:
-        """Verify a git file by its blob id, then link it into the snapshot (or record it)."""
+    def transfers(self, todo: list[RepoEntry]) -> list[list[RepoEntry]]:
+        """The files grouped by what is transferred: one blob serves every path with the same
+        content in a cache; a ``local_dir`` gets each path written."""
+        groups: dict[str, list[RepoEntry]] = {}
+        for entry in todo:
+            groups.setdefault(entry.path if self.local else entry.etag, []).append(entry)
+        return list(groups.values())
+
+    def publish(self, group: list[RepoEntry], downloaded: Path) -> None:
+        """Verify a git file by its blob id, then link every path of the group into the
+        snapshot (or record it in the ``local_dir``)."""
         assert self.commit is not None
+        entry = group[0]
         final = self.local.target(entry) if self.local is not None else self.store.blob(entry.etag)
         if downloaded != final:
             hasher = git_blob_hasher(entry.size)
@@ -156,10 +166,11 @@ class Job:
                     f"{entry.path}: git blob id mismatch (expected {entry.blob_id}, "
                     f"got {hasher.hexdigest()})")
             os.replace(downloaded, final)
-        if self.local is not None:
-            self.local.record(self.commit, entry)
-        else:
-            self.store.link(self.commit, entry)
+        for each in group:
+            if self.local is not None:
+                self.local.record(self.commit, each)
+            else:
+                self.store.link(self.commit, each)
 
 
 class Bytes:

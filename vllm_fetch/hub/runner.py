@@ -22,17 +22,18 @@ def run(job: Job, http: HTTPConnection, *, connections: int | None, max_workers:
                                          use_cache=False))
     bar = Bytes(sum(e.size for e in todo), progress)
 
-    def one(entry: RepoEntry) -> None:
+    def one(group: list[RepoEntry]) -> None:
+        entry = group[0]
         target = job.download_target(entry)
         got = http.download_file(
             job.file_url(entry), target, extra_headers=job.headers,
             expected_sha256=entry.sha256, expected_size=entry.size,
             connections=connections, progress=bar.for_file())
-        job.publish(entry, got)
+        job.publish(group, got)
 
     try:
         with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="hf-file") as pool:
-            for future in [pool.submit(one, e) for e in todo]:
+            for future in [pool.submit(one, g) for g in job.transfers(todo)]:
                 future.result()
     finally:
         bar.close()
@@ -49,17 +50,18 @@ async def arun(job: Job, http: HTTPConnection, *, connections: int | None, max_w
     bar = Bytes(sum(e.size for e in todo), progress)
     gate = asyncio.Semaphore(max(1, max_workers))
 
-    async def one(entry: RepoEntry) -> None:
+    async def one(group: list[RepoEntry]) -> None:
+        entry = group[0]
         async with gate:
             target = await asyncio.to_thread(job.download_target, entry)
             got = await http.async_download_file(
                 job.file_url(entry), target, extra_headers=job.headers,
                 expected_sha256=entry.sha256, expected_size=entry.size,
                 connections=connections, progress=bar.for_file())
-            await asyncio.to_thread(job.publish, entry, got)
+            await asyncio.to_thread(job.publish, group, got)
 
     try:
-        await asyncio.gather(*(one(e) for e in todo))
+        await asyncio.gather(*(one(g) for g in job.transfers(todo)))
     finally:
         bar.close()
     return job.result()
