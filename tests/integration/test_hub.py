@@ -258,3 +258,19 @@ def test_same_content_at_two_paths_is_one_transfer_and_one_blob(hubs: HubSetup, 
     assert (path / "a/config.json").resolve() == (path / "b/config.json").resolve()
     gets = [s for s in hubs.hub.requests if "/resolve/" in s.path]
     assert len(gets) == 1
+
+
+def test_offline_snapshot_without_a_tree_listing_is_returned_as_huggingface_hub_does(
+        hubs: HubSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hubs.hub.add_commit(REPO, COMMIT1, repo_files(), lfs=LFS)
+    path = hub.snapshot(REPO, http=conn(tmp_path), progress=False)
+    (hubs.cache / "models--acme--tiny" / "trees" / f"{COMMIT1}.json").unlink()
+    (path / "README.md").unlink()
+    seen = len(hubs.hub.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.snapshot(REPO, http=conn(tmp_path), progress=False) == path
+    assert Path(run_hf(hubs, {"op": "snapshot", "repo": REPO, "local": True},
+                       HF_HUB_OFFLINE="1")["path"]) == path
+    with pytest.raises(OfflineError):
+        hub.snapshot(REPO, revision="v9", http=conn(tmp_path), progress=False)
+    assert len(hubs.hub.requests) == seen

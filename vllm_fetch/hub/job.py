@@ -100,6 +100,10 @@ class Job:
                 raise HubEntryNotFoundError(f"{self.only} is not in {self.repo_id}@{commit}")
             if not missing:
                 return self.result()
+        if self.offline and commit and entries is None and self.local is None and (
+                self.store.snapshot_dir(commit).is_dir()):
+            self.commit = commit  # no listing to check against: as huggingface_hub, trust it
+            return self.result()
         if self.offline:
             raise OfflineError(f"HF_HUB_OFFLINE: the cached snapshot of {self.repo_id} "
                                f"({self.revision}) is missing files or unknown")
