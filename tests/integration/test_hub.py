@@ -274,3 +274,17 @@ def test_offline_snapshot_without_a_tree_listing_is_returned_as_huggingface_hub_
     with pytest.raises(OfflineError):
         hub.snapshot(REPO, revision="v9", http=conn(tmp_path), progress=False)
     assert len(hubs.hub.requests) == seen
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_one_progress_in_bytes_for_the_whole_snapshot(hubs: HubSetup, tmp_path: Path,
+                                                      mode: str) -> None:
+    files = repo_files()
+    hubs.hub.add_commit(REPO, COMMIT1, files, lfs=LFS)
+    calls: list[tuple[int, int | None]] = []
+    snap(mode, REPO, http=conn(tmp_path), connections=2, max_workers=3,
+         progress=lambda done, total: calls.append((done, total)))
+    total = sum(map(len, files.values()))
+    assert calls and all(t == total for _, t in calls)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == total
