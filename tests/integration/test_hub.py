@@ -288,3 +288,4 @@ def test_one_progress_in_bytes_for_the_whole_snapshot(hubs: HubSetup, tmp_path: 
     assert calls and all(t == total for _, t in calls)
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == total
+

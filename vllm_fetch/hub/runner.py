@@ -31,10 +31,18 @@ def run(job: Job, http: HTTPConnection, *, connections: int | None, max_workers:
             connections=connections, progress=bar.for_file())
         job.publish(group, got)
 
+    pool = ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="hf-file")
     try:
-        with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="hf-file") as pool:
-            for future in [pool.submit(one, g) for g in job.transfers(todo)]:
-                future.result()
+        for future in [pool.submit(one, g) for g in job.transfers(todo)]:
+            future.result()
+    except KeyboardInterrupt:  # Ctrl-C: return at once, start no other file; partials stay
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    except BaseException:  # a failed file: start no other, let the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
     finally:
         bar.close()
     return job.result()
