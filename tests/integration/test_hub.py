@@ -289,3 +289,22 @@ def test_one_progress_in_bytes_for_the_whole_snapshot(hubs: HubSetup, tmp_path: 
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == total
 
+
+
+def test_a_mirror_of_the_hub_gets_no_token_unless_configured(
+        hubs: HubSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fake_hub import FakeHub
+
+    files = repo_files()
+    hubs.hub.add_commit(REPO, COMMIT1, files, lfs=LFS)
+    mirror = FakeHub(hubs.cdn).start()
+    try:
+        mirror.repos = hubs.hub.repos
+        monkeypatch.setenv("HF_TOKEN", "hf_secret")
+        http = HTTPConnection(cache=tmp_path / "vf", mirrors={hubs.hub.url("/"): mirror.url("/")})
+        path = hub.snapshot(REPO, http=http, progress=False)
+        assert all((path / n).read_bytes() == d for n, d in files.items())
+        assert mirror.requests and hubs.hub.requests == []
+        assert not any("Authorization" in s.headers for s in mirror.requests + hubs.cdn.requests)
+    finally:
+        mirror.stop()
