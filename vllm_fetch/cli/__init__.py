@@ -17,6 +17,7 @@ from ..core.scrub import scrub_error, scrub_text
 from ..core.urls import redact_url
 from ..errors import FetchError
 from .cache import add_cache_parser, cmd_cache
+from .hub import add_hub_options, cmd_get_hf, cmd_prefetch_hf, is_hf_url, manifest_or_hf
 from .manifest import default_name, parse_sha256, read_manifest, resolve_targets
 from .prefetch import PrefetchInterrupted, PrefetchOutcome, prefetch
 from .prefetch_bar import PrefetchBar
@@ -75,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("prefetch", help="download every file a manifest lists",
                          parents=[verbose])
-    pre.add_argument("manifest", type=Path, help="'URL [SHA256] [PATH]' lines, or JSON")
+    pre.add_argument("manifest", type=manifest_or_hf,
+                     help="'URL [SHA256] [PATH]' lines, or JSON; or hf://org/name[@revision]")
+    add_hub_options(pre)
     pre.add_argument("-j", "--jobs", type=_positive_int, default=4, help="files at once (4)")
     pre.add_argument("-d", "--dir", type=Path, default=Path("."), help="download directory")
     _add_fetch_options(pre)
@@ -105,6 +108,9 @@ def _connection(args: argparse.Namespace) -> HTTPConnection:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    if is_hf_url(args.url):
+        with _connection(args) as conn:
+            return cmd_get_hf(conn, args)
     target = _target(args.output, args.url)
     started = time.monotonic()
     with _connection(args) as conn:
@@ -132,6 +138,8 @@ def _summary(outcomes: Sequence[PrefetchOutcome]) -> str:
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
+        if is_hf_url(args.manifest):
+            return cmd_prefetch_hf(conn, args)
         return _run_manifest(conn, args, args.dir, "prefetch")
 
 

@@ -88,6 +88,9 @@ def safe_relative_path(raw: str, where: str) -> PurePosixPath:
 def _entry(url: Any, sha256: Any, path: Any, where: str) -> ManifestEntry:
     if not isinstance(url, str):
         raise ManifestError(f"{where}: 'url' must be a string")
+    if url.startswith("hf://"):  # Hugging Face repos and files: vllm_fetch.cli.hub
+        from .hub import manifest_entry
+        return manifest_entry(url, sha256, path if isinstance(path, str) else None, where)
     try:
         validate_url(url)
     except ValueError as exc:

@@ -45,6 +45,10 @@ def fetch_entry(conn: HTTPConnection, entry: ManifestEntry, directory: Path,
                 **options: Any) -> PrefetchOutcome:
     """Download one entry; ``options`` (``progress`` among them) go to
     :meth:`HTTPConnection.fetch_file`."""
+    if entry.url.startswith("hf://"):  # Hugging Face repos and files: vllm_fetch.cli.hub
+        from .hub import fetch_manifest_entry
+        where, error = fetch_manifest_entry(conn, entry, directory, **options)
+        return PrefetchOutcome(entry, where, error=error)
     target = directory.joinpath(*entry.path.parts)
     try:
         target = resolve_target(directory, entry)  # again: a link may have appeared since
