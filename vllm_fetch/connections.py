@@ -69,6 +69,11 @@ __all__ = [
 ]
 
 
+#: os.environ's own store (writes through os.environ, monkeypatch included, update it).
+_ENV_STORE = getattr(os.environ, "_data", None) if os.name == "posix" else None
+_OFFLINE_KEY = os.fsencode("VLLM_FETCH_OFFLINE")
+
+
 def _as_async(error: FetchError) -> FetchError:
     """The error as the async side raises it (also aiohttp's exception type, if it has one)."""
     from .aiohttp_errors import as_async
@@ -235,6 +240,8 @@ class HTTPConnection:
         now (read per call, so a test suite may set it after import)."""
         if self._offline is not None:
             return self._offline
+        if isinstance(_ENV_STORE, dict) and _OFFLINE_KEY not in _ENV_STORE:
+            return False  # unset: the common case, a dict lookup (os.environ.get raises inside)
         return env_flag("VLLM_FETCH_OFFLINE")
 
     @property
@@ -412,6 +419,11 @@ class HTTPConnection:
                                        mark_body)
 
     async def _afetch(self, req: FetchRequest) -> Body:
+        calls = self._mirror_calls
+        if not calls.mirrors:  # no mirror to route through: no coroutine layers for one
+            return await async_retrying(calls.retry, req.deadline, "GET", req.url)(
+                self._async.fetch_body, req)
+
         async def attempt(driver: AiohttpDriver, r: FetchRequest, retry: RetryPolicy) -> Body:
             return await async_retrying(retry, r.deadline, "GET", r.url)(driver.fetch_body, r)
 
@@ -517,6 +529,15 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> FetchResult:
         """Async twin of :meth:`fetch_bytes`."""
+        return await self._async_fetch_bytes(url, timeout, allow_redirects, max_bytes,
+                                             request_budget, extra_headers, use_cache)
+
+    async def _async_fetch_bytes(
+        self, url: str, timeout: float | None, allow_redirects: bool, max_bytes: int | None,
+        request_budget: ByteBudget | None, extra_headers: Mapping[str, str] | None,
+        use_cache: bool,
+    ) -> FetchResult:
+        """:meth:`async_fetch_bytes` without its scrub wrapper (for a caller that has one)."""
         req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
                                   extra_headers)
         return _settled(req, await self._abody(req, use_cache))
@@ -555,9 +576,8 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> bytes:
         """Async twin of :meth:`get_bytes`."""
-        result = await self.async_fetch_bytes(
-            url, timeout=timeout, allow_redirects=allow_redirects, max_bytes=max_bytes,
-            request_budget=request_budget, extra_headers=extra_headers, use_cache=use_cache)
+        result = await self._async_fetch_bytes(url, timeout, allow_redirects, max_bytes,
+                                               request_budget, extra_headers, use_cache)
         return result.content
 
     @scrubbed
