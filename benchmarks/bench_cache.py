@@ -11,7 +11,8 @@
    row, raw aiohttp keeping every body it fetched, shows what holding 100 MB of new bodies in
    memory costs by itself (first-touch page faults, and garbage collection over the survivors):
    a write-behind cache holds them until they are written.
-3. With ``--sync``: ``--sync-count`` distinct 100 KB objects fetched one after another with
+3. ``--calls``: only Python function calls per fetch (cProfile) of raw aiohttp and cache off.
+4. With ``--sync``: ``--sync-count`` distinct 100 KB objects fetched one after another with
    ``get_bytes`` (cache off) against a plain ``requests.Session`` (both honour the environment).
 
 The origin runs in a separate process (aiohttp.web on 127.0.0.1) so it does not share the
@@ -234,6 +235,27 @@ def bench_cold(base: str, count: int, concurrency: int, rounds: int) -> None:
                  if cpu[name] else ""))
 
 
+def bench_calls(base: str, count: int, concurrency: int) -> None:
+    """Python function calls per fetch (cProfile), raw aiohttp against cache off: the count
+    does not depend on the machine's load, unlike the times."""
+    import cProfile
+    import pstats
+
+    warm = [f"{base}/obj/warm-{i}" for i in range(64)]
+    asyncio.run(_raw(warm, concurrency))
+    asyncio.run(_ours(warm, concurrency, False))
+    for name in ("raw aiohttp", "vllm_fetch, cache off"):
+        urls = [f"{base}/obj/calls-{name[:3]}-{i}" for i in range(count)]
+        run = _raw(urls, concurrency) if name == "raw aiohttp" else _ours(urls, concurrency, False)
+        profile = cProfile.Profile()
+        profile.enable()
+        asyncio.run(run)
+        profile.disable()
+        calls = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
+        print(f"  {name:25s}: {calls / count:6.1f} Python calls per fetch (cProfile, "
+              f"{count} fetches, concurrency {concurrency})")
+
+
 def bench_sync(base: str, count: int, rounds: int) -> None:
     import requests
 
@@ -274,6 +296,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sync", action="store_true", help="also compare the sync side")
     parser.add_argument("--hit-only", action="store_true", help="only the cache-hit comparison")
+    parser.add_argument("--calls", action="store_true",
+                        help="only the Python calls per fetch, raw aiohttp vs cache off")
     parser.add_argument("--sync-count", type=int, default=500)
     parser.add_argument("--origin-delay-ms", type=float, default=0.0,
                         help="the origin waits this long before each response (a remote "
@@ -288,6 +312,9 @@ def main() -> None:
     try:
         assert origin.stdout is not None
         base = f"http://127.0.0.1:{int(origin.stdout.readline())}"
+        if args.calls:
+            bench_calls(base, args.count, args.concurrency)
+            return
         bench_hit(base, args.samples, args.rounds)
         if args.hit_only:
             return
