@@ -11,6 +11,7 @@
    row, raw aiohttp keeping every body it fetched, shows what holding 100 MB of new bodies in
    memory costs by itself (first-touch page faults, and garbage collection over the survivors):
    a write-behind cache holds them until they are written.
+   ``--miss-only``: only raw aiohttp and cache off.
 3. ``--calls``: only Python function calls per fetch (cProfile) of raw aiohttp and cache off.
 4. With ``--sync``: ``--sync-count`` distinct 100 KB objects fetched one after another with
    ``get_bytes`` (cache off) against a plain ``requests.Session`` (both honour the environment).
@@ -196,11 +197,15 @@ def _cold(urls: list[str], concurrency: int) -> tuple[float, float, float]:
     return returned, stored, used
 
 
-def bench_cold(base: str, count: int, concurrency: int, rounds: int) -> None:
+def bench_cold(base: str, count: int, concurrency: int, rounds: int,
+               miss_only: bool = False) -> None:
     """Every variant once per round, in turn (alternating rounds); wall time and CPU time per
-    fetch (``time.process_time()``: the client process, all threads)."""
+    fetch (``time.process_time()``: the client process, all threads). ``miss_only``: only raw
+    aiohttp and cache off."""
     names = ["raw aiohttp", "vllm_fetch, cache off", "vllm_fetch, cold cache",
              "  ... until all on disk", "raw aiohttp, bodies kept"]
+    if miss_only:
+        names = names[:2]
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
@@ -209,6 +214,8 @@ def bench_cold(base: str, count: int, concurrency: int, rounds: int) -> None:
                              (names[1], asyncio.run(_ours(urls, concurrency, False)))):
             wall[name].append(w)
             cpu[name].append(c)
+        if miss_only:
+            continue
         returned, stored, used = _cold(urls, concurrency)
         wall[names[2]].append(returned)
         wall[names[3]].append(stored)
@@ -296,6 +303,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sync", action="store_true", help="also compare the sync side")
     parser.add_argument("--hit-only", action="store_true", help="only the cache-hit comparison")
+    parser.add_argument("--miss-only", action="store_true",
+                        help="only raw aiohttp and cache off (no hit, no cold cache)")
     parser.add_argument("--calls", action="store_true",
                         help="only the Python calls per fetch, raw aiohttp vs cache off")
     parser.add_argument("--sync-count", type=int, default=500)
@@ -314,6 +323,9 @@ def main() -> None:
         base = f"http://127.0.0.1:{int(origin.stdout.readline())}"
         if args.calls:
             bench_calls(base, args.count, args.concurrency)
+            return
+        if args.miss_only:
+            bench_cold(base, args.count, args.concurrency, args.rounds, miss_only=True)
             return
         bench_hit(base, args.samples, args.rounds)
         if args.hit_only:
