@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -418,16 +418,17 @@ class HTTPConnection:
         return self._mirror_calls.call(req, self._sync, self._mirror_sync_driver, attempt,
                                        mark_body)
 
-    async def _afetch(self, req: FetchRequest) -> Body:
+    def _afetch(self, req: FetchRequest) -> Awaitable[Body]:
+        """The awaitable of one body fetch (not a coroutine of its own: one frame less)."""
         calls = self._mirror_calls
         if not calls.mirrors:  # no mirror to route through: no coroutine layers for one
-            return await async_retrying(calls.retry, req.deadline, "GET", req.url)(
+            return async_retrying(calls.retry, req.deadline, "GET", req.url)(
                 self._async.fetch_body, req)
 
         async def attempt(driver: AiohttpDriver, r: FetchRequest, retry: RetryPolicy) -> Body:
             return await async_retrying(retry, r.deadline, "GET", r.url)(driver.fetch_body, r)
 
-        return await self._mirror_calls.acall(req, self._async, self._mirror_async_driver,
+        return self._mirror_calls.acall(req, self._async, self._mirror_async_driver,
                                               attempt, mark_body)
 
     def _media_request(
@@ -576,9 +577,9 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> bytes:
         """Async twin of :meth:`get_bytes`."""
-        result = await self._async_fetch_bytes(url, timeout, allow_redirects, max_bytes,
-                                               request_budget, extra_headers, use_cache)
-        return result.content
+        req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
+                                  extra_headers)  # as _async_fetch_bytes, one frame less
+        return _settled(req, await self._abody(req, use_cache)).content
 
     @scrubbed
     def get_text(
