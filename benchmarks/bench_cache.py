@@ -5,11 +5,15 @@
    same run when they are installed (``pip install -e '.[bench]'``; never dependencies of
    vllm_fetch itself). ``--hit-only`` stops after this part.
 2. 1000 distinct 100 KB objects fetched with ``async_get_bytes`` at concurrency 64 into a cold
-   cache, against raw aiohttp (target ≤ 1.25x), and vllm_fetch with the cache off. One more
+   cache, against raw aiohttp, and vllm_fetch with the cache off, in alternating rounds: wall
+   time, and CPU time per fetch of the client process (all threads, ``time.process_time()``;
+   for the cold cache, until ``flush()`` returned, so its queued writes are included). One more
    row, raw aiohttp keeping every body it fetched, shows what holding 100 MB of new bodies in
    memory costs by itself (first-touch page faults, and garbage collection over the survivors):
    a write-behind cache holds them until they are written.
-3. With ``--sync``: ``--sync-count`` distinct 100 KB objects fetched one after another with
+   ``--miss-only``: only raw aiohttp and cache off.
+3. ``--calls``: only Python function calls per fetch (cProfile) of raw aiohttp and cache off.
+4. With ``--sync``: ``--sync-count`` distinct 100 KB objects fetched one after another with
    ``get_bytes`` (cache off) against a plain ``requests.Session`` (both honour the environment).
 
 The origin runs in a separate process (aiohttp.web on 127.0.0.1) so it does not share the
@@ -144,7 +148,8 @@ def _median_us(fn: object, samples: int) -> float:
 
 async def _gather(
     fetch: object, urls: list[str], concurrency: int, kept: list[bytes] | None = None
-) -> float:
+) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process, all threads) for fetching ``urls``."""
     assert callable(fetch)
     gate = asyncio.Semaphore(concurrency)
 
@@ -155,12 +160,13 @@ async def _gather(
             if kept is not None:
                 kept.append(data)
 
+    cpu = time.process_time()
     start = time.perf_counter()
     await asyncio.gather(*(one(u) for u in urls))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-async def _raw(urls: list[str], concurrency: int, *, keep: bool = False) -> float:
+async def _raw(urls: list[str], concurrency: int, *, keep: bool = False) -> tuple[float, float]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
         async def fetch(url: str) -> bytes:
             async with session.get(url) as response:
@@ -170,43 +176,91 @@ async def _raw(urls: list[str], concurrency: int, *, keep: bool = False) -> floa
         return await _gather(fetch, urls, concurrency, [] if keep else None)
 
 
-async def _ours(urls: list[str], concurrency: int, cache: FetchCache | bool) -> float:
+async def _ours(urls: list[str], concurrency: int, cache: FetchCache | bool) -> tuple[float, float]:
     async with HTTPConnection(cache=cache, retry=RetryPolicy.none()) as conn:
         return await _gather(conn.async_get_bytes, urls, concurrency)
 
 
-def _cold(urls: list[str], concurrency: int) -> tuple[float, float]:
-    """(seconds until every call returned, seconds until every body was also on disk)."""
+def _cold(urls: list[str], concurrency: int) -> tuple[float, float, float]:
+    """(seconds until every call returned, seconds until every body was also on disk, CPU
+    seconds of the process until then: the writer thread's queued writes included)."""
     with tempfile.TemporaryDirectory() as tmp:
         cache = FetchCache(tmp)
+        cpu = time.process_time()
         start = time.perf_counter()
-        returned = asyncio.run(_ours(urls, concurrency, cache))
+        returned, _ = asyncio.run(_ours(urls, concurrency, cache))
         cache.flush()
         stored = time.perf_counter() - start
+        used = time.process_time() - cpu
         assert cache.info().entries == len(urls)
         cache.close()
-    return returned, stored
+    return returned, stored, used
 
 
-def bench_cold(base: str, count: int, concurrency: int, rounds: int) -> None:
+def bench_cold(base: str, count: int, concurrency: int, rounds: int,
+               miss_only: bool = False) -> None:
+    """Every variant once per round, in turn (alternating rounds); wall time and CPU time per
+    fetch (``time.process_time()``: the client process, all threads). ``miss_only``: only raw
+    aiohttp and cache off."""
     names = ["raw aiohttp", "vllm_fetch, cache off", "vllm_fetch, cold cache",
              "  ... until all on disk", "raw aiohttp, bodies kept"]
-    results: dict[str, list[float]] = {name: [] for name in names}
+    if miss_only:
+        names = names[:2]
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         urls = [f"{base}/obj/{r}-{i}" for i in range(count)]
-        results[names[0]].append(asyncio.run(_raw(urls, concurrency)))
-        results[names[1]].append(asyncio.run(_ours(urls, concurrency, False)))
-        returned, stored = _cold(urls, concurrency)
-        results[names[2]].append(returned)
-        results[names[3]].append(stored)
-        results[names[4]].append(asyncio.run(_raw(urls, concurrency, keep=True)))
-    raw = statistics.median(results[names[0]])
-    off = statistics.median(results[names[1]])
-    print(f"{count} x 100 KB, async, concurrency {concurrency} (median of {rounds} rounds):")
-    for name, times in results.items():
-        median = statistics.median(times)
-        print(f"  {name:25s}: {median:6.3f} s  {median / raw:5.2f}x raw  {median / off:5.2f}x "
-              f"cache-off  (rounds: {', '.join(f'{t:.3f}' for t in times)})")
+        for name, (w, c) in ((names[0], asyncio.run(_raw(urls, concurrency))),
+                             (names[1], asyncio.run(_ours(urls, concurrency, False)))):
+            wall[name].append(w)
+            cpu[name].append(c)
+        if miss_only:
+            continue
+        returned, stored, used = _cold(urls, concurrency)
+        wall[names[2]].append(returned)
+        wall[names[3]].append(stored)
+        cpu[names[2]].append(used)
+        w, c = asyncio.run(_raw(urls, concurrency, keep=True))
+        wall[names[4]].append(w)
+        cpu[names[4]].append(c)
+    raw, raw_cpu = statistics.median(wall[names[0]]), statistics.median(cpu[names[0]])
+    off = statistics.median(wall[names[1]])
+    print(f"{count} x 100 KB, async, concurrency {concurrency} (median of {rounds} rounds; "
+          f"CPU: the client process, all threads; the cold cache's CPU includes its writes):")
+    for name in names:
+        median = statistics.median(wall[name])
+        line = (f"  {name:25s}: {median:6.3f} s  {median / raw:5.2f}x raw  "
+                f"{median / off:5.2f}x cache-off")
+        if cpu[name]:
+            cpu_median = statistics.median(cpu[name])
+            line += (f"  | CPU {cpu_median / count * 1e6:6.1f} µs/fetch "
+                     f"{cpu_median / raw_cpu:5.2f}x raw")
+        print(line)
+        print(f"      wall rounds: {', '.join(f'{t:.3f}' for t in wall[name])}"
+              + (f"; CPU µs/fetch rounds: "
+                 f"{', '.join(f'{t / count * 1e6:.0f}' for t in cpu[name])}"
+                 if cpu[name] else ""))
+
+
+def bench_calls(base: str, count: int, concurrency: int) -> None:
+    """Python function calls per fetch (cProfile), raw aiohttp against cache off: the count
+    does not depend on the machine's load, unlike the times."""
+    import cProfile
+    import pstats
+
+    warm = [f"{base}/obj/warm-{i}" for i in range(64)]
+    asyncio.run(_raw(warm, concurrency))
+    asyncio.run(_ours(warm, concurrency, False))
+    for name in ("raw aiohttp", "vllm_fetch, cache off"):
+        urls = [f"{base}/obj/calls-{name[:3]}-{i}" for i in range(count)]
+        run = _raw(urls, concurrency) if name == "raw aiohttp" else _ours(urls, concurrency, False)
+        profile = cProfile.Profile()
+        profile.enable()
+        asyncio.run(run)
+        profile.disable()
+        calls = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
+        print(f"  {name:25s}: {calls / count:6.1f} Python calls per fetch (cProfile, "
+              f"{count} fetches, concurrency {concurrency})")
 
 
 def bench_sync(base: str, count: int, rounds: int) -> None:
@@ -249,6 +303,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sync", action="store_true", help="also compare the sync side")
     parser.add_argument("--hit-only", action="store_true", help="only the cache-hit comparison")
+    parser.add_argument("--miss-only", action="store_true",
+                        help="only raw aiohttp and cache off (no hit, no cold cache)")
+    parser.add_argument("--calls", action="store_true",
+                        help="only the Python calls per fetch, raw aiohttp vs cache off")
     parser.add_argument("--sync-count", type=int, default=500)
     parser.add_argument("--origin-delay-ms", type=float, default=0.0,
                         help="the origin waits this long before each response (a remote "
@@ -263,6 +321,12 @@ def main() -> None:
     try:
         assert origin.stdout is not None
         base = f"http://127.0.0.1:{int(origin.stdout.readline())}"
+        if args.calls:
+            bench_calls(base, args.count, args.concurrency)
+            return
+        if args.miss_only:
+            bench_cold(base, args.count, args.concurrency, args.rounds, miss_only=True)
+            return
         bench_hit(base, args.samples, args.rounds)
         if args.hit_only:
             return

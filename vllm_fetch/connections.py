@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -67,6 +67,11 @@ __all__ = [
     "MediaRequestDownloadSizeExceededError",
     "global_http_connection",
 ]
+
+
+#: os.environ's own store (writes through os.environ, monkeypatch included, update it).
+_ENV_STORE = getattr(os.environ, "_data", None) if os.name == "posix" else None
+_OFFLINE_KEY = os.fsencode("VLLM_FETCH_OFFLINE")
 
 
 def _as_async(error: FetchError) -> FetchError:
@@ -235,6 +240,8 @@ class HTTPConnection:
         now (read per call, so a test suite may set it after import)."""
         if self._offline is not None:
             return self._offline
+        if isinstance(_ENV_STORE, dict) and _OFFLINE_KEY not in _ENV_STORE:
+            return False  # unset: the common case, a dict lookup (os.environ.get raises inside)
         return env_flag("VLLM_FETCH_OFFLINE")
 
     @property
@@ -411,11 +418,17 @@ class HTTPConnection:
         return self._mirror_calls.call(req, self._sync, self._mirror_sync_driver, attempt,
                                        mark_body)
 
-    async def _afetch(self, req: FetchRequest) -> Body:
+    def _afetch(self, req: FetchRequest) -> Awaitable[Body]:
+        """The awaitable of one body fetch (not a coroutine of its own: one frame less)."""
+        calls = self._mirror_calls
+        if not calls.mirrors:  # no mirror to route through: no coroutine layers for one
+            return async_retrying(calls.retry, req.deadline, "GET", req.url)(
+                self._async.fetch_body, req)
+
         async def attempt(driver: AiohttpDriver, r: FetchRequest, retry: RetryPolicy) -> Body:
             return await async_retrying(retry, r.deadline, "GET", r.url)(driver.fetch_body, r)
 
-        return await self._mirror_calls.acall(req, self._async, self._mirror_async_driver,
+        return self._mirror_calls.acall(req, self._async, self._mirror_async_driver,
                                               attempt, mark_body)
 
     def _media_request(
@@ -517,6 +530,15 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> FetchResult:
         """Async twin of :meth:`fetch_bytes`."""
+        return await self._async_fetch_bytes(url, timeout, allow_redirects, max_bytes,
+                                             request_budget, extra_headers, use_cache)
+
+    async def _async_fetch_bytes(
+        self, url: str, timeout: float | None, allow_redirects: bool, max_bytes: int | None,
+        request_budget: ByteBudget | None, extra_headers: Mapping[str, str] | None,
+        use_cache: bool,
+    ) -> FetchResult:
+        """:meth:`async_fetch_bytes` without its scrub wrapper (for a caller that has one)."""
         req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
                                   extra_headers)
         return _settled(req, await self._abody(req, use_cache))
@@ -555,10 +577,9 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> bytes:
         """Async twin of :meth:`get_bytes`."""
-        result = await self.async_fetch_bytes(
-            url, timeout=timeout, allow_redirects=allow_redirects, max_bytes=max_bytes,
-            request_budget=request_budget, extra_headers=extra_headers, use_cache=use_cache)
-        return result.content
+        req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
+                                  extra_headers)  # as _async_fetch_bytes, one frame less
+        return _settled(req, await self._abody(req, use_cache)).content
 
     @scrubbed
     def get_text(

@@ -100,15 +100,19 @@ class _Replay:
         return self.outcome
 
 
-@dataclass(frozen=True)
 class _Loop:
-    """What a retried call needs; tenacity's loop is only built after a first failure."""
+    """What a retried call needs; tenacity's loop is only built after a first failure.
 
-    policy: RetryPolicy
-    deadline: Deadline
-    what: str
-    url: str
-    on_result: ResultRetry[Any] | None
+    A plain slotted class: one is made per call, and a frozen dataclass's ``__init__`` pays an
+    ``object.__setattr__`` per field.
+    """
+
+    __slots__ = ("deadline", "on_result", "policy", "url", "what")
+
+    def __init__(self, policy: RetryPolicy, deadline: Deadline, what: str, url: str,
+                 on_result: ResultRetry[Any] | None) -> None:
+        self.policy, self.deadline, self.what, self.url = policy, deadline, what, url
+        self.on_result = on_result
 
     def settings(self) -> dict[str, Any]:
         return _loop_settings(self.policy, self.deadline, self.what, self.url, self.on_result)
@@ -133,13 +137,15 @@ class _Loop:
 class SyncRetry(_Loop):
     """Call ``fn`` under the policy: once directly, then, after a failure, in tenacity's loop."""
 
+    __slots__ = ()
+
     def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
             replay = _Replay(exc, failed=True)
         else:
-            if self.is_final(result):
+            if self.on_result is None or self.is_final(result):
                 return result
             replay = _Replay(result, failed=False)
 
@@ -153,13 +159,15 @@ class SyncRetry(_Loop):
 class AsyncRetry(_Loop):
     """The async twin of :class:`SyncRetry` (tenacity's ``AsyncRetrying``, asyncio.sleep)."""
 
+    __slots__ = ()
+
     async def __call__(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
             replay = _Replay(exc, failed=True)
         else:
-            if self.is_final(result):
+            if self.on_result is None or self.is_final(result):
                 return result
             replay = _Replay(result, failed=False)
 

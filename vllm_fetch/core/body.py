@@ -159,8 +159,7 @@ class BodyMeter:
                 url=self.url,
                 received=self.received,
             )
-        digest = self.sha256
-        if self.expected_sha256 is not None and digest != self.expected_sha256:
+        if self.expected_sha256 is not None and (digest := self.sha256) != self.expected_sha256:
             raise ChecksumMismatchError(
                 f"sha256 of {self.url} is {digest}, expected {self.expected_sha256}", url=self.url
             )

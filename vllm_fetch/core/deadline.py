@@ -49,8 +49,9 @@ class Deadline:
         return rest is not None and rest <= 0
 
     def check(self, url: str) -> None:
-        """Raise FetchTimeoutError if the deadline has passed."""
-        if self.expired():
+        """Raise FetchTimeoutError if the deadline has passed (per chunk: no call without one)."""
+        end = self._end
+        if end is not None and self._clock() >= end:
             raise FetchTimeoutError(f"timed out after {self.timeout:g} s fetching {url}", url=url)
 
     def attempt_timeouts(self, *, idle: float, connect: float) -> AttemptTimeouts:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..errors import TooManyRedirectsError
 from .address_policy import URLPolicy, headers_for_hop, redirect_target
 from .body import header
-from .responses import is_redirect
+from .responses import REDIRECT_STATUSES, is_redirect
 from .urls import redact_url
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ class Chain:
                 ) -> bool:
         """True for the final answer; else step to the next hop (or raise) and ``close()``
         this one."""
+        if status not in REDIRECT_STATUSES:
+            return True  # what next_hop says of any non-redirect, without asking it per fetch
         try:
             hop = next_hop(self.url, status, headers, self.headers, hops_done=self.hops,
                            follow=self.follow, max_redirects=self.options.max_redirects,

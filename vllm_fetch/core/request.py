@@ -64,3 +64,22 @@ class FetchRequest:
     #: Where the first request goes instead of ``url`` (a mirror, ``core.mirrors``); ``url``
     #: stays the identity: cache key, partials, locks and the policy check.
     send_url: str | None = None
+
+    def __init__(
+        self, url: str, headers: dict[str, str], deadline: Deadline,
+        allow_redirects: bool = True, max_bytes: int | None = None,
+        expected_size: int | None = None, expected_sha256: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE, hash_body: bool = False,
+        accept_not_modified: bool = False, redirect_answers: bool = False,
+        read_bufsize: int | None = None, cache_scope: str = "", media_limit: bool = False,
+        request_budget: ByteBudget | None = None, send_url: str | None = None,
+    ) -> None:
+        """The dataclass's own ``__init__`` (kept by ``@dataclass``: it is defined here), one
+        ``__dict__`` update instead of an ``object.__setattr__`` per field (one per fetch)."""
+        self.__dict__.update(
+            url=url, headers=headers, deadline=deadline, allow_redirects=allow_redirects,
+            max_bytes=max_bytes, expected_size=expected_size, expected_sha256=expected_sha256,
+            chunk_size=chunk_size, hash_body=hash_body,
+            accept_not_modified=accept_not_modified, redirect_answers=redirect_answers,
+            read_bufsize=read_bufsize, cache_scope=cache_scope, media_limit=media_limit,
+            request_budget=request_budget, send_url=send_url)

@@ -33,7 +33,7 @@ from ..errors import (
     wrapped_fetch_error,
 )
 from .address_guard import address_guard
-from .aiohttp_environment import NO_ROUTE, environment_route
+from .aiohttp_environment import NO_ROUTE, environment_route, known_route
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
 from .tls import ca_context
 
@@ -111,6 +111,18 @@ class _LoopSessions:
         self._lock = threading.Lock()
         self._last: _Sessions | None = None
 
+    def current(self) -> aiohttp.ClientSession | None:
+        """The driver's own session of the running loop when it is the last one used and
+        open (no coroutine for the common case), else None: then :meth:`get`."""
+        found = self._last
+        if found is None or found.own.closed:
+            return None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return found.own if found.loop() is loop else None
+
     async def get(self, *, public: bool = False) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         found = self._last  # most calls come from the loop of the call before (no weakref)
@@ -170,6 +182,9 @@ class AiohttpDriver:
         self.options = options
         self.reuse_client = reuse_client
         self._sessions = _LoopSessions(self)
+        #: an attempt's timeouts when its call has no deadline (the same for every attempt)
+        self._untimed = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.connect_timeout, sock_read=options.idle_timeout)
 
     def new_session(
         self, *, public: bool = False, connector: aiohttp.BaseConnector | None = None
@@ -231,16 +246,22 @@ class AiohttpDriver:
         self, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
         req: FetchRequest,
     ) -> aiohttp.ClientResponse:
-        req.deadline.check(redact_url(url))
-        timeouts = req.deadline.attempt_timeouts(
-            idle=self.options.idle_timeout, connect=self.options.connect_timeout
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
-        )
+        deadline = req.deadline
+        if deadline.timeout is None:  # no deadline: the same timeouts for every attempt
+            timeout = self._untimed
+        else:
+            deadline.check(redact_url(url))
+            timeouts = deadline.attempt_timeouts(
+                idle=self.options.idle_timeout, connect=self.options.connect_timeout
+            )
+            timeout = aiohttp.ClientTimeout(
+                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+            )
         try:
             target = URL(url, encoded=True)
-            route = await environment_route(target) if self.options.trust_env else NO_ROUTE
+            route = known_route(target) if self.options.trust_env else NO_ROUTE
+            if route is None:
+                route = await environment_route(target)
             proxy_headers = None
             if route is not NO_ROUTE:
                 headers, proxy_headers = route.credentials(target, headers)
@@ -289,19 +310,25 @@ class AiohttpDriver:
         safe = redact_url(url)
         deadline = req.deadline
         parts = []
-        with _MappedErrors(url):
-            async for chunk in response.content.iter_any():
+        readany = response.content.readany  # what iter_any() awaits, without its iterator
+        try:
+            while chunk := await readany():
                 meter.feed(chunk)
                 deadline.check(safe)
                 parts.append(chunk)
+        except FetchError:
+            raise
+        except Exception as exc:  # as _MappedErrors does, without a context manager per body
+            raise map_error(exc, url) from exc
         meter.finish()
         return b"".join(parts)
 
     async def fetch_body(self, req: FetchRequest) -> Body:
-        if self.reuse_client:
-            return await self._fetch_body(await self._sessions.get(), req)
-        async with self.call_session() as session:
-            return await self._fetch_body(session, req)
+        if not self.reuse_client:
+            async with self.call_session() as session:
+                return await self._fetch_body(session, req)
+        own = self._sessions.current()
+        return await self._fetch_body(own if own is not None else await self._sessions.get(), req)
 
     async def _fetch_body(self, session: aiohttp.ClientSession, req: FetchRequest) -> Body:
         response = await self.open(session, req)

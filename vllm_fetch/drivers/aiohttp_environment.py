@@ -76,6 +76,13 @@ def _route(url: URL) -> Route:
     return Route(proxy, proxy_auth, auth)
 
 
+def known_route(url: URL) -> Route | None:
+    """The remembered :func:`environment_route` of ``url``, or None when it must be computed
+    (no coroutine for the common case)."""
+    route: Route | None = _ENVIRONMENT.current().get((url.scheme, url.host))
+    return route
+
+
 async def environment_route(url: URL) -> Route:
     """:func:`_route` for ``url``'s scheme and host, remembered until the environment or the
     netrc file changes; computed in a worker thread (it reads the netrc file) when new."""

@@ -75,7 +75,7 @@ class EnvironmentMemo:
                 self._stats = tuple(_stat_key(p) for p in self._paths)
                 self._values = {}
                 return self._values
-        stats = tuple(_stat_key(p) for p in self._paths)
+        stats = tuple(map(_stat_key, self._paths))
         values = self._values
         if stats != self._stats or len(values) > MAX_ENTRIES:
             with self._lock:
