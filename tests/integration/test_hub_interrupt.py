@@ -54,18 +54,23 @@ def _partials(setup: HubSetup) -> dict[str, int]:
     return found
 
 
-def _check_resumed(setup: HubSetup, path: Path, first_new: int, partials: dict[str, int]
-                   ) -> None:
-    """Every file has its bytes; each LFS file was continued from its partial with a Range
-    request, so the CDN sent about one copy of each in all, not one and a part."""
+def _check_resumed(setup: HubSetup, path: Path, first_new: int, partials: dict[str, int],
+                   *, parts: bool = False) -> None:
+    """Every file has its bytes; each LFS file was continued from its partial with Range
+    requests, so the CDN sent about one copy of each in all, not one and a part."""
     for name, data in ALL.items():
         assert hashlib.sha256((path / name).read_bytes()).digest() == hashlib.sha256(
             data).digest(), name
-    starts = {}
+    starts: dict[str, list[int]] = {}
     for seen in setup.cdn.requests[first_new:]:
-        ranged = re.fullmatch(r"bytes=(\d+)-", seen.headers.get("Range", ""))
-        starts[seen.path.rsplit("/", 1)[-1]] = int(ranged[1]) if ranged else 0
-    assert starts == partials, (starts, partials)  # each resumed exactly where it stopped
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", seen.headers.get("Range", ""))
+        starts.setdefault(seen.path.rsplit("/", 1)[-1], []).append(int(ranged[1]) if ranged
+                                                                   else 0)
+    assert sorted(starts) == sorted(partials), (starts, partials)
+    if parts:  # a preallocated partial: each part continues after the bytes it had
+        assert all(0 not in asked for asked in starts.values()), starts
+    else:  # one stream: continued exactly where the partial ends
+        assert starts == {sha: [size] for sha, size in partials.items()}, (starts, partials)
     lfs_total = sum(map(len, FILES.values()))
     assert setup.cdn.bytes_sent < lfs_total * 1.05, (setup.cdn.bytes_sent, lfs_total)
     assert _partials(setup) == {}
@@ -133,8 +138,9 @@ def test_ctrl_c_in_prefetch_hf_stops_at_once_and_the_next_run_resumes(hubs: HubS
 _PYTHON = """
 import asyncio, sys
 from vllm_fetch import HTTPConnection, hub
-mode, repo, cache = sys.argv[1:]
-kwargs = dict(http=HTTPConnection(cache=cache), progress=lambda d, t: print(d, flush=True))
+mode, repo, cache, connections = sys.argv[1:]
+kwargs = dict(http=HTTPConnection(cache=cache), connections=int(connections),
+              progress=lambda d, t: print(d, flush=True))
 try:
     if mode == "sync":
         hub.snapshot(repo, **kwargs)
@@ -147,11 +153,13 @@ print("FINISHED", flush=True)
 """
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(("mode", "connections"),
+                         [("sync", 1), ("async", 1), ("sync", 2), ("async", 2)])
 def test_ctrl_c_in_snapshot_stops_at_once_and_the_next_call_resumes(
-        hubs: HubSetup, tmp_path: Path, mode: str) -> None:
+        hubs: HubSetup, tmp_path: Path, mode: str, connections: int) -> None:
     _slow_repo(hubs)
-    child = subprocess.Popen([sys.executable, "-c", _PYTHON, mode, REPO, str(tmp_path / "vf")],
+    child = subprocess.Popen([sys.executable, "-c", _PYTHON, mode, REPO, str(tmp_path / "vf"),
+                              str(connections)],
                              env=hubs.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:
@@ -173,12 +181,14 @@ def test_ctrl_c_in_snapshot_stops_at_once_and_the_next_call_resumes(
     assert "Traceback" not in err, err[-3000:]
     partials = _partials(hubs)
     assert sorted(partials) == sorted(hashlib.sha256(d).hexdigest() for d in FILES.values())
-    assert all(0 < size < BIG for size in partials.values()), partials
+    assert all(0 < size <= BIG for size in partials.values()), partials  # parts: preallocated
 
     for blob in hubs.cdn.blobs.values():
         blob.delay = 0.0
     first_new = len(hubs.cdn.requests)
     http = HTTPConnection(cache=tmp_path / "vf")
-    path = (hub.snapshot(REPO, http=http, progress=False) if mode == "sync" else
-            asyncio.run(hub.async_snapshot(REPO, http=http, progress=False)))
-    _check_resumed(hubs, path, first_new, partials)
+    path = (hub.snapshot(REPO, http=http, connections=connections, progress=False)
+            if mode == "sync" else
+            asyncio.run(hub.async_snapshot(REPO, http=http, connections=connections,
+                                           progress=False)))
+    _check_resumed(hubs, path, first_new, partials, parts=connections > 1)
