@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -366,9 +367,10 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background_syn
         origin: Origin, cache: FetchCache) -> None:
     version = {"n": 1}
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=f"v{version['n']}".encode(), headers={
-            "Cache-Control": "max-age=1, stale-while-revalidate=600", "Age": "5"})
+    async def handler(request: web.Request) -> web.StreamResponse:  # v2 fresh: no refresh
+        return web.Response(body=f"v{version['n']}".encode(), headers={  # outlives the test
+            "Cache-Control": "max-age=1, stale-while-revalidate=600", "Age": "5"}
+            if version["n"] == 1 else {"Cache-Control": "max-age=600"})
 
     url = origin.route("/swr", handler)
     conn = connect(cache)
@@ -390,9 +392,10 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background_asy
         origin: Origin, cache: FetchCache) -> None:
     version = {"n": 1}
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=f"v{version['n']}".encode(), headers={
-            "Cache-Control": "max-age=1, stale-while-revalidate=600", "Age": "5"})
+    async def handler(request: web.Request) -> web.StreamResponse:  # v2 fresh: no refresh
+        return web.Response(body=f"v{version['n']}".encode(), headers={  # outlives the test
+            "Cache-Control": "max-age=1, stale-while-revalidate=600", "Age": "5"}
+            if version["n"] == 1 else {"Cache-Control": "max-age=600"})
 
     url = origin.route("/swr", handler)
     conn = connect(cache)
@@ -412,6 +415,96 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background_asy
                 break
             await asyncio.sleep(0.01)
         assert await conn.async_get_bytes(url) == b"v2"
+        await conn.aclose()
+
+    asyncio.run(run())
+
+
+class SwrBehindRedirect:
+    """``/avatar``: a 301 fresh for an hour to ``/v1``; ``/v1``: version 1 stale on arrival
+    (Age 5 > max-age 1) inside a 600 s stale-while-revalidate window, version 2 fresh for
+    10 minutes, ETag ``"v<n>"``. A conditional
+    request (the background refresh) is held until :attr:`release` is set, so a call that
+    waited for it could not return the stale body."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin, self.version, self.release = origin, 1, threading.Event()
+
+        async def avatar(request: web.Request) -> web.StreamResponse:
+            return web.Response(status=301, headers={"Location": "/v1",
+                                                     "Cache-Control": "max-age=3600"})
+
+        async def v1(request: web.Request) -> web.StreamResponse:
+            if "If-None-Match" in request.headers:
+                for _ in range(1000):
+                    if self.release.is_set():
+                        break
+                    await asyncio.sleep(0.01)
+            etag = f'"v{self.version}"'
+            if request.headers.get("If-None-Match") == etag:
+                return web.Response(status=304, headers={"ETag": etag})
+            fresh = {"Cache-Control": "max-age=600"}  # the refreshed copy: fresh, no refresh
+            stale = {"Cache-Control": "max-age=1, stale-while-revalidate=600", "Age": "5"}
+            return web.Response(body=f"v{self.version}".encode(),
+                                headers={**(stale if self.version == 1 else fresh), "ETag": etag})
+
+        self.url = origin.route("/avatar", avatar)
+        origin.route("/v1", v1)
+
+    def refresh_seen(self) -> bool:
+        return self.origin.count("/v1") >= 2
+
+    def check_refresh(self) -> None:
+        assert self.origin.count("/v1") == 2, self.origin.requests
+        assert self.origin.seen("/v1")[1].headers.get("If-None-Match") == '"v1"'
+        assert self.origin.count("/avatar") == 1  # the stored redirect answered every call
+
+
+def test_stale_while_revalidate_through_a_stored_redirect_refreshes_the_hop_sync(
+        origin: Origin, cache: FetchCache) -> None:
+    site = SwrBehindRedirect(origin)
+    conn = connect(cache)
+    assert conn.fetch_bytes(site.url).content == b"v1"
+    cache.flush()
+    site.version = 2
+    stale = conn.fetch_bytes(site.url)  # at once: the refresh is held at the origin
+    assert (stale.content, stale.from_cache, stale.url) == (b"v1", True, origin.url("/v1"))
+    deadline = time.monotonic() + 10
+    while not site.refresh_seen() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    site.check_refresh()  # /v1 revalidated behind the caller's back, conditionally
+    site.release.set()
+    while conn.get_bytes(site.url) != b"v2" and time.monotonic() < deadline:
+        time.sleep(0.01)
+        cache.flush()
+    assert conn.get_bytes(site.url) == b"v2"
+    site.check_refresh()
+
+
+def test_stale_while_revalidate_through_a_stored_redirect_refreshes_the_hop_async(
+        origin: Origin, cache: FetchCache) -> None:
+    site = SwrBehindRedirect(origin)
+    conn = connect(cache)
+
+    async def run() -> None:
+        assert (await conn.async_fetch_bytes(site.url)).content == b"v1"
+        cache.flush()
+        site.version = 2
+        stale = await conn.async_fetch_bytes(site.url)
+        assert (stale.content, stale.from_cache, stale.url) == (b"v1", True, origin.url("/v1"))
+        for _ in range(1000):
+            if site.refresh_seen():
+                break
+            await asyncio.sleep(0.01)
+        site.check_refresh()
+        site.release.set()
+        for _ in range(1000):
+            if await conn.async_get_bytes(site.url) == b"v2":
+                break
+            await asyncio.sleep(0.01)
+            cache.flush()
+        assert await conn.async_get_bytes(site.url) == b"v2"
+        site.check_refresh()
         await conn.aclose()
 
     asyncio.run(run())

@@ -2,7 +2,8 @@
 
 A flow asks the cache, then yields what it needs done — ``Fetch`` (a body), ``Probe`` (a
 conditional request whose body is not read), ``Download`` (the download engine) or ``Disk``
-(slow local work such as copying a file) or ``Wait`` (for the cache's background writer) —
+(slow local work such as copying a file) or ``Wait`` (for the cache's background writer) or
+``Refresh`` (a background revalidation, stale-while-revalidate) —
 and gets the result sent back, or the
 ``FetchError`` thrown in. ``runner.py`` performs the effects with requests (sync) or aiohttp
 (async). Every decision comes from ``core.cache_policy``; only plumbing is here.
@@ -95,10 +96,6 @@ class Probed:
     url: str
 
 
-Effect = Fetch | Probe | Download | Disk | Wait
-Flow = Generator[Effect, Any, Any]
-
-
 @dataclass(frozen=True)
 class Start:
     """The outcome of the lookup every cached call begins with."""
@@ -106,6 +103,19 @@ class Start:
     key: str
     decision: LookupDecision
     now: float
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """stale-while-revalidate (RFC 5861 §3): the stale entry ``start`` found was served;
+    revalidate it off the caller's path (the runner starts that and goes on at once)."""
+
+    req: FetchRequest
+    start: Start  # -> None
+
+
+Effect = Fetch | Probe | Download | Disk | Wait | Refresh
+Flow = Generator[Effect, Any, Any]
 
 
 def begin(cache: FetchCache, req: FetchRequest, *, offline: bool) -> Start:
@@ -232,11 +242,15 @@ def body_flow(
 
 def _hop_flow(cache: FetchCache, req: FetchRequest, *, offline: bool,
               start: Start | None = None) -> Flow:
-    """One URL through the cache: served, revalidated or fetched, and stored."""
+    """One URL through the cache: served, revalidated or fetched, and stored. A stale hop
+    served under stale-while-revalidate (e.g. reached through a stored redirect) is refreshed
+    in the background, as the call's first URL is by the runner."""
     if start is None:
         start = begin(cache, req, offline=offline)
         served = serve_body(cache, start, req)
         if served is not None:
+            if start.decision.background:
+                yield Refresh(req, start)
             return served
     if offline:  # an OFFLINE_HIT whose blob vanished (serve_body raised) never gets here
         raise offline_error(req.url)
@@ -278,9 +292,16 @@ def _hop_flow(cache: FetchCache, req: FetchRequest, *, offline: bool,
     return body
 
 
-def revalidation_flow(cache: FetchCache, req: FetchRequest, start: Start) -> Flow:
-    """stale-while-revalidate (RFC 5861 §3): refresh a stale entry that was just served."""
-    return _hop_flow(cache, _hop_by_hop(req), offline=False, start=start)
+def revalidation_flow(cache: FetchCache, req: FetchRequest) -> Flow:
+    """stale-while-revalidate (RFC 5861 §3): refresh the stale entry of ``req`` that was just
+    served, as it is stored now: nothing to do when another refresh made it fresh meanwhile
+    (a call that found it stale just before that refresh ended asks for a second one)."""
+    hop = _hop_by_hop(req)
+    latest = begin(cache, hop, offline=False)
+    if latest.decision.action is LookupAction.HIT and not latest.decision.background:
+        return None
+    body: Body = yield from _hop_flow(cache, hop, offline=False, start=latest)
+    return body
 
 
 def _hop_by_hop(req: FetchRequest) -> FetchRequest:

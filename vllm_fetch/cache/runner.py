@@ -25,6 +25,7 @@ from .flows import (
     Hops,
     Probe,
     Probed,
+    Refresh,
     Start,
     Wait,
     begin,
@@ -59,7 +60,11 @@ class AsyncIO:
     hops: Hops | None = None
 
 
-def _perform(effect: Effect, io: SyncIO) -> Any:
+#: Starts a background revalidation (a ``Refresh`` effect) and returns at once.
+Refresher = Callable[[FetchRequest, Start], None]
+
+
+def _perform(effect: Effect, io: SyncIO, refresh: Refresher | None) -> Any:
     if isinstance(effect, Fetch):
         return io.fetch(effect.req)
     if isinstance(effect, Probe):
@@ -70,10 +75,12 @@ def _perform(effect: Effect, io: SyncIO) -> Any:
     if isinstance(effect, Wait):
         concurrent.futures.wait([effect.future])
         return effect.future
+    if isinstance(effect, Refresh):
+        return None if refresh is None else refresh(effect.req, effect.start)
     return effect.work()
 
 
-async def _aperform(effect: Effect, io: AsyncIO) -> Any:
+async def _aperform(effect: Effect, io: AsyncIO, refresh: Refresher | None) -> Any:
     if isinstance(effect, Fetch):
         return await io.fetch(effect.req)
     if isinstance(effect, Probe):
@@ -84,12 +91,15 @@ async def _aperform(effect: Effect, io: AsyncIO) -> Any:
     if isinstance(effect, Wait):
         await asyncio.wait([asyncio.wrap_future(effect.future)])
         return effect.future
+    if isinstance(effect, Refresh):
+        return None if refresh is None else refresh(effect.req, effect.start)
     assert isinstance(effect, Disk)
     return await asyncio.to_thread(effect.work)
 
 
-def run_sync(flow: Flow, io: SyncIO) -> Any:
-    """Drive a flow to its return value; a FetchError from an effect is thrown into it."""
+def run_sync(flow: Flow, io: SyncIO, refresh: Refresher | None = None) -> Any:
+    """Drive a flow to its return value; a FetchError from an effect is thrown into it.
+    ``refresh`` performs ``Refresh`` effects (None: they are skipped)."""
     value: Any = None
     error: FetchError | None = None
     try:
@@ -100,14 +110,14 @@ def run_sync(flow: Flow, io: SyncIO) -> Any:
                 return stop.value
             value, error = None, None
             try:
-                value = _perform(effect, io)
+                value = _perform(effect, io, refresh)
             except FetchError as exc:
                 error = exc
     finally:
         flow.close()
 
 
-async def run_async(flow: Flow, io: AsyncIO) -> Any:
+async def run_async(flow: Flow, io: AsyncIO, refresh: Refresher | None = None) -> Any:
     value: Any = None
     error: FetchError | None = None
     try:
@@ -118,7 +128,7 @@ async def run_async(flow: Flow, io: AsyncIO) -> Any:
                 return stop.value
             value, error = None, None
             try:
-                value = await _aperform(effect, io)
+                value = await _aperform(effect, io, refresh)
             except FetchError as exc:
                 error = exc
     finally:
@@ -159,7 +169,7 @@ class CachedCalls:
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("body", req),
             lambda: run_sync(body_flow(cache, req, offline=offline, start=start, hops=io.hops),
-                             io))
+                             io, lambda r, s: self._revalidate(cache, r, s, io)))
 
     async def abody(
         self, cache: FetchCache, req: FetchRequest, io: AsyncIO, *, offline: bool
@@ -178,7 +188,7 @@ class CachedCalls:
         return await self._aflights.run(
             _flight_key("body", req),
             lambda: run_async(body_flow(cache, req, offline=offline, start=start, hops=io.hops),
-                              io))
+                              io, lambda r, s: self._arevalidate(cache, r, s, io)))
 
     # -- stale-while-revalidate: the stale copy was served; refresh it off the caller's path --
     def _claim(self, key: str) -> bool:
@@ -198,7 +208,7 @@ class CachedCalls:
 
         def work() -> None:
             try:
-                run_sync(revalidation_flow(cache, req, start), io)
+                run_sync(revalidation_flow(cache, req), io)
             except FetchError as exc:
                 logger.info("background revalidation failed: %s", exc)
             finally:
@@ -213,7 +223,7 @@ class CachedCalls:
 
         async def work() -> None:
             try:
-                await run_async(revalidation_flow(cache, req, start), io)
+                await run_async(revalidation_flow(cache, req), io)
             except FetchError as exc:
                 logger.info("background revalidation failed: %s", exc)
             finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -49,17 +50,34 @@ def _fetch(conn: HTTPConnection, url: str, *, local_dir: Path | None = None,
                         connections=connections, progress=progress, http=conn)
 
 
+def _interrupted(stop: hub.SnapshotInterrupted) -> int:
+    """Ctrl-C during a snapshot: one line, exit 130."""
+    from . import EXIT_INTERRUPTED
+
+    print(f"vllm-fetch: interrupted: {stop} (partial downloads kept: run again to resume)",
+          file=sys.stderr, flush=True)
+    if stop.running:  # a file that did not stop in time would hold the exit: leave as a kill
+        os._exit(EXIT_INTERRUPTED)  # would (every file is published atomically)
+    return EXIT_INTERRUPTED
+
+
 def cmd_get_hf(conn: HTTPConnection, args: argparse.Namespace) -> int:
     """``get hf://...``: into the Hugging Face cache (``-o DIR``: plain files in DIR)."""
-    path = _fetch(conn, args.url, local_dir=args.output, connections=args.connections)
+    try:
+        path = _fetch(conn, args.url, local_dir=args.output, connections=args.connections)
+    except hub.SnapshotInterrupted as stop:
+        return _interrupted(stop)
     print(f"{args.url} -> {path}")
     return 0
 
 
 def cmd_prefetch_hf(conn: HTTPConnection, args: argparse.Namespace) -> int:
     """``prefetch hf://org/name``: the repo (``--include``/``--exclude``, ``--local-dir``)."""
-    path = _fetch(conn, args.manifest, local_dir=args.local_dir, include=args.include,
-                  exclude=args.exclude, progress=None if sys.stderr.isatty() else False)
+    try:
+        path = _fetch(conn, args.manifest, local_dir=args.local_dir, include=args.include,
+                      exclude=args.exclude, progress=None if sys.stderr.isatty() else False)
+    except hub.SnapshotInterrupted as stop:
+        return _interrupted(stop)
     print(f"{args.manifest} -> {path}")
     return 0
 

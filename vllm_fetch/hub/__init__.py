@@ -13,10 +13,10 @@ from pathlib import Path
 from ..connections import HTTPConnection, global_http_connection
 from .job import HubEntryNotFoundError, Job, Progress
 from .names import HubNameError, HubURL, parse_hf_url
-from .runner import arun, run
+from .runner import SnapshotInterrupted, arun, run
 
-__all__ = ["HubEntryNotFoundError", "HubNameError", "HubURL", "async_file", "async_snapshot",
-           "file", "parse_hf_url", "snapshot"]
+__all__ = ["HubEntryNotFoundError", "HubNameError", "HubURL", "SnapshotInterrupted", "async_file",
+           "async_snapshot", "file", "parse_hf_url", "snapshot"]
 
 PathArg = str | os.PathLike[str] | None
 
@@ -40,6 +40,8 @@ def snapshot(repo_id: str, *, revision: str = "main", repo_type: str = "model",
     A complete snapshot costs one metadata request (none for a commit hash, none offline
     with ``HF_HUB_OFFLINE=1``). ``token``: None reads HF_TOKEN then the token file, False
     sends none; it goes to the Hub endpoint only, never to the CDN a file redirects to.
+    On Ctrl-C the running files stop at their next block, their partials kept for the next
+    call to resume, and :class:`SnapshotInterrupted` (a ``KeyboardInterrupt``) is raised.
     """
     job = _job(repo_id, revision, repo_type, allow_patterns, ignore_patterns, cache_dir,
                local_dir, token, endpoint)

@@ -5,12 +5,47 @@ sha256, the shared cache). Decisions live in :mod:`.job`."""
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..connections import HTTPConnection
 from .job import Bytes, Job, Progress
 from .plan import RepoEntry
+
+#: After Ctrl-C, how long the running files get to stop at their next block (checkpointing
+#: their partials) before the interrupt is raised anyway, in seconds.
+STOP_GRACE = 10.0
+
+
+class SnapshotInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sync snapshot: the files that were running stopped at their next
+    block, their partials kept for the next run to resume; queued files never started.
+    ``running`` counts files that had not stopped within :data:`STOP_GRACE` seconds."""
+
+    def __init__(self, complete: int, total: int, running: int = 0) -> None:
+        super().__init__(f"{complete} of {total} files complete, {total - complete} left")
+        self.complete, self.total, self.running = complete, total, running
+
+
+class _FileStopped(KeyboardInterrupt):
+    """Raised in a running file's transfer (from its progress) once the snapshot was
+    interrupted: the download ends as a Ctrl-C ends it, its partial kept."""
+
+
+def _stoppable(update: Callable[[int, int | None], None], stop: threading.Event
+               ) -> Callable[[int, int | None], None]:
+    def report(done: int, total: int | None) -> None:
+        if stop.is_set():
+            raise _FileStopped
+        update(done, total)
+    return report
+
+
+def _complete(groups: list[list[RepoEntry]], futures: list[Future[None]]) -> int:
+    return sum(len(group) for group, future in zip(groups, futures, strict=True)
+               if future.done() and not future.cancelled() and future.exception() is None)
 
 
 def run(job: Job, http: HTTPConnection, *, connections: int | None, max_workers: int,
@@ -21,6 +56,7 @@ def run(job: Job, http: HTTPConnection, *, connections: int | None, max_workers:
     todo = job.accept_info(http.get_json(job.info_url(), extra_headers=job.headers,
                                          use_cache=False))
     bar = Bytes(sum(e.size for e in todo), progress)
+    stop = threading.Event()
 
     def one(group: list[RepoEntry]) -> None:
         entry = group[0]
@@ -28,16 +64,23 @@ def run(job: Job, http: HTTPConnection, *, connections: int | None, max_workers:
         got = http.download_file(
             job.file_url(entry), target, extra_headers=job.headers,
             expected_sha256=entry.sha256, expected_size=entry.size,
-            connections=connections, progress=bar.for_file())
+            connections=connections, progress=_stoppable(bar.for_file(), stop))
         job.publish(group, got)
 
+    groups = job.transfers(todo)
     pool = ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="hf-file")
+    futures: list[Future[None]] = []
     try:
-        for future in [pool.submit(one, g) for g in job.transfers(todo)]:
+        futures = [pool.submit(one, g) for g in groups]
+        for future in futures:
             future.result()
-    except KeyboardInterrupt:  # Ctrl-C: return at once, start no other file; partials stay
+    except KeyboardInterrupt:  # Ctrl-C: start no other file, stop the running ones
+        stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        raise
+        running = len(wait(futures, timeout=STOP_GRACE).not_done)
+        total = len(job.selected())
+        complete = total - len(todo) + _complete(groups, futures)
+        raise SnapshotInterrupted(complete, total, running) from None
     except BaseException:  # a failed file: start no other, let the running ones end
         pool.shutdown(wait=True, cancel_futures=True)
         raise
