@@ -33,6 +33,7 @@ from .flows import (
     revalidation_flow,
     serve_body,
 )
+from .shared_tier import SharedTier
 from .single_flight import AsyncSingleFlight, SingleFlight
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -49,6 +50,7 @@ class SyncIO:
     probe: Callable[[FetchRequest], Probed]
     download: Callable[[FetchRequest, Path], DownloadResult] | None = None  # the engine
     hops: Hops | None = None  # bodies: the cache follows redirects itself, hop by hop
+    shared: SharedTier | None = None  # the read-only tier asked before any request
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class AsyncIO:
     probe: Callable[[FetchRequest], Awaitable[Probed]]
     download: Callable[[FetchRequest, Path], Awaitable[DownloadResult]] | None = None
     hops: Hops | None = None
+    shared: SharedTier | None = None
 
 
 def _perform(effect: Effect, io: SyncIO) -> Any:
@@ -158,8 +161,8 @@ class CachedCalls:
                 return hit
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("body", req),
-            lambda: run_sync(body_flow(cache, req, offline=offline, start=start, hops=io.hops),
-                             io))
+            lambda: run_sync(body_flow(cache, req, offline=offline, start=start, hops=io.hops,
+                                       shared=io.shared), io))
 
     async def abody(
         self, cache: FetchCache, req: FetchRequest, io: AsyncIO, *, offline: bool
@@ -177,8 +180,8 @@ class CachedCalls:
                 return hit
         return await self._aflights.run(
             _flight_key("body", req),
-            lambda: run_async(body_flow(cache, req, offline=offline, start=start, hops=io.hops),
-                              io))
+            lambda: run_async(body_flow(cache, req, offline=offline, start=start, hops=io.hops,
+                                        shared=io.shared), io))
 
     # -- stale-while-revalidate: the stale copy was served; refresh it off the caller's path --
     def _claim(self, key: str) -> bool:
@@ -229,7 +232,7 @@ class CachedCalls:
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("file", req), share=False,
             work=lambda: run_sync(download_flow(cache, req, target, offline=offline,
-                                                 hops=io.hops), io))
+                                                 hops=io.hops, shared=io.shared), io))
 
     async def adownload(
         self, cache: FetchCache, req: FetchRequest, target: Path, io: AsyncIO, *, offline: bool
@@ -237,4 +240,4 @@ class CachedCalls:
         return await self._aflights.run(
             _flight_key("file", req), share=False,
             work=lambda: run_async(download_flow(cache, req, target, offline=offline,
-                                                   hops=io.hops), io))
+                                                   hops=io.hops, shared=io.shared), io))
