@@ -120,6 +120,7 @@ def test_a_fresh_shared_entry_answers_by_url_with_no_request_and_is_then_local(
     assert (result.source, result.sha256) == ("cache", sha256(WEIGHTS))
     assert store.counts() == [1, 1, 1, 1]  # the origin saw only the filler
     assert snapshot(store.root) == before
+    assert node.cache is not None
     node.cache.flush()
 
     # recorded in the local cache: a node without the tier is answered from it
