@@ -93,6 +93,11 @@ class Store:
              [(self.weights, root / "filler-w.bin"), (self.stale_weights, root / "filler-s.bin")])
         assert self.counts() == [1, 1, 1, 1]
 
+    def node(self, monkeypatch: pytest.MonkeyPatch, local: Path) -> HTTPConnection:
+        """Another machine's connection, with this store as its shared tier."""
+        monkeypatch.setenv("VLLM_FETCH_SHARED_CACHE", str(self.root))
+        return HTTPConnection(cache=local, retry=RetryPolicy.none())
+
     def counts(self) -> list[int]:
         return [self.origin.count(p) for p in ("/img.png", "/w.bin", "/stale.png", "/stale.bin")]
 
@@ -107,9 +112,8 @@ def test_a_fresh_shared_entry_answers_by_url_with_no_request_and_is_then_local(
     mode: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = snapshot(store.root)
-    monkeypatch.setenv("VLLM_FETCH_SHARED_CACHE", str(store.root))
     local = tmp_path / "local"
-    node = HTTPConnection(cache=local, retry=RetryPolicy.none())
+    node = store.node(monkeypatch, local)
     body = call(mode, node, "fetch_bytes", store.image)
     assert (sha256(body.content), body.source, body.from_cache) == (sha256(IMAGE), "cache", True)
     assert body.headers["ETag"] == '"v1"' and "Age" in body.headers
@@ -138,8 +142,7 @@ def test_a_stale_shared_entry_is_not_served_the_origin_answers(
     mode: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = snapshot(store.root)
-    monkeypatch.setenv("VLLM_FETCH_SHARED_CACHE", str(store.root))
-    node = HTTPConnection(cache=tmp_path / "local", retry=RetryPolicy.none())
+    node = store.node(monkeypatch, tmp_path / "local")
     body = call(mode, node, "fetch_bytes", store.stale_image)
     assert (body.content, body.source) == (IMAGE[::-1], "origin")
     result = call(mode, node, "fetch_file", store.stale_weights, tmp_path / "s.bin")
@@ -160,8 +163,7 @@ def test_a_damaged_shared_blob_is_never_served_and_never_repaired(
         path.write_bytes(bytes(damaged))
         path.chmod(0o444)
     before = snapshot(store.root)
-    monkeypatch.setenv("VLLM_FETCH_SHARED_CACHE", str(store.root))
-    node = HTTPConnection(cache=tmp_path / "local", retry=RetryPolicy.none())
+    node = store.node(monkeypatch, tmp_path / "local")
     body = call(mode, node, "fetch_bytes", store.image)
     assert (sha256(body.content), body.source) == (sha256(IMAGE), "origin")
     result = call(mode, node, "fetch_file", store.weights, tmp_path / "w.bin")
@@ -176,9 +178,8 @@ def test_a_blob_from_the_shared_tier_is_used_by_sha256_from_any_url(
     mode: str, origin: Origin, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = snapshot(store.root)
-    monkeypatch.setenv("VLLM_FETCH_SHARED_CACHE", str(store.root))
     url = origin.serve_bytes("/other/name.bin", b"never served")
-    node = HTTPConnection(cache=tmp_path / "local", retry=RetryPolicy.none())
+    node = store.node(monkeypatch, tmp_path / "local")
     result = call(mode, node, "fetch_file", url, tmp_path / "out.bin",
                   expected_sha256=sha256(WEIGHTS))
     assert (result.source, result.from_cache, result.sha256) == ("cache", True, sha256(WEIGHTS))
@@ -191,8 +192,7 @@ def test_credentials_offline_and_a_cache_that_is_off_never_ask_the_shared_tier(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = snapshot(store.root)
-    monkeypatch.setenv("VLLM_FETCH_SHARED_CACHE", str(store.root))
-    node = HTTPConnection(cache=tmp_path / "local", retry=RetryPolicy.none())
+    node = store.node(monkeypatch, tmp_path / "local")
     body = node.fetch_bytes(store.image, extra_headers={"Authorization": "Bearer t"})
     assert body.source == "origin"  # keyed by another machine's secret: never shared
     with pytest.raises(OfflineError):
