@@ -140,3 +140,17 @@ def test_a_store_without_an_index_is_a_miss_with_one_warning(
     assert tier.entry(cache_key(URL)) is None and tier.entry(cache_key(URL)) is None
     assert [r.levelname for r in caplog.records].count("WARNING") == 1
     assert not (tmp_path / "blobs-only").exists()
+
+
+def test_a_store_filled_again_is_read_again(tmp_path: Path) -> None:
+    """The read-only connection is kept per thread (immutable: SQLite would not notice a
+    change), and opened again once the database file changed."""
+    tier = SharedTier(tmp_path)
+    filled(tmp_path, entry())
+    assert tier.entry(cache_key(URL)) is not None
+    other = cache_key(URL + "?v=2")
+    assert tier.entry(other) is None
+    cache = FetchCache(tmp_path)
+    cache.store_bytes(other, entry(), BODY, SHA)
+    cache.close()
+    assert tier.entry(other) is not None

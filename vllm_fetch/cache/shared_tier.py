@@ -14,7 +14,6 @@ are not seen: share a store once it is filled (``vllm-fetch prefetch`` / ``warm`
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -28,7 +27,7 @@ import diskcache
 from ..config import env_str
 from ..core.cache_policy import CacheEntry
 from .blobs import BlobStore, is_sha256
-from .index import JSONDisk
+from .index import JSONDisk, _ClosingLocal
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -47,6 +46,7 @@ class SharedTier:
         self.blobs = BlobStore(self.root / "blobs", read_only=True)
         self._index = self.root / "index"
         self._disk = JSONDisk(str(self._index))
+        self._local = _ClosingLocal()  # one connection per thread (its first query costs ~1 ms)
         self._warned = False
         self._lock = threading.Lock()
 
@@ -58,14 +58,28 @@ class SharedTier:
     def __repr__(self) -> str:
         return f"SharedTier({str(self.root)!r})"
 
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's read-only connection to the index, opened again when the file was
+        replaced or changed (immutable: SQLite itself would not notice)."""
+        path = self._index / _DB_FILE
+        st = os.stat(path)
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        local = self._local
+        con: sqlite3.Connection | None = getattr(local, "con", None)
+        if con is not None and getattr(local, "stamp", None) == stamp:
+            return con
+        if con is not None:
+            local.con = None
+            con.close()
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)
+        local.stamp, local.con = stamp, con
+        return con
+
     def _record(self, key: str) -> Any:
         """The index record under ``key``, or None (none, or the index cannot be read)."""
-        uri = f"{(self._index / _DB_FILE).as_uri()}?mode=ro&immutable=1"
         try:
             db_key, raw = self._disk.put(key)
-            with contextlib.closing(sqlite3.connect(uri, uri=True, check_same_thread=False)
-                                    ) as con:
-                rows = con.execute(_QUERY, (db_key, raw, time.time())).fetchall()
+            rows = self._connection().execute(_QUERY, (db_key, raw, time.time())).fetchall()
             if not rows:
                 return None
             mode, filename, value = rows[0]
