@@ -60,10 +60,11 @@ class SharedTier:
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's read-only connection to the index, opened again when the file was
-        replaced or changed (immutable: SQLite itself would not notice)."""
+        replaced or changed (immutable: SQLite itself would not notice), and in a forked child
+        (a connection is never used across fork)."""
         path = self._index / _DB_FILE
         st = os.stat(path)
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        stamp = (os.getpid(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         local = self._local
         con: sqlite3.Connection | None = getattr(local, "con", None)
         if con is not None and getattr(local, "stamp", None) == stamp:
