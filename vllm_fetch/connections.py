@@ -8,7 +8,6 @@ go through the disk cache (``vllm_fetch.cache``) unless it is off; raw responses
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -201,8 +200,9 @@ class HTTPConnection:
         self._offline = offline
         self._cached = CachedCalls()
         hops = Hops(max_redirects, policy)  # cached bodies: redirects cached hop by hop
-        self._sync_io = SyncIO(self._fetch, self._probe, hops=hops)  # downloads add an engine
-        self._async_io = AsyncIO(self._afetch, self._aprobe, hops=hops)
+        # downloads add an engine; the cache flows ask the shared tier, if any
+        self._sync_io = SyncIO(self._fetch, self._probe, hops=hops, shared=self._shared)
+        self._async_io = AsyncIO(self._afetch, self._aprobe, hops=hops, shared=self._shared)
 
     @property
     def _async(self) -> AiohttpDriver:
@@ -723,17 +723,12 @@ class HTTPConnection:
                 options = dataclasses.replace(plan.options, retry=retry)
                 return sync_runner.download(driver, r, t, options)
 
-            if self._shared is not None and r.expected_sha256 and (
-                shared := self._shared.publish_to(r.expected_sha256, t, r.url, r.expected_size)
-            ):
-                return shared
-
             return self._mirror_calls.call(r, self._sync, self._mirror_sync_driver, attempt,
                                            mark_download)
 
         if plan.cache is None:
             return engine(plan.req, plan.target)
-        io = SyncIO(self._fetch, self._probe, engine, self._sync_io.hops)
+        io = dataclasses.replace(self._sync_io, download=engine)
         return self._cached.download(plan.cache, plan.req, plan.target, io, offline=plan.offline)
 
     @ascrubbed
@@ -790,12 +785,6 @@ class HTTPConnection:
                 options = dataclasses.replace(plan.options, retry=retry)
                 return await async_runner.download(driver, r, t, options)
 
-            if self._shared is not None and r.expected_sha256 and (
-                shared := await asyncio.to_thread(self._shared.publish_to, r.expected_sha256,
-                                                  t, r.url, r.expected_size)
-            ):
-                return shared
-
             return await self._mirror_calls.acall(r, self._async, self._mirror_async_driver,
                                                   attempt, mark_download)
 
@@ -803,7 +792,7 @@ class HTTPConnection:
             if plan.cache is None:
                 return await engine(plan.req, plan.target)
 
-            io = AsyncIO(self._afetch, self._aprobe, engine, self._async_io.hops)
+            io = dataclasses.replace(self._async_io, download=engine)
             return await self._cached.adownload(plan.cache, plan.req, plan.target, io,
                                                 offline=plan.offline)
         except FetchError as exc:

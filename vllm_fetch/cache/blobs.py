@@ -54,11 +54,16 @@ class BlobInfo:
 
 
 class BlobStore:
-    """Immutable sha256-named files under ``root``. Thread- and process-safe."""
+    """Immutable sha256-named files under ``root``. Thread- and process-safe.
 
-    def __init__(self, root: Path, *, link_files: bool = False) -> None:
+    ``read_only``: a store this process only reads (the shared tier, ``cache/shared_tier.py``):
+    ``read`` and ``copy_to`` still refuse damaged bodies, but nothing there is ever deleted or
+    repaired (use no writing method on it)."""
+
+    def __init__(self, root: Path, *, link_files: bool = False, read_only: bool = False) -> None:
         self.root = root
         self.link_files = link_files
+        self.read_only = read_only
         self._tmp = root / "tmp"
         self._pins: Counter[str] = Counter()
         self._pin_lock = threading.Lock()
@@ -253,7 +258,7 @@ class BlobStore:
         """
         with self.pinned(sha256) as path:
             try:
-                opened = references.open_checked(path)
+                opened = references.open_checked(path, read_only=self.read_only)
                 if opened is None:
                     return None
                 with open(opened[0], "rb", buffering=0) as f:
@@ -269,7 +274,11 @@ class BlobStore:
 
     def discard_damaged(self, sha256: str) -> None:
         """Forget a body whose bytes are not what was stored (so a refetch can store it again):
-        the blob (a hard link to a published file loses only this name), or the reference."""
+        the blob (a hard link to a published file loses only this name), or the reference.
+        In a read-only store it is only reported."""
+        if self.read_only:
+            logger.warning("shared cache blob %s is damaged; not used", self.path(sha256))
+            return
         logger.warning("cache blob %s is damaged; deleting it", sha256)
         path = self.path(sha256)
         references.drop_reference(path)  # a referenced file is the user's: only the record goes
@@ -288,7 +297,7 @@ class BlobStore:
         """
         with self.pinned(sha256) as path:
             try:
-                opened = references.open_checked(path)  # first: a miss is cheap
+                opened = references.open_checked(path, read_only=self.read_only)  # a cheap miss
             except OSError:
                 return False
             if opened is None:

@@ -41,6 +41,8 @@ from ..core.redirects import next_hop
 from ..core.request import FetchRequest
 from ..core.responses import check_status
 from ..core.results import Body, DownloadResult
+from ..core.seal import remember as remember_seal
+from ..core.shared_tier import asks_shared_tier, shared_hit
 from ..core.tenancy import policy_headers
 from ..core.urls import redact_url
 from ..errors import (
@@ -55,6 +57,7 @@ from ..errors import (
 )
 from . import transfer_lock
 from .fetch_cache import FetchCache
+from .shared_tier import SharedTier
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -217,17 +220,19 @@ def is_redirect_answer(body: Body) -> bool:
 
 def body_flow(
     cache: FetchCache, req: FetchRequest, *, offline: bool, start: Start | None = None,
-    hops: Hops | None = None,
+    hops: Hops | None = None, shared: SharedTier | None = None,
 ) -> Flow:
     """get_bytes/get_text/get_json through the cache. ``start``: a lookup already made.
 
     With ``hops`` the flow follows redirects itself: each hop is looked up, fetched and stored
     under its own URL by its own headers, so a redirect is answered from the cache only while
     that redirect response itself is fresh (RFC 9111 §3, §4). Without, the driver follows them.
+    ``shared``: the read-only tier asked before any request (``core.shared_tier``).
     """
     hop_req = _hop_by_hop(req) if hops is not None else req
     for hops_done in range(10**6):
-        body: Body = yield from _hop_flow(cache, hop_req, offline=offline, start=start)
+        body: Body = yield from _hop_flow(cache, hop_req, offline=offline, start=start,
+                                          shared=shared)
         start = None
         if hops is None or not is_redirect_answer(body):
             return body
@@ -241,7 +246,7 @@ def body_flow(
 
 
 def _hop_flow(cache: FetchCache, req: FetchRequest, *, offline: bool,
-              start: Start | None = None) -> Flow:
+              start: Start | None = None, shared: SharedTier | None = None) -> Flow:
     """One URL through the cache: served, revalidated or fetched, and stored. A stale hop
     served under stale-while-revalidate (e.g. reached through a stored redirect) is refreshed
     in the background, as the call's first URL is by the runner."""
@@ -257,6 +262,11 @@ def _hop_flow(cache: FetchCache, req: FetchRequest, *, offline: bool,
     if start.decision.action is LookupAction.BYPASS:  # a Range the cache cannot answer
         bypass: Body = yield Fetch(replace(req, redirect_answers=False, allow_redirects=True))
         return bypass
+    if shared is not None and asks_shared_tier(req.url, req.headers, start.decision,
+                                               offline=offline):
+        taken: Body | None = yield from _body_from_shared(cache, shared, start, req)
+        if taken is not None:
+            return taken
     entry = start.decision.entry
     sent_at = time.time()
     try:
@@ -290,6 +300,72 @@ def _hop_flow(cache: FetchCache, req: FetchRequest, *, offline: bool,
     elif verdict.invalidate:
         cache.invalidate(start.key)
     return body
+
+
+# --- the read-only shared tier --------------------------------------------------------------------
+
+
+def _shared_lookup(shared: SharedTier, key: str, req: FetchRequest
+                   ) -> tuple[CacheEntry, LookupDecision] | None:
+    """The tier's entry under the same key, when it may serve this request now."""
+    entry = shared.entry(key)
+    decision = shared_hit(entry, req.headers, time.time())
+    return None if decision is None or entry is None else (entry, decision)
+
+
+def _body_from_shared(cache: FetchCache, shared: SharedTier, start: Start,
+                      req: FetchRequest) -> Flow:
+    """The tier's fresh copy, read and checked against its seal, then recorded in the local
+    cache (the next hit is local); None for a miss or a damaged body."""
+    found: tuple[CacheEntry, LookupDecision] | None = yield Disk(
+        lambda: _shared_lookup(shared, start.key, req))
+    if found is None:
+        return None
+    entry, decision = found
+    _check_cap(entry, req)
+    data: bytes | None = yield Disk(lambda: shared.read(entry))
+    if data is None:
+        return None
+    logger.info("serving %s from the shared cache tier", redact_url(req.url))
+    backlog = cache.submit_bytes(start.key, entry, data, entry.sha256)
+    if backlog is not None:
+        yield Wait(backlog)
+    return _served(data, entry, req, decision.age)
+
+
+def _file_from_shared(cache: FetchCache, shared: SharedTier, start: Start, req: FetchRequest,
+                      target: Path, wanted: str | None) -> Flow:
+    """The file from the tier (None for a miss): its entry under the same key, fresh and
+    fitting, copied and checked against its seal, then recorded in the local cache; else,
+    with ``expected_sha256``, its blob of that name (from any URL; not recorded: there is no
+    entry for this URL to record)."""
+    if asks_shared_tier(req.url, req.headers, start.decision, offline=False):
+        found: tuple[CacheEntry, LookupDecision] | None = yield Disk(
+            lambda: _shared_lookup(shared, start.key, req))
+        entry = found[0] if found is not None else None
+        if entry is not None and _fits(entry, req):
+            _check_cap(entry, req)
+            if (yield Disk(lambda: _copy_recorded(cache, shared, start.key, entry, target))):
+                logger.info("copied %s from the shared cache tier", redact_url(req.url))
+                return _published(target, entry, req.url)
+    if wanted and not req.cache_scope:  # as the local store: only in the shared namespace
+        size: int | None = yield Disk(lambda: shared.blob_size(wanted))
+        if size is not None and req.expected_size in (None, size):
+            _check_size(size, req)
+            if (yield Disk(lambda: shared.copy_to(wanted, shared.seal_of(wanted), target))):
+                return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
+    return None
+
+
+def _copy_recorded(cache: FetchCache, shared: SharedTier, key: str, entry: CacheEntry,
+                   target: Path) -> bool:
+    """Copy the tier's body to ``target`` (checked by its seal) and record it locally."""
+    if not shared.copy_to(entry.sha256, entry.seal, target):
+        return False
+    if entry.seal:
+        remember_seal(entry.sha256, entry.seal)  # the copy matched it: no second read
+    cache.store_file(key, entry, target, entry.sha256, entry.size)
+    return True
 
 
 def revalidation_flow(cache: FetchCache, req: FetchRequest) -> Flow:
@@ -404,13 +480,14 @@ def _through_stored_redirects(
 
 
 def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
-                  hops: Hops | None = None) -> Flow:
+                  hops: Hops | None = None, shared: SharedTier | None = None) -> Flow:
     """download_file through the cache: a hit is copied to the target, zero requests. With
-    ``hops``, a usable stored redirect is followed to its target's stored response. A transfer
-    holds the machine-wide lock of its URL (``transfer_lock``): callers that wanted the same
-    URL meanwhile, for any target, are then served from what it stored."""
+    ``hops``, a usable stored redirect is followed to its target's stored response; with
+    ``shared``, the read-only tier is asked before any request. A transfer holds the
+    machine-wide lock of its URL (``transfer_lock``): callers that wanted the same URL
+    meanwhile, for any target, are then served from what it stored."""
     served, req, start = yield from _file_from_cache(cache, req, target, offline=offline,
-                                                     hops=hops)
+                                                     hops=hops, shared=shared)
     if served is not None:
         return served
     name = transfer_lock.lock_name(start.key, req.expected_sha256)
@@ -419,7 +496,8 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
     try:
         if held is not None:  # another caller may have stored it since the lookup
             served, req, start = yield from _file_from_cache(
-                cache, req, target, offline=offline, hops=hops, revalidate=held.waited)
+                cache, req, target, offline=offline, hops=hops, revalidate=held.waited,
+                shared=shared)
             if served is not None:
                 return served
         if held is not None and held.orphan is not None:  # its holder died: resume its partial
@@ -434,7 +512,8 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
 
 
 def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
-                     hops: Hops | None, revalidate: bool = True) -> Flow:
+                     hops: Hops | None, revalidate: bool = True,
+                     shared: SharedTier | None = None) -> Flow:
     """Serve the file from the cache when it can be: (result or None, request, lookup).
     Without ``revalidate``, only a stored copy that needs no request is served."""
     wanted = req.expected_sha256.lower() if req.expected_sha256 else None
@@ -457,16 +536,21 @@ def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offl
     if hops is not None:
         req, start = _through_stored_redirects(cache, req, start, offline=offline, hops=hops)
     entry = start.decision.entry
-    if _fits(entry, req) and entry is not None:
-        if start.decision.action in HITS:
-            if (yield from _copy(cache, start, entry, target, req)):
-                return _published(target, entry, req.url), req, start
-            if offline:
-                raise damaged_error(req.url)
-        if start.decision.action is LookupAction.REVALIDATE and revalidate:
-            refreshed = yield from _revalidate_file(cache, start, req, target)
-            if refreshed is not None:
-                return refreshed, req, start
+    if _fits(entry, req) and entry is not None and start.decision.action in HITS:
+        if (yield from _copy(cache, start, entry, target, req)):
+            return _published(target, entry, req.url), req, start
+        if offline:
+            raise damaged_error(req.url)
+    if shared is not None and not offline:
+        taken = yield from _file_from_shared(cache, shared, start, req, target, wanted)
+        if taken is not None:
+            return taken, req, start
+    if _fits(entry, req) and entry is not None and revalidate and (
+        start.decision.action is LookupAction.REVALIDATE
+    ):
+        refreshed = yield from _revalidate_file(cache, start, req, target)
+        if refreshed is not None:
+            return refreshed, req, start
     if offline:
         if entry is not None and not _fits(entry, req):
             safe = redact_url(req.url)

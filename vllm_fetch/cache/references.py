@@ -90,13 +90,15 @@ def read_reference(blob: Path) -> Reference | None:
         return None
 
 
-def open_checked(blob: Path) -> tuple[int, int] | None:
+def open_checked(blob: Path, *, read_only: bool = False) -> tuple[int, int] | None:
     """Open the body stored under ``blob`` — the blob, or the file it references — and check
-    its seal when it may have changed: (fd, size), or None for a miss (the caller closes fd)."""
+    its seal when it may have changed: (fd, size), or None for a miss (the caller closes fd).
+    A stale reference record is removed, unless ``read_only`` (a store this process must never
+    write: the shared tier)."""
     try:
         fd = os.open(blob, os.O_RDONLY)
     except FileNotFoundError:
-        return _open_reference(blob)
+        return _open_reference(blob, read_only)
     try:
         st = os.fstat(fd)
         want = read_seal(blob) if is_shared(st) else None
@@ -109,14 +111,15 @@ def open_checked(blob: Path) -> tuple[int, int] | None:
     return fd, st.st_size
 
 
-def _open_reference(blob: Path) -> tuple[int, int] | None:
+def _open_reference(blob: Path, read_only: bool) -> tuple[int, int] | None:
     ref = read_reference(blob)
     if ref is None:
         return None
     try:
         fd = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        drop_reference(blob)  # deleted (or now a symlink): a miss
+        if not read_only:
+            drop_reference(blob)  # deleted (or now a symlink): a miss
         return None
     try:
         good = ref.matches(os.fstat(fd)) and seal_fd(fd) == ref.seal
@@ -124,7 +127,8 @@ def _open_reference(blob: Path) -> tuple[int, int] | None:
         good = False
     if not good:
         os.close(fd)
-        drop_reference(blob)  # replaced or edited: a miss, and the record goes
+        if not read_only:
+            drop_reference(blob)  # replaced or edited: a miss, and the record goes
         return None
     return fd, ref.size
 

@@ -34,6 +34,7 @@ from .flows import (
     revalidation_flow,
     serve_body,
 )
+from .shared_tier import SharedTier
 from .single_flight import AsyncSingleFlight, SingleFlight
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -50,6 +51,7 @@ class SyncIO:
     probe: Callable[[FetchRequest], Probed]
     download: Callable[[FetchRequest, Path], DownloadResult] | None = None  # the engine
     hops: Hops | None = None  # bodies: the cache follows redirects itself, hop by hop
+    shared: SharedTier | None = None  # the read-only tier asked before any request
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class AsyncIO:
     probe: Callable[[FetchRequest], Awaitable[Probed]]
     download: Callable[[FetchRequest, Path], Awaitable[DownloadResult]] | None = None
     hops: Hops | None = None
+    shared: SharedTier | None = None
 
 
 #: Starts a background revalidation (a ``Refresh`` effect) and returns at once.
@@ -168,7 +171,8 @@ class CachedCalls:
                 return hit
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("body", req),
-            lambda: run_sync(body_flow(cache, req, offline=offline, start=start, hops=io.hops),
+            lambda: run_sync(body_flow(cache, req, offline=offline, start=start, hops=io.hops,
+                                       shared=io.shared),
                              io, lambda r, s: self._revalidate(cache, r, s, io)))
 
     async def abody(
@@ -187,7 +191,8 @@ class CachedCalls:
                 return hit
         return await self._aflights.run(
             _flight_key("body", req),
-            lambda: run_async(body_flow(cache, req, offline=offline, start=start, hops=io.hops),
+            lambda: run_async(body_flow(cache, req, offline=offline, start=start, hops=io.hops,
+                                        shared=io.shared),
                               io, lambda r, s: self._arevalidate(cache, r, s, io)))
 
     # -- stale-while-revalidate: the stale copy was served; refresh it off the caller's path --
@@ -239,7 +244,7 @@ class CachedCalls:
         return self._flights.run(  # type: ignore[no-any-return]
             _flight_key("file", req), share=False,
             work=lambda: run_sync(download_flow(cache, req, target, offline=offline,
-                                                 hops=io.hops), io))
+                                                 hops=io.hops, shared=io.shared), io))
 
     async def adownload(
         self, cache: FetchCache, req: FetchRequest, target: Path, io: AsyncIO, *, offline: bool
@@ -247,4 +252,4 @@ class CachedCalls:
         return await self._aflights.run(
             _flight_key("file", req), share=False,
             work=lambda: run_async(download_flow(cache, req, target, offline=offline,
-                                                   hops=io.hops), io))
+                                                   hops=io.hops, shared=io.shared), io))

@@ -1,84 +1,132 @@
-"""A read-only shared cache tier (``VLLM_FETCH_SHARED_CACHE=DIR``): blobs another machine filled.
+"""A read-only shared cache tier (``VLLM_FETCH_SHARED_CACHE=DIR``): a cache another machine filled.
 
-``DIR`` is a vllm_fetch cache directory (or a copy of its ``blobs/``), e.g. on a shared mount.
-A download whose ``expected_sha256`` names a blob there is published from it, the bytes hashed
-while they are copied: a blob that does not hash to its name (or has the wrong size) is never
-published, and the download goes to the network. Nothing there is ever written, locked or
-removed, so a fleet may share one pre-filled store without locks.
+``DIR`` is a vllm_fetch cache directory, e.g. on a shared mount. Its index is read with SQLite
+opened ``mode=ro&immutable=1`` (no write, no lock, no ``-wal``/``-shm`` file is ever created
+there: a plain read-only open would make both), records decoded as diskcache's ``JSONDisk``
+wrote them (never a pickle: the index comes from another machine). Bodies are read through a
+read-only ``BlobStore``, checked against the entry's seal (its sha256 when it has none); a
+damaged body is reported and not used, never repaired or removed. Which calls ask the tier
+and which entries serve is decided in ``core.shared_tier``; the cache flows run it.
+
+Entries still in the filling process's write-ahead log (it is running and has not checkpointed)
+are not seen: share a store once it is filled (``vllm-fetch prefetch`` / ``warm`` exited).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import sqlite3
+import threading
+import time
 from pathlib import Path
+from typing import Any
+
+import diskcache
 
 from ..config import env_str
-from ..core.results import DownloadResult
-from ..errors import DiskError
-from ..files import create_temp, fsync_fd, publish, remove_quietly, write_all
-from .blobs import is_sha256
+from ..core.cache_policy import CacheEntry
+from .blobs import BlobStore, is_sha256
+from .index import JSONDisk, _ClosingLocal
 
 logger = logging.getLogger("vllm_fetch.cache")
 
-_CHUNK = 1 << 20
+_DB_FILE = "cache.db"
+_QUERY = ("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ? "
+          "AND (expire_time IS NULL OR expire_time > ?)")
+#: The record modes JSONDisk writes: in the row, or in a file beside the database.
+_MODES = (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY)
 
 
 class SharedTier:
-    """Blobs under ``root/blobs`` (the cache layout: ``ab/cdef…`` for sha256 ``abcdef…``)."""
+    """Another machine's cache under ``root`` (``index/``, ``blobs/``), read and never written."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
+        self.blobs = BlobStore(self.root / "blobs", read_only=True)
+        self._index = self.root / "index"
+        self._disk = JSONDisk(str(self._index))
+        self._local = _ClosingLocal()  # one connection per thread (its first query costs ~1 ms)
+        self._warned = False
+        self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls) -> SharedTier | None:
         configured = env_str("VLLM_FETCH_SHARED_CACHE")
         return cls(Path(configured).expanduser()) if configured else None
 
-    def path(self, sha256: str) -> Path:
-        return self.root / "blobs" / sha256[:2] / sha256[2:]
+    def __repr__(self) -> str:
+        return f"SharedTier({str(self.root)!r})"
 
-    def publish_to(self, sha256: str, target: Path, url: str,
-                   expected_size: int | None = None) -> DownloadResult | None:
-        """Publish the blob named ``sha256`` at ``target`` (temp file, fsync, rename) if it is
-        there and its bytes hash to its name; else None (nothing left at ``target``)."""
-        if not is_sha256(sha256):
-            return None
-        source = self.path(sha256)
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's read-only connection to the index, opened again when the file was
+        replaced or changed (immutable: SQLite itself would not notice), and in a forked child
+        (a connection is never used across fork)."""
+        path = self._index / _DB_FILE
+        st = os.stat(path)
+        stamp = (os.getpid(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        local = self._local
+        con: sqlite3.Connection | None = getattr(local, "con", None)
+        if con is not None and getattr(local, "stamp", None) == stamp:
+            return con
+        if con is not None:
+            local.con = None
+            con.close()
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)
+        local.stamp, local.con = stamp, con
+        return con
+
+    def _record(self, key: str) -> Any:
+        """The index record under ``key``, or None (none, or the index cannot be read)."""
         try:
-            src = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            return None
-        try:
-            size = os.fstat(src).st_size
-            if expected_size is not None and size != expected_size:
+            db_key, raw = self._disk.put(key)
+            rows = self._connection().execute(_QUERY, (db_key, raw, time.time())).fetchall()
+            if not rows:
                 return None
-            fd, temp = create_temp(target)
-            try:
-                digest, copied = hashlib.sha256(), 0
-                while chunk := os.read(src, _CHUNK):
-                    digest.update(chunk)
-                    write_all(fd, chunk, temp)
-                    copied += len(chunk)
-                if digest.hexdigest() != sha256 or copied != size:
-                    logger.warning("shared cache blob %s does not match its sha256: not used",
-                                   source)
-                    return None
-                fsync_fd(fd, temp)
-                os.close(fd)
-                fd = -1
-                publish(temp, target)
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-                remove_quietly(temp)
-        except DiskError:
-            raise  # the target cannot be written: the network would not help
-        except OSError as exc:
-            logger.warning("cannot read shared cache blob %s: %s", source, exc)
+            mode, filename, value = rows[0]
+            if mode not in _MODES or (filename and (os.path.isabs(filename)
+                                                    or ".." in Path(filename).parts)):
+                return None
+            return self._disk.fetch(mode, filename, value, False)
+        except (sqlite3.Error, OSError, ValueError, TypeError) as exc:
+            self._trouble(exc)
             return None
-        finally:
-            os.close(src)
-        headers = {"Content-Length": str(size)}
-        return DownloadResult(target, size, sha256, 200, headers, url, from_cache=True)
+
+    def _trouble(self, exc: BaseException) -> None:
+        """One WARNING per tier when its index cannot be read (a miss each time), then DEBUG."""
+        with self._lock:
+            first, self._warned = not self._warned, True
+        logger.log(logging.WARNING if first else logging.DEBUG,
+                   "shared cache index %s cannot be read (%s): lookups there are misses",
+                   self._index, exc)
+
+    def entry(self, key: str) -> CacheEntry | None:
+        """The entry stored under the cache key ``key``, or None."""
+        record = self._record(key)
+        if not isinstance(record, dict):
+            return None
+        try:
+            entry = CacheEntry.from_dict(record)
+        except (ValueError, TypeError, AttributeError):
+            return None
+        return entry if is_sha256(entry.sha256) else None
+
+    def seal_of(self, sha256: str) -> str:
+        """The seal recorded for the blob named ``sha256`` ("" when none is: then its bytes
+        are checked against the sha256 itself)."""
+        seal = self._record("s:" + sha256)
+        return seal if isinstance(seal, str) else ""
+
+    def read(self, entry: CacheEntry) -> bytes | None:
+        """The entry's body, checked against its seal; None when it is missing or damaged."""
+        return self.blobs.read(entry.sha256, entry.size, entry.seal)
+
+    def blob_size(self, sha256: str) -> int | None:
+        """The size of the blob named ``sha256`` there, or None."""
+        return self.blobs.size(sha256) if is_sha256(sha256) else None
+
+    def copy_to(self, sha256: str, seal: str, target: Path) -> bool:
+        """Publish the blob at ``target`` (temp file, fsync, rename) once the copy matches
+        ``seal`` ("": the sha256); False when missing or damaged (nothing left at ``target``).
+        A ``DiskError`` when the target cannot be written."""
+        return self.blobs.copy_to(sha256, target, seal)
