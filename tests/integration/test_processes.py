@@ -90,12 +90,14 @@ def run_many(origin: Origin, tmp_path: Path, path: str, env: dict[str, str]) -> 
     sync_dir.mkdir()
     procs = [worker(MODES[i % 2], url, target, sync_dir, env) for i in range(PROCESSES)]
     try:
-        wait_for(lambda: len(list(sync_dir.iterdir())) == PROCESSES)
+        # generous: eight interpreters importing the library on two loaded cores
+        wait_for(lambda: len(list(sync_dir.iterdir())) == PROCESSES, timeout=90.0)
         (sync_dir / "go").touch()
-        outputs = [proc.communicate(timeout=60) for proc in procs]
+        outputs = [proc.communicate(timeout=90) for proc in procs]
     finally:
         for proc in procs:
             proc.kill()
+            proc.communicate()  # reap it and close its pipes, also when a wait above failed
     for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     assert sha256(target.read_bytes()) == sha256(BODY)
