@@ -560,9 +560,9 @@ class HTTPConnection:
         As in vLLM, the body is capped by ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`` too (the smaller
         of it and ``max_bytes`` wins) and charged to ``request_budget``.
         """
-        return self.fetch_bytes(url, timeout=timeout, allow_redirects=allow_redirects,
-                                max_bytes=max_bytes, request_budget=request_budget,
-                                extra_headers=extra_headers, use_cache=use_cache).content
+        req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
+                                  extra_headers)  # as fetch_bytes, one scrub wrapper less
+        return _settled(req, self._body(req, use_cache)).content
 
     @ascrubbed
     async def async_get_bytes(
