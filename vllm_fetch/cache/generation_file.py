@@ -2,7 +2,7 @@
 process using the directory maps (``mmap``, shared), so a write by any process voids the
 memory copies of the others without a read or a system call per hit.
 
-``<cache dir>/generations`` is ``core.generations.BUFFER_BYTES`` (32 KiB) long. It is made
+``<cache dir>/generations`` is ``core.generations.BUFFER_BYTES`` (8 KiB) long. It is made
 by the first process that needs it, with a random epoch. Every ``CHECK_EVERY`` seconds a
 process checks that the file it maps is still the one at that path (a wiped cache directory
 makes a new one): if not, it maps the new one and ``on_replaced`` drops what it held.

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 #: Slots per buffer (besides the epoch): keys share a slot, so a write to one drops the memory
-#: copies of the others in its slot too (at 4096 slots, rare and harmless).
-SLOTS = 4096
+#: copies of the others in its slot too (one in 1023 of them per write: a wasted disk read
+#: each, never a wrong answer). With the epoch, two 4 KiB pages.
+SLOTS = 1023
 #: Bytes of a buffer: the epoch and the slots, 8 bytes each.
 BUFFER_BYTES = (1 + SLOTS) * 8
 
@@ -35,8 +36,8 @@ class Stamp(NamedTuple):
 
 
 def slot_of(key: str) -> int:
-    """The slot (1..SLOTS) of a cache key (sha256 hex: its first 3 digits are uniform)."""
-    return 1 + int(key[:3], 16) % SLOTS
+    """The slot (1..SLOTS) of a cache key (sha256 hex: its digits are uniform)."""
+    return 1 + int(key[:8], 16) % SLOTS
 
 
 class Generations:
