@@ -70,7 +70,7 @@ class GenerationFile:
 
     def still_valid(self, stamp: Stamp) -> bool:
         gens = self._gens if time.monotonic() < self._check_at else self._recheck()
-        return gens.still_valid(stamp)  # on every memory hit: one call fewer than _current
+        return gens.still_valid(stamp)
 
     def changed(self, key: str) -> None:
         self._current().changed(key)

@@ -52,12 +52,16 @@ class MemoryTier:
         return 0 <= size <= self.item_max
 
     def get(self, key: str) -> Held | None:
-        """The held body for ``key`` (now the most recently used), or None."""
-        with self._lock:
-            held = self._items.get(key)
-            if held is not None:
-                self._items.move_to_end(key)
-            return held
+        """The held body for ``key`` (now the most recently used), or None. No lock: each
+        OrderedDict operation is atomic, and a key dropped in between is just a miss."""
+        items = self._items
+        held = items.get(key)
+        if held is not None:
+            try:
+                items.move_to_end(key)
+            except KeyError:
+                return None
+        return held
 
     def put(self, key: str, held: Held) -> None:
         if not self.fits(len(held.data)):

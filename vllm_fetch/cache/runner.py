@@ -33,7 +33,6 @@ from .flows import (
     revalidation_flow,
     serve_body,
 )
-from .memory_hits import memory_body
 from .single_flight import AsyncSingleFlight, SingleFlight
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -150,8 +149,6 @@ class CachedCalls:
         self._lock = threading.Lock()
 
     def body(self, cache: FetchCache, req: FetchRequest, io: SyncIO, *, offline: bool) -> Body:
-        if not offline and (held := memory_body(cache, req)) is not None:
-            return held
         start = _lookup(cache, req, offline)
         if start is not None:
             hit = serve_body(cache, start, req)
@@ -167,8 +164,6 @@ class CachedCalls:
     async def abody(
         self, cache: FetchCache, req: FetchRequest, io: AsyncIO, *, offline: bool
     ) -> Body:
-        if not offline and (held := memory_body(cache, req)) is not None:
-            return held  # no await: a memory hit never waits
         start = _lookup(cache, req, offline)
         if start is not None:
             entry = start.decision.entry

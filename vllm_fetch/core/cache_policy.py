@@ -558,6 +558,17 @@ class LookupDecision:
     byte_range: ByteRange | None = None  # a HIT answering a Range: serve a 206 of this range
     background: bool = False  # stale-while-revalidate: serve now, revalidate in the background
 
+    def __init__(
+        self, action: LookupAction, entry: CacheEntry | None = None,
+        headers: dict[str, str] | None = None, stale: bool = False, reason: str = "",
+        age: float = 0.0, byte_range: ByteRange | None = None, background: bool = False,
+    ) -> None:
+        """The dataclass's own ``__init__`` (kept by ``@dataclass``: it is defined here), one
+        ``__dict__`` update instead of an ``object.__setattr__`` per field (one per lookup)."""
+        self.__dict__.update(
+            action=action, entry=entry, headers={} if headers is None else headers,
+            stale=stale, reason=reason, age=age, byte_range=byte_range, background=background)
+
 
 def _unusable_reason(
     entry: CacheEntry, request_headers: Mapping[str, str], caller_private_ok: bool
