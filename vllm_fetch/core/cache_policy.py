@@ -149,6 +149,8 @@ def vary_values(
 
 def vary_matches(entry: CacheEntry, request_headers: Mapping[str, str]) -> bool:
     """Whether this request selects the stored variant (§4.1)."""
+    if not entry.vary:
+        return True  # the common case, without a generator per lookup
     return all(
         _normalize_field(header(request_headers, name) or "") == value
         for name, value in entry.vary.items()
