@@ -351,3 +351,33 @@ def test_bodies_over_the_item_limit_stay_on_disk(
     assert origin.count("/big") == 1
     conn.close()
     cache.close()
+
+
+def _refetch_in_child(cache: FetchCache, url: str) -> None:
+    held = cache.memory is not None and len(cache.memory) == 1  # inherited from the parent
+    conn = connect(cache)
+    conn.get_bytes(url, extra_headers={"Cache-Control": "no-cache"})
+    cache.close()
+    os._exit(0 if held else 3)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX-only")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_childs_write_voids_the_parents_memory_copy(
+    origin: Origin, cache: FetchCache
+) -> None:
+    import multiprocessing
+
+    resource = Resource(BODY, cache_control="max-age=600")
+    url = serve_resource(origin, "/img", resource)
+    conn = connect(cache)
+    warm("sync", conn, cache, url)
+    resource.change(NEW_BODY)
+    child = multiprocessing.get_context("fork").Process(target=_refetch_in_child,
+                                                        args=(cache, url))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert sha256(conn.get_bytes(url)) == sha256(NEW_BODY)
+    assert origin.count("/img") == 2
+    conn.close()

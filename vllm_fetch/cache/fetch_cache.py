@@ -145,6 +145,10 @@ class FetchCache:
         self._guard = threading.Lock()
         self._writer.after_fork(self._guard)
         self.blobs.after_fork()
+        if self.memory is not None:
+            self.memory.after_fork()
+        if self._generations is not None:
+            self._generations.after_fork()
 
     def __repr__(self) -> str:
         return f"FetchCache({str(self.directory)!r}, size_limit={self.size_limit})"

@@ -44,6 +44,10 @@ class GenerationFile:
         self._gens, self._identity = _map(self.path)  # OSError: the caller goes without
         self._check_at = time.monotonic() + CHECK_EVERY
 
+    def after_fork(self) -> None:
+        """In a forked child: the shared mapping stays; the lock starts free."""
+        self._lock = threading.Lock()
+
     def _current(self) -> Generations:
         """The generations of the file now at ``path`` (checked at most every CHECK_EVERY s)."""
         if time.monotonic() < self._check_at:

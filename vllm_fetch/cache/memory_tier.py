@@ -41,6 +41,11 @@ class MemoryTier:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: the copies stay valid (the mapping is shared); the lock starts
+        free."""
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self._items)
 
