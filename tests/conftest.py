@@ -21,7 +21,8 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 _CACHE_DIR = tempfile.mkdtemp(prefix="vllm-fetch-test-cache-")
 atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 os.environ["VLLM_FETCH_CACHE_DIR"] = _CACHE_DIR
-for _var in ("VLLM_FETCH_OFFLINE", "VLLM_FETCH_DISABLE_CACHE", "VLLM_FETCH_CACHE_SIZE"):
+for _var in ("VLLM_FETCH_OFFLINE", "VLLM_FETCH_DISABLE_CACHE", "VLLM_FETCH_CACHE_SIZE",
+             "VLLM_FETCH_MEMORY_CACHE_SIZE"):
     os.environ.pop(_var, None)
 # Download locks go to a throwaway directory, never the user's cache dir.
 os.environ["VLLM_FETCH_LOCK_DIR"] = _LOCKS = tempfile.mkdtemp(prefix="vllm_fetch-test-locks-")

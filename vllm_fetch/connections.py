@@ -22,6 +22,7 @@ import requests
 from ._version import DEFAULT_USER_AGENT
 from .cache.fetch_cache import FetchCache
 from .cache.flows import Hops, Probed, offline_error
+from .cache.memory_hits import memory_body
 from .cache.runner import AsyncIO, CachedCalls, SyncIO
 from .cache.settings import CacheArg, CacheSetting
 from .cache.shared_tier import SharedTier
@@ -446,6 +447,8 @@ class HTTPConnection:
         cache = self._cache_for(req, use_cache, offline)
         if cache is None:
             return self._fetch(req)
+        if not offline and (held := memory_body(cache, req)) is not None:
+            return held  # fresh in memory: no lookup, no flow
         return self._cached.body(cache, req, self._sync_io, offline=offline)
 
     async def _abody(self, req: FetchRequest, use_cache: bool) -> Body:
@@ -454,6 +457,8 @@ class HTTPConnection:
             cache = self._cache_for(req, use_cache, offline)
             if cache is None:
                 return await self._afetch(req)
+            if not offline and (held := memory_body(cache, req)) is not None:
+                return held  # the same fast path as the sync side's: nothing to await
             return await self._cached.abody(cache, req, self._async_io, offline=offline)
         except FetchError as exc:
             error = _as_async(exc)
@@ -560,9 +565,9 @@ class HTTPConnection:
         As in vLLM, the body is capped by ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`` too (the smaller
         of it and ``max_bytes`` wins) and charged to ``request_budget``.
         """
-        return self.fetch_bytes(url, timeout=timeout, allow_redirects=allow_redirects,
-                                max_bytes=max_bytes, request_budget=request_budget,
-                                extra_headers=extra_headers, use_cache=use_cache).content
+        req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
+                                  extra_headers)  # as fetch_bytes, one scrub wrapper less
+        return _settled(req, self._body(req, use_cache)).content
 
     @ascrubbed
     async def async_get_bytes(

@@ -18,7 +18,9 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +35,15 @@ logger = logging.getLogger("vllm_fetch.cache")
 
 _HEX = frozenset("0123456789abcdef")
 _COPY_CHUNK = 1 << 30
+#: A file changed less than this long ago (ns) has no signature yet: filesystem timestamps
+#: come from a coarse clock (a few ms on Linux), so an edit in the same tick as the last write
+#: would leave mtime and ctime as they were. Whole-second timestamps (a filesystem that keeps
+#: no more) need ``SETTLE_COARSE_NS``.
+SETTLE_NS = 50_000_000
+SETTLE_COARSE_NS = 2_500_000_000
+_SECOND_NS = 1_000_000_000
+
+Signature = tuple[int, int, int, int, int]
 
 
 def is_sha256(text: str) -> bool:
@@ -62,6 +73,7 @@ class BlobStore:
 
     def __init__(self, root: Path, *, link_files: bool = False, read_only: bool = False) -> None:
         self.root = root
+        self._root = os.fspath(root)  # plain strings on the hit path: pathlib costs µs
         self.link_files = link_files
         self.read_only = read_only
         self._tmp = root / "tmp"
@@ -75,6 +87,24 @@ class BlobStore:
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:]
+
+    def signature(self, sha256: str) -> Signature | None:
+        """A value that changes whenever the bytes held for this body may have changed (an
+        edit in place, a replacement, a removal): the file's device, inode, size, mtime and
+        ctime. None when no such value can be given now: no blob file (gone, or a reference
+        to a file elsewhere), or one changed too recently for its timestamps to show a later
+        edit (``SETTLE_NS``). A memory copy of a body is served only while this is unchanged."""
+        try:
+            st = os.stat(f"{self._root}/{sha256[:2]}/{sha256[2:]}")
+        except (OSError, ValueError):
+            return None
+        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        coarse = mtime % _SECOND_NS == 0 and ctime % _SECOND_NS == 0
+        if time.time_ns() - max(mtime, ctime) < (SETTLE_COARSE_NS if coarse else SETTLE_NS):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, mtime, ctime)
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()

@@ -1,7 +1,8 @@
 """``FetchCache``: the on-disk HTTP cache shared by the sync side, the async side and processes.
 
 Layout under ``directory``: ``index/`` (diskcache: URL key → entry), ``blobs/ab/cdef…``
-(immutable bodies named by sha256) and ``lock`` (serialises eviction across processes).
+(immutable bodies named by sha256), ``lock`` (serialises eviction across processes) and
+``generations`` (what voids other processes' memory copies, ``generation_file``).
 HTTP decisions live in ``core.cache_policy``; this class only stores, reads and evicts.
 """
 
@@ -22,13 +23,17 @@ import platformdirs
 
 from ..config import env_size, env_str, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
+from ..core.filesystems import shared_filesystem
+from ..core.generations import Stamp
 from ..core.seal import known as known_seal
 from ..core.tenancy import credential_material, policy_headers
-from ..filesystems import warn_if_shared
+from ..filesystems import fs_type, warn_if_shared
 from .blobs import BlobStore, is_sha256
 from .costs import INDEX_BASE, blob_cost
+from .generation_file import GenerationFile
 from .housekeeping import PruneReport, VerifyReport, prune, verify
 from .index import Index
+from .memory_tier import DEFAULT_MEMORY_SIZE, Held, MemoryTier
 from .seal import seal_file
 from .tenants import TenantKeys
 from .writer import StoreJob, StoreWriter
@@ -38,6 +43,8 @@ logger = logging.getLogger("vllm_fetch.cache")
 DEFAULT_SIZE_LIMIT = 10 * 10**9  # 10 GB
 #: Past the limit, evict down to this fraction of it.
 EVICT_TO = 0.9
+#: Lookups whose body was not read yet, remembered for the memory tier (bounded).
+MAX_TICKETS = 1024
 
 
 def default_cache_dir() -> Path:
@@ -87,6 +94,12 @@ class FetchCache:
     cache (a sealed hard link, or a sealed reference across filesystems: no second copy; an
     edited file is a miss, never served). ``link_files`` also hard-links cache hits out to
     their targets instead of copying them (every such target then shares one inode).
+
+    ``memory_size`` (bytes; default ``$VLLM_FETCH_MEMORY_CACHE_SIZE`` or 64 MiB; 0: off)
+    bounds this process's memory tier: bodies up to 1 MiB read from this cache (and checked)
+    are kept in memory and served from there while fresh, as long as no process changed
+    their entry (the ``generations`` file) and their blob file's signature is unchanged
+    (``BlobStore.signature``). Off on a filesystem shared between machines.
     """
 
     def __init__(
@@ -96,6 +109,7 @@ class FetchCache:
         size_limit: int | str | None = None,
         allow_private: bool = False,
         link_files: bool = False,
+        memory_size: int | str | None = None,
     ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -103,7 +117,18 @@ class FetchCache:
         self.size_limit = _size_limit(size_limit)
         self.allow_private = allow_private
         self.blobs = BlobStore(self.directory / "blobs", link_files=link_files)
-        self.index = Index(self.directory / "index")
+        self.memory = _memory_tier(self.directory, memory_size)
+        self._tickets: dict[str, tuple[Stamp, CacheEntry]] = {}
+        try:  # every process announces its writes, whether or not it holds memory copies
+            self._generations: GenerationFile | None = GenerationFile(
+                self.directory, on_replaced=self._drop_memory)
+        except (OSError, ValueError) as exc:
+            self._generations = None
+            if self.memory is not None:
+                logger.warning("cache generation file in %s is unusable (%s); no memory tier",
+                               self.directory, exc)
+                self.memory = None
+        self.index = Index(self.directory / "index", self._generations)
         self._tenants = TenantKeys(self.directory)
         self._pending: dict[str, StoreJob] = {}
         self._guard = threading.Lock()
@@ -116,42 +141,99 @@ class FetchCache:
     def _after_fork(self) -> None:
         """In a forked child: the parent writes the bodies it queued; locks start free."""
         self._pending = {}
+        self._tickets = {}
         self._guard = threading.Lock()
         self._writer.after_fork(self._guard)
         self.blobs.after_fork()
+        if self.memory is not None:
+            self.memory.after_fork()
+        if self._generations is not None:
+            self._generations.after_fork()
 
     def __repr__(self) -> str:
         return f"FetchCache({str(self.directory)!r}, size_limit={self.size_limit})"
 
     # -- what the fetch path uses -------------------------------------------------------------
-    def lookup(
-        self, url: str, request_headers: Mapping[str, str], *, offline: bool, now: float,
-        scope: str = "",
-    ) -> tuple[str, LookupDecision]:
+    def key_for(
+        self, url: str, request_headers: Mapping[str, str], scope: str = ""
+    ) -> tuple[str, Mapping[str, str]]:
         """The key for ``url`` (in the URL policy's ``scope``, and the credentials' own space
-        when the request carries any) and the core's verdict on what is stored under it."""
+        when the request carries any), and the request fields the policy decides on."""
         tenant = self._tenants.tag(credential_material(url, request_headers))
         if tenant:
             scope = f"{scope}\0tenant:{tenant}"
             request_headers = policy_headers(url, request_headers)
-        key = cache_key(url, scope=scope)
+        return cache_key(url, scope=scope), request_headers
+
+    def lookup(
+        self, url: str, request_headers: Mapping[str, str], *, offline: bool, now: float,
+        scope: str = "",
+    ) -> tuple[str, LookupDecision]:
+        """The key for ``url`` (``key_for``) and the core's verdict on what is stored under
+        it."""
+        key, request_headers = self.key_for(url, request_headers, scope)
         job = self._pending.get(key)
-        stored = job.entry if job is not None else self.index.get(key)
+        if job is not None:
+            stored: CacheEntry | None = job.entry
+        elif self.memory is not None and self._generations is not None:
+            stamp = self._generations.stamp(key)  # before the index is read: see generations
+            stored = self.index.get(key)
+            if stored is not None and self.memory.fits(stored.size):
+                if len(self._tickets) >= MAX_TICKETS:
+                    self._tickets.clear()
+                self._tickets[key] = (stamp, stored)
+        else:
+            stored = self.index.get(key)
         decision = on_lookup(stored, request_headers, now, offline=offline,
                              caller_private_ok=self.allow_private)
         return key, decision
 
     def read(self, key: str, entry: CacheEntry, now: float) -> bytes | None:
-        """The stored body, or None (and the entry dropped) when its blob is gone or damaged."""
+        """The stored body, or None (and the entry dropped) when its blob is gone or damaged.
+        A body read from disk as the lookup found it joins the memory tier."""
         job = self._pending.get(key)
         if job is not None and job.entry.sha256 == entry.sha256:
             return job.content  # queued for the writer: served from memory
+        ticket = self._tickets.pop(key, None)
+        signature = None
+        if ticket is not None and ticket[1] is entry:
+            signature = self.blobs.signature(entry.sha256)  # before the bytes are read
         data = self.blobs.read(entry.sha256, entry.size, entry.seal)
         if data is None:
             self._lost(key, entry)
-        else:
-            self.index.touch(key, now)
+            return None
+        self.index.touch(key, now)
+        if signature is not None and ticket is not None and self.memory is not None:
+            self.memory.put(key, Held(entry, data, ticket[0], signature))
         return data
+
+    def held(self, key: str) -> Held | None:
+        """The memory copy of ``key``'s entry and body while it is what the disk holds: no
+        process changed the entry since it was read (its generation stamp), nothing queued
+        replaces it, and its blob file's signature is unchanged. Otherwise None (and a
+        copy that is no longer valid is dropped)."""
+        memory, generations = self.memory, self._generations
+        if memory is None or generations is None:
+            return None
+        held = memory.get(key)
+        if held is None:
+            return None
+        if (key in self._pending or not generations.still_valid(held.stamp)
+                or self.blobs.signature(held.entry.sha256) != held.signature):
+            memory.drop(key, held)
+            return None
+        return held
+
+    def used(self, key: str, now: float) -> None:
+        """Record that ``key`` was served (from memory): eviction keeps what is used."""
+        self.index.touch(key, now)
+
+    def _drop_memory(self, key: str | None = None) -> None:
+        if self.memory is not None:
+            if key is None:
+                self.memory.clear()
+            else:
+                self.memory.drop(key)
 
     def copy_to(self, key: str, entry: CacheEntry, target: Path, now: float) -> bool:
         """Publish the stored body at ``target`` (crash-safe); False when the blob is gone."""
@@ -186,6 +268,7 @@ class FetchCache:
         job = StoreJob(key, entry, content, sha256)  # hashed by the writer when sha256 is None
         with self._guard:
             self._pending[key] = job
+        self._drop_memory(key)
         return job, self._writer.submit(job)
 
     def store_bytes(self, key: str, entry: CacheEntry, content: bytes, sha256: str | None) -> bool:
@@ -235,6 +318,7 @@ class FetchCache:
             return False
         with self._guard:
             self._pending.pop(key, None)
+            self._drop_memory(key)
             total = self.index.commit(key, entry.with_body(digest, size, seal),
                                       blob_cost(size) if created else 0)
         if total is not None:
@@ -245,12 +329,14 @@ class FetchCache:
         """Write updated metadata (after a 304) for an entry whose blob is unchanged."""
         if key in self._pending:
             self.flush()  # its queued store must not land after (and over) this update
+        self._drop_memory(key)
         self.index.set(key, entry)
 
     def invalidate(self, key: str) -> None:
         """Forget the entry for ``key`` (its blob goes at the next prune if unreferenced)."""
         with self._guard:
             self._pending.pop(key, None)
+            self._drop_memory(key)
             self.index.delete(key)
 
     def blob_size(self, sha256: str) -> int | None:
@@ -307,6 +393,7 @@ class FetchCache:
     def clear(self) -> None:
         """Remove every entry and blob."""
         self.flush()
+        self._drop_memory()
         self.index.clear()
         self.blobs.clear()
         self.index.set_bytes(0)
@@ -329,9 +416,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _size_limit(value: int | str | None) -> int:
+def _memory_tier(directory: Path, size: int | str | None) -> MemoryTier | None:
+    """The memory tier for a cache in ``directory``: None when its size is 0, or when the
+    directory is on a filesystem other machines write (their writes reach no mapping here)."""
+    limit = _size_limit(size, "VLLM_FETCH_MEMORY_CACHE_SIZE", DEFAULT_MEMORY_SIZE)
+    if limit == 0:
+        return None
+    if shared_filesystem(fs_type(directory)) is not None:
+        logger.info("cache %s is on a shared filesystem: no memory tier", directory)
+        return None
+    return MemoryTier(limit)
+
+
+def _size_limit(
+    value: int | str | None, variable: str = "VLLM_FETCH_CACHE_SIZE",
+    default: int = DEFAULT_SIZE_LIMIT,
+) -> int:
     if value is None:
-        return env_size("VLLM_FETCH_CACHE_SIZE", DEFAULT_SIZE_LIMIT)
+        return env_size(variable, default)
     if isinstance(value, str):
         return parse_size(value)
     if value < 0:

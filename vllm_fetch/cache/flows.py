@@ -178,6 +178,16 @@ def serve_body(cache: FetchCache, start: Start, req: FetchRequest) -> Body | Non
     return _served(data, entry, req, decision.age, byte_range)
 
 
+def served_hit(data: bytes, decision: LookupDecision, req: FetchRequest) -> Body:
+    """A HIT answered from ``data``, the stored body's bytes, wherever they were read from
+    (the memory tier's fast path): the caller's size cap, then ``_served``."""
+    entry = decision.entry
+    assert entry is not None
+    byte_range = decision.byte_range
+    _check_size(entry.size if byte_range is None else byte_range.length, req)
+    return _served(data, entry, req, decision.age, byte_range)
+
+
 def _served(data: bytes, entry: CacheEntry, req: FetchRequest, age: float,
             byte_range: ByteRange | None = None) -> Body:
     """The stored response as served: its lines, the current ``Age`` (§5.1), and for a Range

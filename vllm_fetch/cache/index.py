@@ -13,6 +13,10 @@ worst lose entries, not run code. Keys:
 - ``s:<sha256>``: the seal (``cache/seal.py``) of the blob with that sha256, for a copy made by
   naming the sha256 alone (``download_file(expected_sha256=…)`` from any URL's copy).
 
+Every change of an entry (write, delete, eviction) and of the whole index (clear, rebuild) is
+announced in the cache directory's generation file (``generation_file``) after it committed,
+whether or not it succeeded, so no process keeps serving a memory copy of what changed.
+
 Only a proven corruption moves the index aside (fault D8, D11): when opening or using it
 fails, SQLite's own ``PRAGMA quick_check`` (read-only) decides. A damaged file is logged at
 WARNING, moved aside and rebuilt empty; a full disk, a read-only or locked database, locks that
@@ -39,6 +43,7 @@ import diskcache
 from ..core.cache_policy import CacheEntry
 from .blobs import is_sha256
 from .costs import ENTRY_COST
+from .generation_file import GenerationFile
 from .index_mutex import DirMutex, LockSupport, lock_support
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -103,8 +108,9 @@ class _ClosingLocal(threading.local):
 class Index:
     """diskcache behind a guard: any storage error is a warning and a miss, never a crash."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, generations: GenerationFile | None = None) -> None:
         self.directory = directory
+        self._generations = generations
         self._lock = threading.Lock()
         self._touched: dict[str, float] = {}
         self._warned: set[str] = set()
@@ -156,6 +162,7 @@ class Index:
                 logger.warning("cache index %s is corrupt (%s; its integrity check fails); "
                                "moving it aside and rebuilding it", self.directory, exc)
                 self._quarantine()
+                self._changed_all()
                 return self._open(rebuild=False)
             self._reopen_at = time.monotonic() + REOPEN_AFTER
             self._warn_once("open", "cache index %s cannot be used now (%s); it is left as it "
@@ -241,6 +248,7 @@ class Index:
             with contextlib.suppress(*_ERRORS):
                 db.close()
             self._quarantine()
+            self._changed_all()
             self._db = self._open(rebuild=False)
 
     def close(self) -> None:
@@ -248,6 +256,16 @@ class Index:
         if db is not None:
             with self._serialised():
                 db.close()
+
+    # -- generations --------------------------------------------------------------------------
+    def _changed(self, keys: list[str]) -> None:
+        if self._generations is not None:
+            for key in keys:
+                self._generations.changed(key)
+
+    def _changed_all(self) -> None:
+        if self._generations is not None:
+            self._generations.changed_all()
 
     # -- entries ------------------------------------------------------------------------------
     def get(self, key: str) -> CacheEntry | None:
@@ -282,7 +300,10 @@ class Index:
                     db.set(BYTES_KEY, total)
             return total
 
-        return self._guard("store", write, None)
+        try:
+            return self._guard("store", write, None)
+        finally:
+            self._changed([key for key, _, _ in items])
 
     def commit(self, key: str, entry: CacheEntry, added_bytes: int) -> int | None:
         """``commit_many`` for one entry."""
@@ -297,14 +318,20 @@ class Index:
         self._guard("delete", lambda db: db.delete("s:" + sha256), None)
 
     def set(self, key: str, entry: CacheEntry) -> bool:
-        return self._guard("store", lambda db: bool(db.set(key, entry.to_dict())), False)
+        try:
+            return self._guard("store", lambda db: bool(db.set(key, entry.to_dict())), False)
+        finally:
+            self._changed([key])
 
     def delete(self, key: str) -> None:
         def drop(db: diskcache.Cache) -> None:
             db.delete(key)
             db.delete("u:" + key)
 
-        self._guard("delete", drop, None)
+        try:
+            self._guard("delete", drop, None)
+        finally:
+            self._changed([key])
 
     def touch(self, key: str, now: float) -> None:
         """Record a use; at most one write per key per ``TOUCH_RESOLUTION`` in this process."""
@@ -338,7 +365,10 @@ class Index:
 
     def clear(self) -> None:
         self._touched.clear()
-        self._guard("clear", lambda db: db.clear(), 0)
+        try:
+            self._guard("clear", lambda db: db.clear(), 0)
+        finally:
+            self._changed_all()
 
     def raw(self) -> Any:
         """The diskcache object (None when bypassed), for tests and diagnostics."""

@@ -35,7 +35,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from json.encoder import encode_basestring as _json_string  # what json.dumps writes for a str
 from typing import Any, TypeVar
 from urllib.parse import urlunsplit
@@ -106,13 +106,20 @@ def cache_key(
     (``URLPolicy.cache_scope``) keeps entries recorded under a restricting URL policy apart:
     a stored body is only served to a caller whose policy was checked when it was fetched.
     """
-    fields = sorted((name.lower(), _normalize_field(v)) for name, v in (vary_headers or {}).items())
-    if fields:
-        parts: list[Any] = [normalize_url(url), fields, *([scope] if scope else [])]
-        text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
-    else:  # the same text as above, built without the JSON encoder's setup (every lookup)
-        text = f"[{_json_string(normalize_url(url))},[]" + (
-            f",{_json_string(scope)}]" if scope else "]")
+    if not vary_headers:
+        return _plain_key(url, scope)
+    fields = sorted((name.lower(), _normalize_field(v)) for name, v in vary_headers.items())
+    parts: list[Any] = [normalize_url(url), fields, *([scope] if scope else [])]
+    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def _plain_key(url: str, scope: str) -> str:
+    """``cache_key`` without Vary fields (every lookup): the same text as the JSON encoder
+    writes, built without its setup, and remembered per URL and scope (pure)."""
+    text = f"[{_json_string(normalize_url(url))},[]" + (
+        f",{_json_string(scope)}]" if scope else "]")
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -142,6 +149,8 @@ def vary_values(
 
 def vary_matches(entry: CacheEntry, request_headers: Mapping[str, str]) -> bool:
     """Whether this request selects the stored variant (§4.1)."""
+    if not entry.vary:
+        return True  # the common case, without a generator per lookup
     return all(
         _normalize_field(header(request_headers, name) or "") == value
         for name, value in entry.vary.items()
@@ -178,6 +187,9 @@ class CacheEntry:
 
     A STORE template has ``sha256 == ""`` and ``size == -1`` until the caller fills them in with
     ``with_body`` after hashing the complete body; templates are never served.
+
+    An entry never changes (``replace`` makes a new one): what the decisions derive from its
+    fields alone (its Cache-Control, freshness lifetime, age on receipt) is computed once.
     """
 
     url: str
@@ -206,9 +218,20 @@ class CacheEntry:
     def last_modified(self) -> str | None:
         return self.headers.get("last-modified")
 
-    @property
+    @cached_property
     def cache_control(self) -> dict[str, str | None]:
+        """The stored Cache-Control directives (shared: read, never change, the result)."""
         return parse_cache_control(self.headers.get("cache-control"))
+
+    @cached_property
+    def lifetime(self) -> float:
+        """``freshness_lifetime(self)``."""
+        return _freshness_lifetime(self)
+
+    @cached_property
+    def age_on_receipt(self) -> float:
+        """The age it had when received (§4.2.3: ``corrected_initial_age``)."""
+        return _age_on_receipt(self)
 
     @property
     def has_body(self) -> bool:
@@ -419,6 +442,10 @@ def _storability(
 
 def freshness_lifetime(entry: CacheEntry) -> float:
     """Seconds the entry is fresh for, measured from its origin (§4.2.1); 0 when unknown."""
+    return entry.lifetime
+
+
+def _freshness_lifetime(entry: CacheEntry) -> float:
     cc = entry.cache_control
     # s-maxage applies to shared caches (this one); a private entry (a cache made with
     # allow_private=True, one caller) is served as a private cache would serve it.
@@ -447,12 +474,16 @@ def _heuristic_lifetime(entry: CacheEntry) -> float:
 
 def current_age(entry: CacheEntry, now: float) -> float:
     """The entry's age at ``now`` (§4.2.3)."""
+    resident_time = max(0.0, now - entry.response_time)
+    return entry.age_on_receipt + resident_time
+
+
+def _age_on_receipt(entry: CacheEntry) -> float:
     date = _http_date(entry.headers.get("date"))
     apparent_age = 0.0 if date is None else max(0.0, entry.response_time - date)
     response_delay = max(0.0, entry.response_time - entry.request_time)
     corrected_age_value = _age_value(entry.headers.get("age")) + response_delay
-    resident_time = max(0.0, now - entry.response_time)
-    return max(apparent_age, corrected_age_value) + resident_time
+    return max(apparent_age, corrected_age_value)
 
 
 def age_header(age: float) -> str:
@@ -528,6 +559,17 @@ class LookupDecision:
     age: float = 0.0  # the entry's current age (§4.2.3), for a HIT
     byte_range: ByteRange | None = None  # a HIT answering a Range: serve a 206 of this range
     background: bool = False  # stale-while-revalidate: serve now, revalidate in the background
+
+    def __init__(
+        self, action: LookupAction, entry: CacheEntry | None = None,
+        headers: dict[str, str] | None = None, stale: bool = False, reason: str = "",
+        age: float = 0.0, byte_range: ByteRange | None = None, background: bool = False,
+    ) -> None:
+        """The dataclass's own ``__init__`` (kept by ``@dataclass``: it is defined here), one
+        ``__dict__`` update instead of an ``object.__setattr__`` per field (one per lookup)."""
+        self.__dict__.update(
+            action=action, entry=entry, headers={} if headers is None else headers,
+            stale=stale, reason=reason, age=age, byte_range=byte_range, background=background)
 
 
 def _unusable_reason(
