@@ -34,6 +34,22 @@ def split_url(url: str) -> tuple[SplitResult, str | None, int | None]:
     return parts, parts.hostname, parts.port
 
 
+#: Where an absolute URL's authority ends: at its first ``/``, ``?`` or ``#`` (as urlsplit
+#: finds it), matched from just after ``://``.
+_AUTHORITY = re.compile(r"[^/?#]*")
+
+
+def origin_prefix(url: str) -> str | None:
+    """``scheme://authority`` of ``url`` (everything before its path), or None when it has no
+    ``://``. urlsplit finds the same scheme and netloc in both (they end where the prefix
+    does), so what depends only on them (the host check, a redaction without query or
+    userinfo) is computed once per origin instead of once per URL."""
+    start = url.find("://")
+    if start < 0:
+        return None
+    return url[:_AUTHORITY.match(url, start + 3).end()]  # type: ignore[union-attr]
+
+
 def checked_split(url: str) -> tuple[SplitResult, str | None, int | None]:
     """:func:`split_url`, a parse failure (a bad port too) as ``InvalidURLError``."""
     try:
@@ -76,6 +92,20 @@ def redact_url(url: str) -> str:
     up to the last ``@`` is hidden, and the path too."""
     if not isinstance(url, str):
         return "<invalid URL>"
+    if "@" not in url and "?" not in url and "#" not in url and url.isprintable():
+        # nothing to hide and nothing urlsplit strips (tabs, newlines): the origin's redaction
+        # (remembered per origin) followed by the path as it is, as urlunsplit joins them
+        origin = origin_prefix(url)
+        if origin is not None and len(origin) < len(url):
+            redacted = _redact(origin)
+            if not redacted.startswith("<"):
+                return redacted + url[len(origin):]
+    return _redact(url)
+
+
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def _redact(url: str) -> str:
+    """:func:`redact_url` the long way: urlsplit, then urlunsplit of what is safe to show."""
     if _ambiguous_authority(url):
         return _redact_ambiguous(url)
     try:
@@ -116,11 +146,16 @@ def quote_url(url: str) -> str:
 _FORBIDDEN_BUT_SPACE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
+def has_forbidden_characters(url: str) -> bool:
+    """Whether ``url`` holds whitespace, a control character or a backslash (refused)."""
+    return _FORBIDDEN.search(url) is not None
+
+
 def validate_url(url: object) -> str:
     """Return ``url`` unchanged if it is an http(s) URL with a host; raise InvalidURLError."""
     if not isinstance(url, str) or not url:
         raise InvalidURLError("Invalid HTTP URL: empty or not a string")
-    if _FORBIDDEN.search(url):
+    if has_forbidden_characters(url):
         raise InvalidURLError(
             f"Invalid HTTP URL: contains whitespace, control characters or a backslash: "
             f"{redact_url(url)}"
