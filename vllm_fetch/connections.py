@@ -48,7 +48,7 @@ from .errors import (
     MediaRequestDownloadSizeExceededError,
 )
 from .mirroring import MirrorCalls, mark_body, mark_download
-from .retry_loop import ResultRetry, async_retrying, sync_retrying
+from .retry_loop import ResultRetry, aretry_failed, async_retrying, sync_retrying
 
 if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start faster
     import aiohttp
@@ -422,14 +422,24 @@ class HTTPConnection:
         """The awaitable of one body fetch (not a coroutine of its own: one frame less)."""
         calls = self._mirror_calls
         if not calls.mirrors:  # no mirror to route through: no coroutine layers for one
-            return async_retrying(calls.retry, req.deadline, "GET", req.url)(
-                self._async.fetch_body, req)
+            return self._afetch_origin(req)
 
         async def attempt(driver: AiohttpDriver, r: FetchRequest, retry: RetryPolicy) -> Body:
             return await async_retrying(retry, r.deadline, "GET", r.url)(driver.fetch_body, r)
 
         return self._mirror_calls.acall(req, self._async, self._mirror_async_driver,
                                               attempt, mark_body)
+
+    async def _afetch_origin(self, req: FetchRequest) -> Body:
+        """One body from the origin under the retry policy: the first attempt made here, the
+        retry loop built only after it failed."""
+        driver = self._async
+        try:
+            return await driver.fetch_body(req)
+        except Exception as exc:
+            first = exc  # retried outside the handler: the errors keep their context
+        return await aretry_failed(first, self._mirror_calls.retry, req.deadline, "GET",
+                                   req.url, driver.fetch_body, req)
 
     def _media_request(
         self, url: str, timeout: float | None, allow_redirects: bool, max_bytes: int | None,
@@ -453,7 +463,15 @@ class HTTPConnection:
             offline = self.offline
             cache = self._cache_for(req, use_cache, offline)
             if cache is None:
-                return await self._afetch(req)
+                if self._mirror_calls.mirrors:
+                    return await self._afetch(req)
+                driver = self._async  # as _afetch_origin, one coroutine less
+                try:
+                    return await driver.fetch_body(req)
+                except Exception as exc:
+                    first = exc  # retried outside the handler: the errors keep their context
+                return await aretry_failed(first, self._mirror_calls.retry, req.deadline,
+                                           "GET", req.url, driver.fetch_body, req)
             return await self._cached.abody(cache, req, self._async_io, offline=offline)
         except FetchError as exc:
             error = _as_async(exc)

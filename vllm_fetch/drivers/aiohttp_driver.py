@@ -323,20 +323,29 @@ class AiohttpDriver:
         meter.finish()
         return b"".join(parts)
 
-    async def fetch_body(self, req: FetchRequest) -> Body:
-        if not self.reuse_client:
-            async with self.call_session() as session:
-                return await self._fetch_body(session, req)
-        own = self._sessions.current()
-        return await self._fetch_body(own if own is not None else await self._sessions.get(), req)
-
-    async def _fetch_body(self, session: aiohttp.ClientSession, req: FetchRequest) -> Body:
-        response = await self.open(session, req)
+    async def fetch_body(
+        self, req: FetchRequest, session: aiohttp.ClientSession | None = None
+    ) -> Body:
+        """The final response's body, redirects followed (``session``: the running loop's own
+        one when None). One coroutine for the whole exchange: :meth:`open` inlined."""
+        if session is None:
+            if not self.reuse_client:
+                async with self.call_session() as fresh:
+                    return await self.fetch_body(req, fresh)
+            session = self._sessions.current()
+            if session is None:
+                session = await self._sessions.get()
+        chain = redirects.Chain(req, self.options)
+        while True:
+            response = await self._send(session, chain.url, chain.headers, req)
+            if chain.arrived(response.status, response.headers, response.release):
+                break
         async with response:
             url = str(response.url)
-            meter = response_meter(req, response.status, response.headers, redact_url(url),
+            status, headers = response.status, response.headers
+            if req.redirect_answers and reads_no_body(req, status, headers):
+                return Body(b"", status, headers, url)
+            meter = response_meter(req, status, headers, redact_url(url),
                                    reason=response.reason or "")
-            if reads_no_body(req, response.status, response.headers):
-                return Body(b"", response.status, response.headers, url)
             content = await self.read_body(response, meter, req, url)
-            return Body(content, response.status, response.headers, url, meter.sha256)
+            return Body(content, status, headers, url, meter.sha256)
