@@ -28,7 +28,12 @@ from .cache.settings import CacheArg, CacheSetting
 from .cache.shared_tier import SharedTier
 from .config import env_flag, env_float, env_str
 from .core.address_policy import Resolver, URLPolicy
-from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
+from .core.deadline import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    NO_DEADLINE,
+    Deadline,
+)
 from .core.media_limits import ByteBudget, CallBudget, MediaRequestDownloadBudget, media_cap
 from .core.mirrors import Mirrors, Route, parse_mirrors
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
@@ -320,7 +325,7 @@ class HTTPConnection:
             url=url,
             headers=request_headers(self.options.user_agent, extra_headers,
                                     extra_defaults=DEFAULT_HEADERS),
-            deadline=Deadline(timeout),
+            deadline=NO_DEADLINE if timeout is None else Deadline(timeout),
             allow_redirects=allow_redirects,
             max_bytes=cap,
             cache_scope=self.url_policy.cache_scope,
@@ -463,9 +468,9 @@ class HTTPConnection:
             offline = self.offline
             cache = self._cache_for(req, use_cache, offline)
             if cache is None:
-                if self._mirror_calls.mirrors:
+                if self._mirror_calls.routed:
                     return await self._afetch(req)
-                driver = self._async  # as _afetch_origin, one coroutine less
+                driver = self._async_driver or self._async  # as _afetch_origin, inlined
                 try:
                     return await driver.fetch_body(req)
                 except Exception as exc:

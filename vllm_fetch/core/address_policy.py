@@ -22,8 +22,8 @@ import idna
 
 from ..errors import BlockedURLError, InvalidURLError
 from .urls import (
+    FORBIDDEN_CHARACTERS,
     URL_CACHE_SIZE,
-    has_forbidden_characters,
     origin_of,
     origin_prefix,
     quote_url,
@@ -165,7 +165,7 @@ def checked_host(url: str) -> str:
     inference server fetches is new; its origins are few). A refusal is raised by the check of
     the URL itself, with its own message (exceptions are never cached).
     """
-    if isinstance(url, str) and url and not has_forbidden_characters(url):
+    if isinstance(url, str) and url and FORBIDDEN_CHARACTERS.search(url) is None:
         origin = origin_prefix(url)
         if origin is not None:
             try:

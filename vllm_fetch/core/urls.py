@@ -12,7 +12,7 @@ ALLOWED_SCHEMES = frozenset({"http", "https"})
 
 # Characters that parse differently between URL parsers (WHATWG vs RFC 3986) or that would let a
 # URL smuggle a second request line. Refuse them instead of guessing which parser is right.
-_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
+_FORBIDDEN = FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x20\x7f\\]")
 
 # Characters requests (``requote_uri``) and yarl percent-encode in a path, query or fragment
 # without changing what a valid URL means: a space, ``"<>^`{|}`` and non-ASCII (as UTF-8).
@@ -146,16 +146,11 @@ def quote_url(url: str) -> str:
 _FORBIDDEN_BUT_SPACE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
-def has_forbidden_characters(url: str) -> bool:
-    """Whether ``url`` holds whitespace, a control character or a backslash (refused)."""
-    return _FORBIDDEN.search(url) is not None
-
-
 def validate_url(url: object) -> str:
     """Return ``url`` unchanged if it is an http(s) URL with a host; raise InvalidURLError."""
     if not isinstance(url, str) or not url:
         raise InvalidURLError("Invalid HTTP URL: empty or not a string")
-    if has_forbidden_characters(url):
+    if _FORBIDDEN.search(url):
         raise InvalidURLError(
             f"Invalid HTTP URL: contains whitespace, control characters or a backslash: "
             f"{redact_url(url)}"

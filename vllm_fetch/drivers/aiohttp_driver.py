@@ -18,7 +18,7 @@ from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.proxy_refusal import proxy_refused
 from ..core.request import FetchRequest, TransportOptions
-from ..core.responses import reads_no_body, response_meter
+from ..core.responses import REDIRECT_STATUSES, reads_no_body, response_meter
 from ..core.results import Body
 from ..core.urls import redact_url
 from ..errors import (
@@ -263,9 +263,9 @@ class AiohttpDriver:
             if route is None:
                 route = await environment_route(target)
             proxy_headers = None
-            if route is not NO_ROUTE:
+            if route.proxy is not None or route.auth is not None:
                 headers, proxy_headers = route.credentials(target, headers)
-            context = ca_context() if target.scheme == "https" else None
+            context = ca_context() if url[:6].lower() == "https:" else None
             return await session.get(
                 target, headers=headers, allow_redirects=False, timeout=timeout,
                 read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
@@ -308,13 +308,14 @@ class AiohttpDriver:
         """The whole body, accounted as :meth:`iter_body` does, without an async generator
         per response (each one costs a loop hook and a weak set entry)."""
         safe = redact_url(url)
-        deadline = req.deadline
+        check = req.deadline.check if req.deadline.timeout is not None else None
         parts = []
         readany = response.content.readany  # what iter_any() awaits, without its iterator
         try:
             while chunk := await readany():
                 meter.feed(chunk)
-                deadline.check(safe)
+                if check is not None:
+                    check(safe)
                 parts.append(chunk)
         except FetchError:
             raise
@@ -335,17 +336,23 @@ class AiohttpDriver:
             session = self._sessions.current()
             if session is None:
                 session = await self._sessions.get()
-        chain = redirects.Chain(req, self.options)
+        url, headers = req.send_url or req.url, req.headers
+        chain = None  # made by the first redirect: most answers are final
         while True:
-            response = await self._send(session, chain.url, chain.headers, req)
+            response = await self._send(session, url, headers, req)
+            if response.status not in REDIRECT_STATUSES:
+                break
+            if chain is None:
+                chain = redirects.Chain(req, self.options)
             if chain.arrived(response.status, response.headers, response.release):
                 break
+            url, headers = chain.url, chain.headers
         async with response:
             url = str(response.url)
-            status, headers = response.status, response.headers
-            if req.redirect_answers and reads_no_body(req, status, headers):
-                return Body(b"", status, headers, url)
-            meter = response_meter(req, status, headers, redact_url(url),
+            status, answer = response.status, response.headers
+            if req.redirect_answers and reads_no_body(req, status, answer):
+                return Body(b"", status, answer, url)
+            meter = response_meter(req, status, answer, redact_url(url),
                                    reason=response.reason or "")
             content = await self.read_body(response, meter, req, url)
-            return Body(content, status, headers, url, meter.sha256)
+            return Body(content, status, answer, url, meter.sha256)
