@@ -259,9 +259,9 @@ class AiohttpDriver:
             )
         try:
             target = URL(url, encoded=True)
-            route = known_route(target) if self.options.trust_env else NO_ROUTE
+            route = known_route(target, url) if self.options.trust_env else NO_ROUTE
             if route is None:
-                route = await environment_route(target)
+                route = await environment_route(target, url)
             proxy_headers = None
             if route.proxy is not None or route.auth is not None:
                 headers, proxy_headers = route.credentials(target, headers)
@@ -302,28 +302,6 @@ class AiohttpDriver:
                 yield chunk
         meter.finish()
 
-    async def read_body(
-        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest, url: str
-    ) -> bytes:
-        """The whole body, accounted as :meth:`iter_body` does, without an async generator
-        per response (each one costs a loop hook and a weak set entry)."""
-        safe = redact_url(url)
-        check = req.deadline.check if req.deadline.timeout is not None else None
-        parts = []
-        readany = response.content.readany  # what iter_any() awaits, without its iterator
-        try:
-            while chunk := await readany():
-                meter.feed(chunk)
-                if check is not None:
-                    check(safe)
-                parts.append(chunk)
-        except FetchError:
-            raise
-        except Exception as exc:  # as _MappedErrors does, without a context manager per body
-            raise map_error(exc, url) from exc
-        meter.finish()
-        return b"".join(parts)
-
     async def fetch_body(
         self, req: FetchRequest, session: aiohttp.ClientSession | None = None
     ) -> Body:
@@ -352,7 +330,22 @@ class AiohttpDriver:
             status, answer = response.status, response.headers
             if req.redirect_answers and reads_no_body(req, status, answer):
                 return Body(b"", status, answer, url)
-            meter = response_meter(req, status, answer, redact_url(url),
-                                   reason=response.reason or "")
-            content = await self.read_body(response, meter, req, url)
-            return Body(content, status, answer, url, meter.sha256)
+            safe = redact_url(url)
+            meter = response_meter(req, status, answer, safe, reason=response.reason or "")
+            # the body read as iter_body accounts it, without an async generator per response
+            # (each one costs a loop hook and a weak set entry) or a context manager
+            check = req.deadline.check if req.deadline.timeout is not None else None
+            parts = []
+            readany = response.content.readany  # what iter_any() awaits, without its iterator
+            try:
+                while chunk := await readany():
+                    meter.feed(chunk)
+                    if check is not None:
+                        check(safe)
+                    parts.append(chunk)
+            except FetchError:
+                raise
+            except Exception as exc:  # as _MappedErrors maps them
+                raise map_error(exc, url) from exc
+            meter.finish()
+            return Body(b"".join(parts), status, answer, url, meter.sha256)
