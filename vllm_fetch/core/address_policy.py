@@ -157,8 +157,10 @@ def normalize_host(host: str) -> str:
         raise InvalidURLError("Invalid HTTP URL: the host is not a valid IDNA name") from None
 
 
+@lru_cache(maxsize=URL_CACHE_SIZE)
 def checked_host(url: str) -> str:
-    """``validate_url`` then ``dialed_host``: the host to check, remembered per origin.
+    """``validate_url`` then ``dialed_host``: the host to check, remembered per URL (a URL
+    asked for again, a cache hit's, costs a lookup) and per origin.
 
     Both depend only on the scheme and authority once the whole URL has passed the character
     check, so an origin checked once is not parsed again for each of its URLs (every URL an

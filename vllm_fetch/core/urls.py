@@ -89,7 +89,8 @@ def _redact_ambiguous(url: str) -> str:
 def redact_url(url: str) -> str:
     """The URL without userinfo, query or fragment: safe for messages and logs. When an ``@``
     stands outside the parsed authority (a password holding ``?``, ``#``, ``/`` …), everything
-    up to the last ``@`` is hidden, and the path too."""
+    up to the last ``@`` is hidden, and the path too. Remembered per URL (a URL asked for
+    again, a cache hit's, costs a lookup) and, for a new URL, per origin."""
     if not isinstance(url, str):
         return "<invalid URL>"
     if "@" not in url and "?" not in url and "#" not in url and url.isprintable():
