@@ -28,7 +28,12 @@ from .cache.settings import CacheArg, CacheSetting
 from .cache.shared_tier import SharedTier
 from .config import env_flag, env_float, env_str
 from .core.address_policy import Resolver, URLPolicy
-from .core.deadline import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Deadline
+from .core.deadline import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    NO_DEADLINE,
+    Deadline,
+)
 from .core.media_limits import ByteBudget, CallBudget, MediaRequestDownloadBudget, media_cap
 from .core.mirrors import Mirrors, Route, parse_mirrors
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
@@ -48,7 +53,7 @@ from .errors import (
     MediaRequestDownloadSizeExceededError,
 )
 from .mirroring import MirrorCalls, mark_body, mark_download
-from .retry_loop import ResultRetry, async_retrying, sync_retrying
+from .retry_loop import ResultRetry, aretry_failed, async_retrying, sync_retrying
 
 if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start faster
     import aiohttp
@@ -321,7 +326,7 @@ class HTTPConnection:
             url=url,
             headers=request_headers(self.options.user_agent, extra_headers,
                                     extra_defaults=DEFAULT_HEADERS),
-            deadline=Deadline(timeout),
+            deadline=NO_DEADLINE if timeout is None else Deadline(timeout),
             allow_redirects=allow_redirects,
             max_bytes=cap,
             cache_scope=self.url_policy.cache_scope,
@@ -423,14 +428,24 @@ class HTTPConnection:
         """The awaitable of one body fetch (not a coroutine of its own: one frame less)."""
         calls = self._mirror_calls
         if not calls.mirrors:  # no mirror to route through: no coroutine layers for one
-            return async_retrying(calls.retry, req.deadline, "GET", req.url)(
-                self._async.fetch_body, req)
+            return self._afetch_origin(req)
 
         async def attempt(driver: AiohttpDriver, r: FetchRequest, retry: RetryPolicy) -> Body:
             return await async_retrying(retry, r.deadline, "GET", r.url)(driver.fetch_body, r)
 
         return self._mirror_calls.acall(req, self._async, self._mirror_async_driver,
                                               attempt, mark_body)
+
+    async def _afetch_origin(self, req: FetchRequest) -> Body:
+        """One body from the origin under the retry policy: the first attempt made here, the
+        retry loop built only after it failed."""
+        driver = self._async
+        try:
+            return await driver.fetch_body(req)
+        except Exception as exc:
+            first = exc  # retried outside the handler: the errors keep their context
+        return await aretry_failed(first, self._mirror_calls.retry, req.deadline, "GET",
+                                   req.url, driver.fetch_body, req)
 
     def _media_request(
         self, url: str, timeout: float | None, allow_redirects: bool, max_bytes: int | None,
@@ -456,7 +471,15 @@ class HTTPConnection:
             offline = self.offline
             cache = self._cache_for(req, use_cache, offline)
             if cache is None:
-                return await self._afetch(req)
+                if self._mirror_calls.routed:
+                    return await self._afetch(req)
+                driver = self._async_driver or self._async  # as _afetch_origin, inlined
+                try:
+                    return await driver.fetch_body(req)
+                except Exception as exc:
+                    first = exc  # retried outside the handler: the errors keep their context
+                return await aretry_failed(first, self._mirror_calls.retry, req.deadline,
+                                           "GET", req.url, driver.fetch_body, req)
             if not offline and (held := memory_body(cache, req)) is not None:
                 return held  # the same fast path as the sync side's: nothing to await
             return await self._cached.abody(cache, req, self._async_io, offline=offline)

@@ -170,6 +170,11 @@ class AsyncRetry(_Loop):
             if self.on_result is None or self.is_final(result):
                 return result
             replay = _Replay(result, failed=False)
+        return await self.after(replay, fn, *args, **kwargs)
+
+    async def after(self, replay: _Replay, fn: Callable[..., Awaitable[T]], *args: Any,
+                    **kwargs: Any) -> T:
+        """The first attempt's outcome replayed into tenacity, which runs every retry."""
 
         async def attempt(*a: Any, **kw: Any) -> T:
             return cast(T, replay()) if replay.fresh else await fn(*a, **kw)
@@ -192,3 +197,14 @@ def async_retrying(
 ) -> AsyncRetry:
     """The async twin of :func:`sync_retrying`."""
     return AsyncRetry(policy, deadline, what, url, on_result)
+
+
+async def aretry_failed(
+    error: Exception, policy: RetryPolicy, deadline: Deadline, what: str, url: str,
+    fn: Callable[..., Awaitable[T]], *args: Any,
+) -> T:
+    """What :func:`async_retrying` does once a first attempt (made by the caller, without any
+    retry object: the common case succeeds) raised ``error``: retry ``fn(*args)`` under
+    ``policy``, as if that attempt had run inside the loop."""
+    retry = AsyncRetry(policy, deadline, what, url, None)
+    return await retry.after(_Replay(error, failed=True), fn, *args)

@@ -21,7 +21,16 @@ from urllib.parse import urljoin
 import idna
 
 from ..errors import BlockedURLError, InvalidURLError
-from .urls import URL_CACHE_SIZE, origin_of, quote_url, redact_url, split_url, validate_url
+from .urls import (
+    FORBIDDEN_CHARACTERS,
+    URL_CACHE_SIZE,
+    origin_of,
+    origin_prefix,
+    quote_url,
+    redact_url,
+    split_url,
+    validate_url,
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -150,8 +159,26 @@ def normalize_host(host: str) -> str:
 
 @lru_cache(maxsize=URL_CACHE_SIZE)
 def checked_host(url: str) -> str:
-    """``validate_url`` then ``dialed_host``: the host to check, remembered per URL (both are
-    pure; a refused URL raises every time, as exceptions are never cached)."""
+    """``validate_url`` then ``dialed_host``: the host to check, remembered per URL (a URL
+    asked for again, a cache hit's, costs a lookup) and per origin.
+
+    Both depend only on the scheme and authority once the whole URL has passed the character
+    check, so an origin checked once is not parsed again for each of its URLs (every URL an
+    inference server fetches is new; its origins are few). A refusal is raised by the check of
+    the URL itself, with its own message (exceptions are never cached).
+    """
+    if isinstance(url, str) and url and FORBIDDEN_CHARACTERS.search(url) is None:
+        origin = origin_prefix(url)
+        if origin is not None:
+            try:
+                return _checked_host(origin)
+            except InvalidURLError:
+                pass
+    return _checked_host(url)
+
+
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def _checked_host(url: str) -> str:
     validate_url(url)
     return dialed_host(url)
 
@@ -242,7 +269,8 @@ class URLPolicy:
     def check_url(self, url: str) -> str:
         """Validate ``url`` and refuse it if the policy forbids its host. Returns it unchanged."""
         host = checked_host(url)
-        if host in self.trusted_hosts:
+        if host in self.trusted_hosts or (not self.block_private_ips
+                                          and self.allowed_domains is None):
             return url
         safe = redact_url(url)
         if self.allowed_domains is not None and host not in self.allowed_domains:

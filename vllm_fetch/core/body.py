@@ -46,6 +46,8 @@ def parse_content_length(headers: Mapping[str, str], url: str) -> int | None:
         # RFC 9112 §6.3: the framing is ambiguous (a smuggling vector); never guess
         raise ResponseHeadersError(
             f"both Content-Length and Transfer-Encoding from {url}", url=url)
+    if raw.isdigit() and raw.isascii():
+        return int(raw)  # one plain number: the common case, without the checks below
     values = {v.strip() for v in raw.split(",")}
     if len(values) != 1:
         raise ResponseHeadersError(f"conflicting Content-Length {raw!r} from {url}", url=url)
@@ -53,6 +55,26 @@ def parse_content_length(headers: Mapping[str, str], url: str) -> int | None:
     if not _DIGITS.fullmatch(value):
         raise ResponseHeadersError(f"invalid Content-Length {raw!r} from {url}", url=url)
     return int(value)
+
+
+def wire_length(headers: Mapping[str, str], url: str) -> int | None:
+    """The Content-Length a body must reach on the wire, or None when the body is content-coded
+    (its length counts encoded bytes) or unannounced: :func:`parse_content_length` (a bad
+    value refused) and :func:`is_encoded` in one pass, as every response's meter asks."""
+    if type(headers) not in CASE_INSENSITIVE_TYPES:
+        length = parse_content_length(headers, url)
+        return None if is_encoded(headers) else length
+    raw = headers.get("Content-Length")
+    if raw is None:
+        return None
+    if not (raw.isdigit() and raw.isascii()) or headers.get("Transfer-Encoding") is not None:
+        length = parse_content_length(headers, url)  # the refusals, and their messages
+    else:
+        length = int(raw)
+    encoding = headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        return None
+    return length
 
 
 def announced_length(headers: Mapping[str, str]) -> int | None:
@@ -113,8 +135,11 @@ class BodyMeter:
         self.received = offset
         want_hash = hash_body or expected_sha256 is not None
         self._hash = hasher if hasher is not None else (hashlib.sha256() if want_hash else None)
-        refuse_oversized(expected_length, max_bytes, url, media=media_limit)
-        if None not in (expected_size, expected_length) and expected_length != expected_size:
+        if expected_length is None:
+            return  # nothing announced: every check below is made as the bytes arrive
+        if max_bytes is not None and expected_length > max_bytes:
+            refuse_oversized(expected_length, max_bytes, url, media=media_limit)
+        if expected_size is not None and expected_length != expected_size:
             raise ChecksumMismatchError(
                 f"{url} announces {expected_length} bytes, expected {expected_size}", url=url
             )

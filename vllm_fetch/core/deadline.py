@@ -61,3 +61,8 @@ class Deadline:
             return AttemptTimeouts(connect=connect, read=idle, total=None)
         rest = max(rest, 0.001)
         return AttemptTimeouts(connect=min(connect, rest), read=min(idle, rest), total=rest)
+
+
+#: The deadline of every call without a timeout: it holds no state (nothing ever expires), so
+#: one object serves them all instead of one per call.
+NO_DEADLINE = Deadline(None)

@@ -6,7 +6,7 @@ import codecs
 from collections.abc import Mapping
 
 from ..errors import HTTPStatusError
-from .body import BodyMeter, header, is_encoded, parse_content_length
+from .body import BodyMeter, header, wire_length
 from .header_fields import combined_view
 from .request import FetchRequest
 
@@ -47,13 +47,14 @@ def response_meter(
     error: it has no body, so its meter expects nothing (its Content-Length, if any, describes
     the stored representation, RFC 9110 §15.4.5).
     """
-    if (status == 304 and req.accept_not_modified) or reads_no_body(req, status, headers):
+    if (status == 304 and req.accept_not_modified) or (
+            req.redirect_answers and reads_no_body(req, status, headers)):
         return BodyMeter(url)
-    check_status(status, url, reason=reason, headers=headers)
-    length = parse_content_length(headers, url)
+    if not 200 <= status < 300:
+        check_status(status, url, reason=reason, headers=headers)
     return BodyMeter(
         url,
-        expected_length=None if is_encoded(headers) else length,
+        expected_length=wire_length(headers, url),
         max_bytes=req.max_bytes,
         expected_size=req.expected_size,
         expected_sha256=req.expected_sha256,

@@ -12,7 +12,7 @@ ALLOWED_SCHEMES = frozenset({"http", "https"})
 
 # Characters that parse differently between URL parsers (WHATWG vs RFC 3986) or that would let a
 # URL smuggle a second request line. Refuse them instead of guessing which parser is right.
-_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
+_FORBIDDEN = FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x20\x7f\\]")
 
 # Characters requests (``requote_uri``) and yarl percent-encode in a path, query or fragment
 # without changing what a valid URL means: a space, ``"<>^`{|}`` and non-ASCII (as UTF-8).
@@ -32,6 +32,22 @@ def split_url(url: str) -> tuple[SplitResult, str | None, int | None]:
     those properties parses the netloc again). Raises ValueError as they do."""
     parts = urlsplit(url)
     return parts, parts.hostname, parts.port
+
+
+#: Where an absolute URL's authority ends: at its first ``/``, ``?`` or ``#`` (as urlsplit
+#: finds it), matched from just after ``://``.
+_AUTHORITY = re.compile(r"[^/?#]*")
+
+
+def origin_prefix(url: str) -> str | None:
+    """``scheme://authority`` of ``url`` (everything before its path), or None when it has no
+    ``://``. urlsplit finds the same scheme and netloc in both (they end where the prefix
+    does), so what depends only on them (the host check, a redaction without query or
+    userinfo) is computed once per origin instead of once per URL."""
+    start = url.find("://")
+    if start < 0:
+        return None
+    return url[:_AUTHORITY.match(url, start + 3).end()]  # type: ignore[union-attr]
 
 
 def checked_split(url: str) -> tuple[SplitResult, str | None, int | None]:
@@ -73,9 +89,24 @@ def _redact_ambiguous(url: str) -> str:
 def redact_url(url: str) -> str:
     """The URL without userinfo, query or fragment: safe for messages and logs. When an ``@``
     stands outside the parsed authority (a password holding ``?``, ``#``, ``/`` …), everything
-    up to the last ``@`` is hidden, and the path too."""
+    up to the last ``@`` is hidden, and the path too. Remembered per URL (a URL asked for
+    again, a cache hit's, costs a lookup) and, for a new URL, per origin."""
     if not isinstance(url, str):
         return "<invalid URL>"
+    if "@" not in url and "?" not in url and "#" not in url and url.isprintable():
+        # nothing to hide and nothing urlsplit strips (tabs, newlines): the origin's redaction
+        # (remembered per origin) followed by the path as it is, as urlunsplit joins them
+        origin = origin_prefix(url)
+        if origin is not None and len(origin) < len(url):
+            redacted = _redact(origin)
+            if not redacted.startswith("<"):
+                return redacted + url[len(origin):]
+    return _redact(url)
+
+
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def _redact(url: str) -> str:
+    """:func:`redact_url` the long way: urlsplit, then urlunsplit of what is safe to show."""
     if _ambiguous_authority(url):
         return _redact_ambiguous(url)
     try:

@@ -18,7 +18,7 @@ from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.proxy_refusal import proxy_refused
 from ..core.request import FetchRequest, TransportOptions
-from ..core.responses import reads_no_body, response_meter
+from ..core.responses import REDIRECT_STATUSES, reads_no_body, response_meter
 from ..core.results import Body
 from ..core.urls import redact_url
 from ..errors import (
@@ -259,13 +259,13 @@ class AiohttpDriver:
             )
         try:
             target = URL(url, encoded=True)
-            route = known_route(target) if self.options.trust_env else NO_ROUTE
+            route = known_route(target, url) if self.options.trust_env else NO_ROUTE
             if route is None:
-                route = await environment_route(target)
+                route = await environment_route(target, url)
             proxy_headers = None
-            if route is not NO_ROUTE:
+            if route.proxy is not None or route.auth is not None:
                 headers, proxy_headers = route.credentials(target, headers)
-            context = ca_context() if target.scheme == "https" else None
+            context = ca_context() if url[:6].lower() == "https:" else None
             return await session.get(
                 target, headers=headers, allow_redirects=False, timeout=timeout,
                 read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
@@ -302,41 +302,50 @@ class AiohttpDriver:
                 yield chunk
         meter.finish()
 
-    async def read_body(
-        self, response: aiohttp.ClientResponse, meter: BodyMeter, req: FetchRequest, url: str
-    ) -> bytes:
-        """The whole body, accounted as :meth:`iter_body` does, without an async generator
-        per response (each one costs a loop hook and a weak set entry)."""
-        safe = redact_url(url)
-        deadline = req.deadline
-        parts = []
-        readany = response.content.readany  # what iter_any() awaits, without its iterator
-        try:
-            while chunk := await readany():
-                meter.feed(chunk)
-                deadline.check(safe)
-                parts.append(chunk)
-        except FetchError:
-            raise
-        except Exception as exc:  # as _MappedErrors does, without a context manager per body
-            raise map_error(exc, url) from exc
-        meter.finish()
-        return b"".join(parts)
-
-    async def fetch_body(self, req: FetchRequest) -> Body:
-        if not self.reuse_client:
-            async with self.call_session() as session:
-                return await self._fetch_body(session, req)
-        own = self._sessions.current()
-        return await self._fetch_body(own if own is not None else await self._sessions.get(), req)
-
-    async def _fetch_body(self, session: aiohttp.ClientSession, req: FetchRequest) -> Body:
-        response = await self.open(session, req)
+    async def fetch_body(
+        self, req: FetchRequest, session: aiohttp.ClientSession | None = None
+    ) -> Body:
+        """The final response's body, redirects followed (``session``: the running loop's own
+        one when None). One coroutine for the whole exchange: :meth:`open` inlined."""
+        if session is None:
+            if not self.reuse_client:
+                async with self.call_session() as fresh:
+                    return await self.fetch_body(req, fresh)
+            session = self._sessions.current()
+            if session is None:
+                session = await self._sessions.get()
+        url, headers = req.send_url or req.url, req.headers
+        chain = None  # made by the first redirect: most answers are final
+        while True:
+            response = await self._send(session, url, headers, req)
+            if response.status not in REDIRECT_STATUSES:
+                break
+            if chain is None:
+                chain = redirects.Chain(req, self.options)
+            if chain.arrived(response.status, response.headers, response.release):
+                break
+            url, headers = chain.url, chain.headers
         async with response:
             url = str(response.url)
-            meter = response_meter(req, response.status, response.headers, redact_url(url),
-                                   reason=response.reason or "")
-            if reads_no_body(req, response.status, response.headers):
-                return Body(b"", response.status, response.headers, url)
-            content = await self.read_body(response, meter, req, url)
-            return Body(content, response.status, response.headers, url, meter.sha256)
+            status, answer = response.status, response.headers
+            if req.redirect_answers and reads_no_body(req, status, answer):
+                return Body(b"", status, answer, url)
+            safe = redact_url(url)
+            meter = response_meter(req, status, answer, safe, reason=response.reason or "")
+            # the body read as iter_body accounts it, without an async generator per response
+            # (each one costs a loop hook and a weak set entry) or a context manager
+            check = req.deadline.check if req.deadline.timeout is not None else None
+            parts = []
+            readany = response.content.readany  # what iter_any() awaits, without its iterator
+            try:
+                while chunk := await readany():
+                    meter.feed(chunk)
+                    if check is not None:
+                        check(safe)
+                    parts.append(chunk)
+            except FetchError:
+                raise
+            except Exception as exc:  # as _MappedErrors maps them
+                raise map_error(exc, url) from exc
+            meter.finish()
+            return Body(b"".join(parts), status, answer, url, meter.sha256)

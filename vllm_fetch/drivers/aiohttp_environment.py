@@ -19,6 +19,7 @@ from aiohttp.helpers import (
 )
 from yarl import URL
 
+from ..core.urls import origin_prefix
 from .environment import EnvironmentMemo, home_netrc
 
 
@@ -76,18 +77,24 @@ def _route(url: URL) -> Route:
     return Route(proxy, proxy_auth, auth)
 
 
-def known_route(url: URL) -> Route | None:
-    """The remembered :func:`environment_route` of ``url``, or None when it must be computed
-    (no coroutine for the common case)."""
-    route: Route | None = _ENVIRONMENT.current().get((url.scheme, url.host))
+def _key(url: URL, text: str) -> str:
+    """What a route is remembered by: the ``scheme://authority`` the URL was parsed from
+    (the route depends on the scheme and host only; a finer key never mixes two answers)."""
+    return origin_prefix(text) or str(url.origin())
+
+
+def known_route(url: URL, text: str) -> Route | None:
+    """The remembered :func:`environment_route` of ``url`` (``text``: the string it was parsed
+    from), or None when it must be computed (no coroutine for the common case)."""
+    route: Route | None = _ENVIRONMENT.current().get(origin_prefix(text) or _key(url, text))
     return route
 
 
-async def environment_route(url: URL) -> Route:
+async def environment_route(url: URL, text: str) -> Route:
     """:func:`_route` for ``url``'s scheme and host, remembered until the environment or the
     netrc file changes; computed in a worker thread (it reads the netrc file) when new."""
     known = _ENVIRONMENT.current()
-    key = (url.scheme, url.host)
+    key = _key(url, text)
     route: Route | None = known.get(key)
     if route is None:
         route = known[key] = await asyncio.to_thread(_route, url)
