@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import secrets
@@ -264,6 +265,14 @@ class SegmentStore:
         if not accepts(parse_header(head), body, sha256, size, seal):
             return None
         return body
+
+    def check(self, sha256: str, where: Location, seal: str) -> bool | None:
+        """Whether the record at ``where`` is whole and its body hashes to ``sha256`` (None when
+        its segment is gone); nothing is dropped."""
+        got = self._read_at(where, sha256, where.length, seal)
+        if got is None and not self.path(where.segment).exists():
+            return None
+        return isinstance(got, bytes) and hashlib.sha256(got).hexdigest() == sha256
 
     def holder(self, sha256: str) -> tuple[Path, Location] | None:
         """The segment file holding this body's record, and where in it (None: not in one)."""

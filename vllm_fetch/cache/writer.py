@@ -34,7 +34,7 @@ from typing import Protocol
 from ..core.cache_policy import CacheEntry
 from .blobs import BlobStore
 from .costs import blob_cost
-from .index import Index
+from .index import Index, Placed
 from .seal import seal_of
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -207,7 +207,15 @@ class StoreWriter:
                 self._finished(job)
 
     def _write(self, group: list[StoreJob]) -> None:
-        outcomes = self._blobs.put_many([(job.content, job.entry.sha256) for job in group])
+        outcomes, placed = self._blobs.put_group(
+            [(job.content, job.entry.sha256, job.entry.seal) for job in group])
+        try:
+            self._record(group, outcomes, placed)
+        finally:
+            self._blobs.settle(placed)
+
+    def _record(self, group: list[StoreJob], outcomes: list[tuple[str, bool] | OSError],
+                placed: list[Placed]) -> None:
         written: list[tuple[StoreJob, int]] = []
         for job, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, OSError):
@@ -218,11 +226,14 @@ class StoreWriter:
                 written.append((job, blob_cost(job.entry.size) if outcome[1] else 0))
         # A job superseded meanwhile (invalidated, or a newer store for its key) only adds its
         # blob; its entry is not written. ``guard`` keeps invalidations out of this window.
+        # The segment records of the group are recorded in the same transaction.
         with self._guard:
             current = [(job, added, self._is_current(job)) for job, added in written]
             total = self._index.commit_many(
                 [(job.key, job.entry, added) for job, added, ok in current if ok],
-                extra_bytes=sum(added for _, added, ok in current if not ok))
+                extra_bytes=sum(added for _, added, ok in current if not ok), placed=placed)
+        if total is not None and self._blobs.segments is not None:
+            self._blobs.segments.placed(placed)
         for job, _ in written:
             job.committed = total is not None
             if job.done is not None:
