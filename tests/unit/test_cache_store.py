@@ -363,3 +363,25 @@ def test_last_use_is_the_store_until_served(tmp_path: Path) -> None:
         assert [used for *_, used in cache.index.items()] == [stored.stored_at]
     finally:
         cache.close()
+
+
+def test_a_group_commit_writes_what_diskcache_set_would(tmp_path: Path) -> None:
+    """Entries committed in one upsert read back through diskcache, replace an older value
+    kept in a file (that file is removed), and a value too big for a row still goes to one."""
+    cache = FetchCache(tmp_path / "c")
+    db = cache.index.raw()
+    key = cache_key("https://example.com/e")
+    db.set(key, {"x": "y" * 100_000})  # diskcache keeps it in a file of its own
+    files = [p for p in (tmp_path / "c" / "index").rglob("*.val")]
+    assert len(files) == 1
+    entry = fresh_entry("https://example.com/e").with_body(sha(b"e"), 1, "ab" * 16)
+    huge = fresh_entry("https://example.com/h").with_body(sha(b"h"), 1, "cd" * 16)
+    huge = huge.__class__(**{**huge.to_dict(), "headers": {"x-big": "z" * 40_000},
+                             "fields": (("X-Big", "z" * 40_000),)})
+    assert cache.index.commit_many([(key, entry, 4096), ("h" * 64, huge, 4096)]) is not None
+    assert cache.index.get(key) == entry and cache.index.get("h" * 64) == huge
+    assert not files[0].exists()
+    assert len(list((tmp_path / "c" / "index").rglob("*.val"))) == 1  # the huge entry's
+    assert cache.index.seal_of(sha(b"e")) == "ab" * 16
+    assert len(db) == 5  # two entries, two seals, the byte total
+    cache.close()
