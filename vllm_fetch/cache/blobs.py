@@ -189,14 +189,17 @@ class BlobStore:
         staged_digests: set[str] = set()
         packed: list[tuple[int, str, str, bytes | memoryview]] = []  # (slot, sha, seal, data)
         root = os.fspath(self.root)  # plain strings: pathlib costs ~8 us a blob on this thread
-        for data, sha256, seal in items:
-            digest = sha256 or hashlib.sha256(data).hexdigest()
+        digests = [sha256 or hashlib.sha256(data).hexdigest() for data, sha256, _ in items]
+        in_segments = self.segments.known(
+            [d for d, (data, _, _) in zip(digests, items, strict=True)
+             if len(data) <= SEGMENT_BODY_MAX]) if self.segments is not None else set()
+        for digest, (data, _, seal) in zip(digests, items, strict=True):
             outcomes.append((digest, False))
-            if digest in staged_digests:
+            if digest in staged_digests or digest in in_segments:
                 continue
             final = os.path.join(root, digest[:2], digest[2:])
             small = self.segments is not None and len(data) <= SEGMENT_BODY_MAX
-            if (small and self._located(digest) is not None) or os.path.exists(final):
+            if os.path.exists(final):
                 continue
             staged_digests.add(digest)
             if small:

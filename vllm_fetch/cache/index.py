@@ -344,6 +344,19 @@ class Index:
 
         return self._guard("lookup", find, None)
 
+    def located(self, shas: list[str]) -> set[str]:
+        """Which of these bodies have a segment record (one query for a whole group)."""
+        def find(db: diskcache.Cache) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(shas), 500):
+                part = shas[start:start + 500]
+                found.update(sha for (sha,) in db._con.execute(
+                    f"SELECT sha256 FROM Segments WHERE sha256 IN ({', '.join('?' * len(part))})",
+                    part))
+            return found
+
+        return self._guard("lookup", find, set()) if shas else set()
+
     def locations(self) -> dict[str, tuple[Location, str, float]]:
         """Every segment record the index points at: sha256 → (where, seal, stored at)."""
         def every(db: diskcache.Cache) -> dict[str, tuple[Location, str, float]]:

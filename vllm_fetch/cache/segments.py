@@ -223,6 +223,12 @@ class SegmentStore:
             self._where[sha256] = found
         return found
 
+    def known(self, shas: list[str]) -> set[str]:
+        """Which of these bodies already have a record (this process's hints, then one index
+        query for the rest): a store of one of them writes nothing new."""
+        hinted = {sha for sha in shas if sha in self._where}
+        return hinted | self.index.located([sha for sha in shas if sha not in hinted])
+
     def read(self, sha256: str, size: int, seal: str | None) -> bytes | Damaged | None:
         """The body, None when no record of it is known (or its segment is gone), or DAMAGED
         when the record there is not the body: the index's record of it is then dropped."""
