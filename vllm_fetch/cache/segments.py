@@ -323,7 +323,10 @@ class SegmentStore:
         with self._lock:
             active = self._active
             if active is not None and active.name in plan:
-                self._retire()
+                if active.inflight:  # records of it may still be on their way to the index
+                    plan.remove(active.name)
+                else:
+                    self._retire()
         by_segment: dict[str, list[tuple[str, Location, str]]] = {}
         for sha, (where, seal, _) in live.items():
             by_segment.setdefault(where.segment, []).append((sha, where, seal))

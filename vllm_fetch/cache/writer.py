@@ -223,12 +223,14 @@ class StoreWriter:
         outcomes, placed = self._blobs.put_group(
             [(job.content, job.entry.sha256, job.entry.seal) for job in group])
         try:
-            self._record(group, outcomes, placed)
+            total = self._record(group, outcomes, placed)
         finally:
             self._blobs.settle(placed)
+        if total is not None:
+            self._on_total(total)  # may evict and compact: after the group is settled
 
     def _record(self, group: list[StoreJob], outcomes: list[tuple[str, bool] | OSError],
-                placed: list[Placed]) -> None:
+                placed: list[Placed]) -> int | None:
         written: list[tuple[StoreJob, int]] = []
         for job, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, OSError):
@@ -253,8 +255,7 @@ class StoreWriter:
             job.committed = total is not None
             if job.done is not None:
                 job.done.set_result(total)
-        if total is not None:
-            self._on_total(total)
+        return total
 
 
 class ItemQueue(Protocol):
