@@ -32,3 +32,34 @@ def call(mode: str, conn: HTTPConnection, name: str, *args: Any, **kwargs: Any) 
 def leftovers(directory: Path) -> list[str]:
     """Files in a directory (temp files would show up here)."""
     return sorted(p.name for p in directory.iterdir())
+
+
+def stored_bytes(cache: Any, sha256: str) -> bytes:
+    """The body with this sha256 exactly as the cache holds it on disk: its own file, or the
+    body part of its record in a segment file (``BlobStore.holder``)."""
+    held = cache.blobs.holder(sha256)
+    assert held is not None, f"the cache holds no body {sha256}"
+    path, offset, length = held
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data: bytes = f.read(length)
+    return data
+
+
+def flip_stored_byte(cache: Any, sha256: str, at: int = 0) -> Path:
+    """Damage the stored body with this sha256 in place (one bit of its byte ``at``), as bit
+    rot or a stray write would, wherever it is held; the file that was changed."""
+    cache.flush()
+    held = cache.blobs.holder(sha256)
+    assert held is not None, f"the cache holds no body {sha256}"
+    path, offset, length = held
+    assert 0 <= at < length
+    mode = path.stat().st_mode
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset + at)
+        byte = f.read(1)
+        f.seek(offset + at)
+        f.write(bytes([byte[0] ^ 0x01]))
+    path.chmod(mode & 0o777)
+    return Path(path)

@@ -147,3 +147,23 @@ def pwritev_all(fd: int, buffers: list[bytes], offset: int, path: Path) -> None:
                 views[0] = views[0][written:]
     except OSError as exc:
         raise disk_error(exc, path) from exc
+
+
+def publish_bytes(data: bytes, target: Path) -> Path:
+    """Write ``data`` at ``target`` as every download is: a temp file beside it, fsynced, then
+    renamed over it (``DiskError`` when it cannot be written; nothing is left half-written)."""
+    fd, temp = create_temp(target)
+    try:
+        write_all(fd, data, temp)
+        fsync_fd(fd, temp)
+        os.close(fd)
+        fd = -1
+        return publish(temp, target)
+    except DiskError:
+        raise
+    except OSError as exc:
+        raise disk_error(exc, target) from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        remove_quietly(temp)

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.cache_origin import Resource, serve_resource
-from tests.helpers import call, leftovers
+from tests.helpers import call, leftovers, stored_bytes
 from tests.origin import Origin, sha256
 from vllm_fetch import (
     DiskError,
@@ -27,6 +27,7 @@ from vllm_fetch import (
     RetryPolicy,
     SizeLimitExceededError,
 )
+from vllm_fetch.cache.segments import _Active
 
 MODES = ["sync", "async"]
 BODY = os.urandom(64 * 1024 + 3)
@@ -175,7 +176,11 @@ def test_two_urls_with_the_same_body_share_one_blob(mode: str, origin: Origin,
     info = cache.info()
     assert (info.entries, info.blobs, info.bytes) == (2, 1, len(BODY))
     assert {item.sha256 for item in cache.entries()} == {sha256(BODY)}
-    assert (cache.directory / "blobs" / sha256(BODY)[:2] / sha256(BODY)[2:]).read_bytes() == BODY
+    assert stored_bytes(cache, sha256(BODY)) == BODY
+    assert cache.blobs.segments is not None
+    records = [h for name in cache.blobs.segments.names() for _, h in
+               cache.blobs.segments.scan(name)]
+    assert [h.sha256 for h in records] == [sha256(BODY)]  # one record for both URLs
 
 
 # --- offline and stale-if-error -----------------------------------------------------------------
@@ -378,7 +383,12 @@ def test_disk_full_while_caching_is_a_warning(mode: str, origin: Origin, cache: 
     def dev_full() -> tuple[int, Path]:  # writes fail with a real ENOSPC from the kernel
         return os.open("/dev/full", os.O_WRONLY), tmp_path / "never-created"
 
+    def full_segment() -> _Active:  # a small body's segment: the same ENOSPC
+        return _Active("full.seg", os.open("/dev/full", os.O_WRONLY), 0, os.getpid())
+
     monkeypatch.setattr(cache.blobs, "_temp", dev_full)
+    assert cache.blobs.segments is not None
+    monkeypatch.setattr(cache.blobs.segments, "_create", full_segment)
     url = serve_resource(origin, "/big", Resource(BODY, cache_control="max-age=600"))
     conn = connect(cache)
     with caplog.at_level(logging.WARNING, logger="vllm_fetch"):

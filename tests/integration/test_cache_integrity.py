@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.cache_origin import Resource, serve_resource
-from tests.helpers import call
+from tests.helpers import call, flip_stored_byte, stored_bytes
 from tests.origin import Origin, sha256
 from vllm_fetch import (
     CachedBodyDamagedError,
@@ -41,17 +41,10 @@ def connect(cache: FetchCache, **kwargs: object) -> HTTPConnection:
 
 
 def flip_one_byte(cache: FetchCache, body: bytes, at: int = 4321) -> Path:
-    """Damage the stored blob of ``body`` in place, as bit rot or a stray write would."""
-    cache.flush()
-    path = cache.blobs.path(sha256(body))
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(at)
-        byte = f.read(1)
-        f.seek(at)
-        f.write(bytes([byte[0] ^ 0x01]))
-    os.chmod(path, 0o444)
-    assert sha256(path.read_bytes()) != sha256(body)
+    """Damage the stored body in place (its own file or its segment record), as bit rot or a
+    stray write would."""
+    path = flip_stored_byte(cache, sha256(body), at)
+    assert sha256(stored_bytes(cache, sha256(body))) != sha256(body)
     return path
 
 
@@ -64,7 +57,7 @@ def test_damaged_body_hit_is_refetched(mode: str, origin: Origin, cache: FetchCa
     assert sha256(call(mode, conn, "get_bytes", url)) == sha256(BODY)
     assert origin.count("/img") == 2  # the damaged copy was dropped and fetched again
     cache.flush()
-    assert sha256(cache.blobs.path(sha256(BODY)).read_bytes()) == sha256(BODY)  # re-stored
+    assert sha256(stored_bytes(cache, sha256(BODY))) == sha256(BODY)  # re-stored
     assert sha256(call(mode, conn, "get_bytes", url)) == sha256(BODY)
     assert origin.count("/img") == 2  # and served from the cache again
     conn.close()

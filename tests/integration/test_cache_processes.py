@@ -13,6 +13,7 @@ import pytest
 
 from tests.cache_origin import Resource, serve_resource
 from tests.origin import Origin, sha256
+from vllm_fetch import FetchCache
 
 BODY = os.urandom(40_000)
 
@@ -138,6 +139,8 @@ def test_processes_storing_at_once_share_one_consistent_cache(origin: Origin,
     assert [json.loads(line)["sha256"] for line in again] == [sha256(b) for b in
                                                                [*bodies, BODY]]
     assert all(origin.count(f"/p{i}") == 1 for i in range(4))
-    blobs = [p for p in (tmp_path / "cache" / "blobs").rglob("*")
-             if p.is_file() and p.parent.name != "tmp"]
-    assert len(blobs) == 5  # one per distinct body, however many processes stored it
+    cache = FetchCache(tmp_path / "cache")
+    held = [b.sha256 for b in cache.blobs.iter_blobs()]  # files and segment records
+    cache.close()
+    assert sorted(held) == sorted(sha256(b) for b in [*bodies, BODY])  # one per distinct body,
+    # however many processes stored it

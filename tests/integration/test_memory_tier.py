@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from tests.cache_origin import Resource, serve_resource
-from tests.helpers import call
+from tests.helpers import call, stored_bytes
 from tests.integration.test_cache_integrity import flip_one_byte
 from tests.origin import Origin, sha256
 from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy
@@ -193,7 +193,7 @@ def test_a_flipped_byte_after_a_memory_hit_is_refetched(
     assert sha256(call(mode, conn, "get_bytes", url)) == sha256(BODY)
     assert origin.count("/img") == 2  # the damaged blob was dropped and fetched again
     cache.flush()
-    assert sha256(cache.blobs.path(sha256(BODY)).read_bytes()) == sha256(BODY)
+    assert sha256(stored_bytes(cache, sha256(BODY))) == sha256(BODY)
     conn.close()
 
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import flip_stored_byte
 from tests.origin import Origin, sha256
+from vllm_fetch import FetchCache
 
 EXAMPLE = Path(__file__).parent.parent / "example_suite"
 ASSET = os.urandom(50_000)
@@ -71,13 +73,9 @@ def test_a_damaged_recording_is_never_replayed(tmp_path: Path) -> None:
         assert recorded.returncode == 0, recorded.stdout + recorded.stderr
     finally:
         origin.stop()
-    blob = suite / "recorded_assets" / "blobs" / sha256(ASSET)[:2] / sha256(ASSET)[2:]
-    os.chmod(blob, 0o644)
-    with open(blob, "r+b") as f:
-        f.seek(1000)
-        byte = f.read(1)
-        f.seek(1000)
-        f.write(bytes([byte[0] ^ 0x80]))
+    recording = FetchCache(suite / "recorded_assets")
+    flip_stored_byte(recording, sha256(ASSET), 1000)  # its own file, or its segment record
+    recording.close()
     replayed = run_suite(suite, "replay", url)
     assert replayed.returncode == 1
     assert "is damaged" in replayed.stdout and "--vllm-fetch-mode=record" in replayed.stdout

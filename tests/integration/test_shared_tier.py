@@ -4,10 +4,12 @@ never written (a real loopback origin; the store filled by a real subprocess).""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 from tests.helpers import call
 from tests.origin import Origin, sha256
 from vllm_fetch import HTTPConnection, OfflineError, RetryPolicy
+from vllm_fetch.core.segment_record import HEADER_SIZE
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ["sync", "async"]
@@ -73,6 +76,20 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int, str]]:
         digest = sha256(p.read_bytes()) if p.is_file() else ""
         seen[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, digest)
     return seen
+
+
+def held_at(root: Path, data: bytes) -> tuple[Path, int]:
+    """The file of ``root``'s cache holding ``data`` and the offset of its first byte there:
+    its blob file, or its record in a segment file (found read-only in the index)."""
+    path = blob(root, data)
+    if path.exists():
+        return path, 0
+    uri = (root / "index" / "cache.db").as_uri() + "?mode=ro&immutable=1"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as con:
+        row = con.execute("SELECT segment, offset FROM Segments WHERE sha256 = ?",
+                          (sha256(data),)).fetchone()
+    assert row is not None, "the store holds no such body"
+    return root / "blobs" / "segments" / row[0], row[1] + HEADER_SIZE
 
 
 def blob(root: Path, data: bytes) -> Path:
@@ -155,13 +172,16 @@ def test_a_stale_shared_entry_is_not_served_the_origin_answers(
 def test_a_damaged_shared_blob_is_never_served_and_never_repaired(
     mode: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for data in (IMAGE, WEIGHTS):  # one byte flipped, same size
-        path = blob(store.root, data)
-        damaged = bytearray(path.read_bytes())
-        damaged[len(damaged) // 2] ^= 0x10
+    for data in (IMAGE, WEIGHTS):  # one byte flipped, same size, wherever the body is held
+        path, offset = held_at(store.root, data)
+        mode = path.stat().st_mode
         path.chmod(0o644)
-        path.write_bytes(bytes(damaged))
-        path.chmod(0o444)
+        with open(path, "r+b") as f:
+            f.seek(offset + len(data) // 2)
+            byte = f.read(1)
+            f.seek(offset + len(data) // 2)
+            f.write(bytes([byte[0] ^ 0x10]))
+        path.chmod(mode & 0o777)
     before = snapshot(store.root)
     node = store.node(monkeypatch, tmp_path / "local")
     body = call(mode, node, "fetch_bytes", store.image)

@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.cache_entries import fresh_entry
+from tests.helpers import flip_stored_byte
 from vllm_fetch import FetchCache, HTTPStatusError
 from vllm_fetch.cache.blobs import BlobStore
 from vllm_fetch.cache.costs import ENTRY_COST, INDEX_BASE, blob_cost
+from vllm_fetch.cache.housekeeping import prune
 from vllm_fetch.cache.single_flight import AsyncSingleFlight, SingleFlight
 from vllm_fetch.config import parse_size
 from vllm_fetch.core.cache_policy import cache_key
+from vllm_fetch.core.segment_record import SEGMENT_BODY_MAX
 
 
 def sha(data: bytes) -> str:
@@ -171,16 +174,15 @@ def test_verify_removes_corrupt_blobs_and_their_entries(tmp_path: Path) -> None:
     cache = FetchCache(tmp_path / "c")
     good = store(cache, "https://example.com/good", b"good bytes")
     bad = store(cache, "https://example.com/bad", b"bad bytes")
-    bad_path = cache.blobs.path(sha(b"bad bytes"))
-    os.chmod(bad_path, 0o644)
-    bad_path.write_bytes(b"rotten")
+    flip_stored_byte(cache, sha(b"bad bytes"), 3)  # the body's record in a segment
     report = cache.verify(remove=False)
     assert report.corrupt == [sha(b"bad bytes")] and report.checked == 2
     assert cache.index.get(bad) is not None
     report = cache.verify()
     assert report.corrupt == [sha(b"bad bytes")] and report.removed_entries == 1
     assert cache.index.get(bad) is None and cache.index.get(good) is not None
-    assert not bad_path.exists()
+    assert not cache.blobs.present(sha(b"bad bytes"))
+    assert cache.verify().corrupt == []
     cache.close()
 
 
@@ -199,17 +201,23 @@ def test_prune_by_age_and_size_keeps_pinned_blobs(tmp_path: Path) -> None:
     cache.close()
 
 
-def test_unreferenced_blobs_are_collected_after_a_grace_period(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [6, SEGMENT_BODY_MAX + 1])  # a segment record; a file
+def test_unreferenced_blobs_are_collected_after_a_grace_period(tmp_path: Path,
+                                                               size: int) -> None:
     cache = FetchCache(tmp_path / "c")
-    digest, _ = cache.blobs.put_bytes(b"orphan")
+    digest, _ = cache.blobs.put_bytes(b"o" * size)
     assert cache.prune().removed_blobs == 0  # might be a store in progress
     crashed = cache.directory / "blobs" / "tmp" / "dead.part"
+    crashed.parent.mkdir(exist_ok=True)
     crashed.write_bytes(b"half a body")
     old = time.time() - 3600
-    os.utime(cache.blobs.path(digest), (old, old))
     os.utime(crashed, (old, old))
-    assert cache.prune().removed_blobs == 1
+    later = time.time() + 3600  # the orphan's grace period is over
+    report = prune(cache.index, cache.blobs, cache.directory / "lock", max_size=None,
+                   older_than=None, now=later)
+    assert report.removed_blobs == 1 and not cache.blobs.present(digest)
     assert not crashed.exists()
+    assert cache.blobs.segments is not None and cache.blobs.segments.names() == []
     cache.close()
 
 
@@ -355,3 +363,25 @@ def test_last_use_is_the_store_until_served(tmp_path: Path) -> None:
         assert [used for *_, used in cache.index.items()] == [stored.stored_at]
     finally:
         cache.close()
+
+
+def test_a_group_commit_writes_what_diskcache_set_would(tmp_path: Path) -> None:
+    """Entries committed in one upsert read back through diskcache, replace an older value
+    kept in a file (that file is removed), and a value too big for a row still goes to one."""
+    cache = FetchCache(tmp_path / "c")
+    db = cache.index.raw()
+    key = cache_key("https://example.com/e")
+    db.set(key, {"x": "y" * 100_000})  # diskcache keeps it in a file of its own
+    files = [p for p in (tmp_path / "c" / "index").rglob("*.val")]
+    assert len(files) == 1
+    entry = fresh_entry("https://example.com/e").with_body(sha(b"e"), 1, "ab" * 16)
+    huge = fresh_entry("https://example.com/h").with_body(sha(b"h"), 1, "cd" * 16)
+    huge = huge.__class__(**{**huge.to_dict(), "headers": {"x-big": "z" * 40_000},
+                             "fields": (("X-Big", "z" * 40_000),)})
+    assert cache.index.commit_many([(key, entry, 4096), ("h" * 64, huge, 4096)]) is not None
+    assert cache.index.get(key) == entry and cache.index.get("h" * 64) == huge
+    assert not files[0].exists()
+    assert len(list((tmp_path / "c" / "index").rglob("*.val"))) == 1  # the huge entry's
+    assert cache.index.seal_of(sha(b"e")) == "ab" * 16
+    assert len(db) == 5  # two entries, two seals, the byte total
+    cache.close()

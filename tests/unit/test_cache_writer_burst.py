@@ -29,32 +29,39 @@ def job(size: int = 10, key: str = "k") -> StoreJob:
 
 
 class FakeQueue:
-    """Hands out ``items`` in order; a wait on an empty queue moves the clock by its timeout
-    (or, with ``arrival`` set, a new job arrives every ``arrival`` seconds, without end)."""
+    """Hands out ``items`` in order. Only the first item is waited for (``get()``); the rest
+    are taken without waiting, and a ``pause`` moves the clock by its length (with ``arrival``
+    set, a new job arrives every ``arrival`` seconds meanwhile, without end)."""
 
     def __init__(self, items: list[Item], *, arrival: float | None = None) -> None:
         self.items = list(items)
         self.arrival = arrival
         self.now = 100.0
-        self.waits: list[float | None] = []
+        self.pauses: list[float] = []
+        self.next_arrival = 100.0 + (arrival or 0.0)
 
     def clock(self) -> float:
         return self.now
 
     def get(self, block: bool = True, timeout: float | None = None) -> Item:
-        if timeout is not None and timeout < 0:  # as queue.SimpleQueue does
-            raise ValueError("'timeout' must be a non-negative number")
-        assert len(self.waits) < 1000, "the burst never ends"
-        self.waits.append(timeout)
+        assert len(self.pauses) < 1000, "the burst never ends"
         if self.items:
             return self.items.pop(0)
-        if self.arrival is not None and (timeout is None or timeout >= self.arrival):
-            self.now += self.arrival
-            return job(key=str(self.now))
-        if timeout is None:
+        if block:
             raise AssertionError("the writer would wait forever on an empty queue")
-        self.now += timeout
         raise queue.Empty
+
+    def pause(self, seconds: float) -> None:
+        assert seconds > 0, "a pause must be positive"
+        self.pauses.append(seconds)
+        self.now += seconds
+        while self.arrival is not None and self.next_arrival <= self.now:
+            self.items.append(job(key=str(self.next_arrival)))
+            self.next_arrival += self.arrival
+
+
+def burst(items: FakeQueue, clock: object = None) -> tuple[list[StoreJob], object, bool]:
+    return take_burst(items, clock=clock or items.clock, pause=items.pause)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
@@ -67,15 +74,15 @@ def _slow_linger(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_everything_queued_is_taken_once_stores_pause() -> None:
     jobs = [job(key=str(n)) for n in range(5)]
     items = FakeQueue(list(jobs))
-    taken, barrier, stop = take_burst(items, clock=items.clock)
+    taken, barrier, stop = burst(items)
     assert (taken, barrier, stop) == (jobs, None, False)
-    assert items.waits == [None, 0.5, 0.5, 0.5, 0.5, 0.5]  # then waited LINGER for more
+    assert items.pauses == [0.5]  # all taken at once, then one LINGER pause found no more
 
 
 def test_a_flush_barrier_ends_the_burst_at_once() -> None:
     first, flush, later = job(), threading.Event(), job(key="later")
     items = FakeQueue([first, flush, later])
-    assert take_burst(items, clock=items.clock) == ([first], flush, False)
+    assert burst(items) == ([first], flush, False)
     assert items.items == [later]  # queued after the flush: the next burst's
     assert items.now == 100.0  # no waiting
 
@@ -83,14 +90,14 @@ def test_a_flush_barrier_ends_the_burst_at_once() -> None:
 def test_the_stop_signal_takes_what_is_queued_and_stops() -> None:
     first = job()
     items = FakeQueue([first, None])
-    assert take_burst(items, clock=items.clock) == ([first], None, True)
+    assert burst(items) == ([first], None, True)
 
 
 def test_enough_queued_bytes_start_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(writer, "LINGER_BYTES", 100)
     first, second, third = job(60), job(60), job(60)
     items = FakeQueue([first, second, third])
-    assert take_burst(items, clock=items.clock) == ([first, second], None, False)
+    assert burst(items) == ([first, second], None, False)
     assert items.items == [third]
 
 
@@ -98,11 +105,12 @@ def test_a_steady_stream_is_written_after_max_linger() -> None:
     """Stores that never pause for LINGER still get written: MAX_LINGER after the first."""
     items = FakeQueue([], arrival=0.3)
     items.items.append(job(key="first"))
-    taken, _, stop = take_burst(items, clock=items.clock)
+    taken, _, stop = burst(items)
     assert not stop
-    # the first, then one every 0.3 s while one more could still arrive within MAX_LINGER
+    # the first, then one every 0.3 s, taken after each pause, until MAX_LINGER was up
     assert len(taken) == 34
-    assert items.now == pytest.approx(110.0)  # then it waited only until MAX_LINGER was up
+    assert items.now == pytest.approx(110.0)  # and it paused only until MAX_LINGER was up
+    assert all(p <= 0.5 for p in items.pauses)
 
 
 def test_a_queued_body_reaches_disk_without_a_flush(tmp_path: Path) -> None:
@@ -139,14 +147,47 @@ def test_a_store_that_must_wait_gets_a_future_that_settles(
         cache.close()
 
 
-def test_max_linger_also_counts_time_between_gets() -> None:
-    """A burst that keeps the queue full ends on time, and never asks for a negative wait."""
-    items = FakeQueue([job(key=str(n)) for n in range(100)])
+def test_max_linger_also_counts_time_between_pauses() -> None:
+    """A burst whose writer is slow to look ends on time, and never pauses for less than
+    nothing."""
+    items = FakeQueue([job(key=str(n)) for n in range(3)], arrival=0.1)
 
     def slow_clock() -> float:  # every look at the clock costs 0.4 s here
         items.now += 0.4
         return items.now
 
-    taken, _, _ = take_burst(items, clock=slow_clock)
-    assert 20 <= len(taken) <= 30  # about MAX_LINGER (10 s) / 0.4 s
-    assert len(items.items) == 100 - len(taken)
+    taken, _, _ = burst(items, clock=slow_clock)
+    assert items.now <= 100.0 + 10.0 + 0.5 + 0.4  # MAX_LINGER, one last pause, one look
+    assert len(taken) >= 3 and all(p > 0 for p in items.pauses)
+
+
+def test_a_store_does_not_wake_the_writer(tmp_path: Path) -> None:
+    """Stores during a burst are taken after the writer's pause, not one wake-up each; a
+    flush wakes it at once."""
+    cache = FetchCache(tmp_path)
+    wakes: list[float] = []
+    real = writer.take_burst
+
+    def counting(items: writer.ItemQueue, **kwargs: object) -> object:
+        pause = kwargs["pause"]
+        assert callable(pause)
+
+        def counted(seconds: float) -> object:
+            wakes.append(seconds)
+            return pause(seconds)
+
+        return real(items, pause=counted)
+
+    try:
+        writer.take_burst = counting  # type: ignore[assignment]
+        for n in range(50):
+            url = f"https://example.com/{n}"
+            cache.submit_bytes(cache_key(url), fresh_entry(url), b"x" * n, None)
+        started = time.monotonic()
+        cache.flush()
+        assert time.monotonic() - started < 30  # generous: no linger after a flush
+        assert len(wakes) < 50  # pauses, not a wake-up per store
+        assert cache.info().entries == 50
+    finally:
+        writer.take_burst = real
+        cache.close()

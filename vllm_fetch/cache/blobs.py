@@ -1,9 +1,11 @@
-"""The content-addressed blob store: one immutable file per body, named by its sha256.
+"""The content-addressed blob store: immutable bodies addressed by their sha256.
 
-``<root>/ab/cdef…`` holds the body whose sha256 is ``abcdef…``. A blob is written to a temp
-file in ``<root>/tmp``, fsynced, then linked into place with ``os.link``, which fails if the
-name exists: exactly one writer creates a blob, identical bodies from any URL or process share
-it (dedup for free), and a reader never sees a partial blob.
+A body up to ``SEGMENT_BODY_MAX`` (1 MiB) stored by the cache's writer is a sealed record in a
+segment file (``segments.py``; the index says where). Any other body is a file of its own:
+``<root>/ab/cdef…`` holds the body whose sha256 is ``abcdef…``, written to a temp file in
+``<root>/tmp``, fsynced, then linked into place with ``os.link``, which fails if the name
+exists: exactly one writer creates a blob, identical bodies from any URL or process share it
+(dedup for free), and a reader never sees a partial blob.
 
 Removing a blob that another thread or process is reading is safe on POSIX: an open file keeps
 its data until closed. Readers in this process also *pin* blobs so eviction skips them.
@@ -25,11 +27,25 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..core.segment_record import HEADER_SIZE, SEGMENT_BODY_MAX, Location, body_seal
 from ..errors import DiskError
-from ..files import create_temp, disk_error, fsync_fd, publish, remove_quietly, write_all
+from ..files import (
+    create_temp,
+    disk_error,
+    fsync_fd,
+    publish,
+    publish_bytes,
+    remove_quietly,
+    write_all,
+)
 from . import references
 from .seal import fd_matches, matches
+from .segments import CompactReport, Damaged, SegmentStore
+
+if TYPE_CHECKING:
+    from .index import Index, Placed
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -58,6 +74,8 @@ class BlobInfo:
     mtime: float
     #: bytes the store itself holds for it (0 for a body held by reference)
     held: int = -1
+    #: where its record is, for a body held in a segment file (``path`` is the segment)
+    location: Location | None = None
 
     def __post_init__(self) -> None:
         if self.held < 0:
@@ -67,36 +85,54 @@ class BlobInfo:
 class BlobStore:
     """Immutable sha256-named files under ``root``. Thread- and process-safe.
 
-    ``read_only``: a store this process only reads (the shared tier, ``cache/shared_tier.py``):
-    ``read`` and ``copy_to`` still refuse damaged bodies, but nothing there is ever deleted or
-    repaired (use no writing method on it)."""
+    ``index``: the cache's index, which also locates the small bodies packed in segment files
+    (``segments.py``); without one, bodies are files only. ``read_only``: a store this process
+    only reads (the shared tier, ``cache/shared_tier.py``): ``read`` and ``copy_to`` still
+    refuse damaged bodies, but nothing there is ever deleted or repaired (use no writing method
+    on it)."""
 
-    def __init__(self, root: Path, *, link_files: bool = False, read_only: bool = False) -> None:
+    def __init__(self, root: Path, *, link_files: bool = False, index: Index | None = None,
+                 read_only: bool = False) -> None:
         self.root = root
         self._root = os.fspath(root)  # plain strings on the hit path: pathlib costs µs
         self.link_files = link_files
         self.read_only = read_only
+        self._holders: dict[str, str] = {}  # sha256 -> the file ``signature`` stats
         self._tmp = root / "tmp"
         self._pins: Counter[str] = Counter()
         self._pin_lock = threading.Lock()
+        #: small bodies' segment files (None: every body is a file, e.g. without an index)
+        self.segments = SegmentStore(root / "segments", index) if index is not None else None
 
     def after_fork(self) -> None:
         """In a forked child: the parent's readers pin nothing here; the lock starts free."""
         self._pins = Counter()
         self._pin_lock = threading.Lock()
+        if self.segments is not None:
+            self.segments.after_fork()
 
     def path(self, sha256: str) -> Path:
+        """Where the body's own file is (a body held in a segment has none: see ``holder``)."""
         return self.root / sha256[:2] / sha256[2:]
 
     def signature(self, sha256: str) -> Signature | None:
         """A value that changes whenever the bytes held for this body may have changed (an
-        edit in place, a replacement, a removal): the file's device, inode, size, mtime and
-        ctime. None when no such value can be given now: no blob file (gone, or a reference
-        to a file elsewhere), or one changed too recently for its timestamps to show a later
-        edit (``SETTLE_NS``). A memory copy of a body is served only while this is unchanged."""
+        edit in place, a replacement, a removal): the device, inode, size, mtime and ctime of
+        the file holding them -- its blob file, or its segment file, whose every append counts
+        as a change (conservative: a memory copy is read again). None when no such value can
+        be given now: no such file (gone, compacted away, or a reference to a file elsewhere),
+        or one changed too recently for its timestamps to show a later edit (``SETTLE_NS``).
+        A memory copy of a body is served only while this is unchanged."""
+        holder = self._holders.get(sha256)
+        if holder is None:
+            holder = self._holder_path(sha256)
+            if len(self._holders) > 100_000:
+                self._holders.clear()  # bounded; found again on the next fill
+            self._holders[sha256] = holder
         try:
-            st = os.stat(f"{self._root}/{sha256[:2]}/{sha256[2:]}")
+            st = os.stat(holder)
         except (OSError, ValueError):
+            self._holders.pop(sha256, None)  # moved (compaction) or gone: look again next time
             return None
         mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
         coarse = mtime % _SECOND_NS == 0 and ctime % _SECOND_NS == 0
@@ -106,21 +142,49 @@ class BlobStore:
             return None
         return (st.st_dev, st.st_ino, st.st_size, mtime, ctime)
 
+    def _located(self, sha256: str) -> Location | None:
+        found = self.segments.locate(sha256) if self.segments is not None else None
+        return None if found is None else found[0]
+
+    def holder(self, sha256: str) -> tuple[Path, int, int] | None:
+        """The file holding the body's bytes, their offset in it and their length: the blob's
+        own file (offset 0), or the segment file holding its record; None when neither."""
+        located = self._located(sha256)
+        if located is not None and self.segments is not None:
+            return (self.segments.path(located.segment), located.offset + HEADER_SIZE,
+                    located.length)
+        path = self.path(sha256)
+        try:
+            return path, 0, path.stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _holder_path(self, sha256: str) -> str:
+        """The file ``read`` takes the body from: its segment record first, else its file."""
+        located = self._located(sha256)
+        if located is not None and self.segments is not None:
+            return os.fspath(self.segments.path(located.segment))
+        return f"{self._root}/{sha256[:2]}/{sha256[2:]}"
+
     def exists(self, sha256: str) -> bool:
-        return self.path(sha256).exists()
+        return self.path(sha256).exists() or self._located(sha256) is not None
 
     def present(self, sha256: str) -> bool:
-        """A blob, or a reference to a published file, under this sha256."""
+        """A blob, a segment record, or a reference to a published file, under this sha256."""
         path = self.path(sha256)
-        return path.exists() or references.read_reference(path) is not None
+        return (path.exists() or self._located(sha256) is not None
+                or references.read_reference(path) is not None)
 
     def kind(self, sha256: str) -> str:
-        """How the body is held: ``copy`` (the store's own file), ``shared`` (a hard link to a
-        published file), ``reference`` (a published file on another filesystem) or ``missing``."""
+        """How the body is held: ``copy`` (the store's own file, or its record in a segment),
+        ``shared`` (a hard link to a published file), ``reference`` (a published file on another
+        filesystem) or ``missing``."""
         path = self.path(sha256)
         try:
             st = path.stat()
         except FileNotFoundError:
+            if self._located(sha256) is not None:
+                return "copy"
             return "reference" if references.read_reference(path) is not None else "missing"
         return "shared" if references.is_shared(st) else "copy"
 
@@ -130,6 +194,9 @@ class BlobStore:
         try:
             return path.stat().st_size
         except FileNotFoundError:
+            located = self._located(sha256)
+            if located is not None:
+                return located.length
             ref = references.read_reference(path)
             return ref.size if ref is not None else None
 
@@ -145,20 +212,60 @@ class BlobStore:
     def put_many(
         self, items: list[tuple[bytes | memoryview, str | None]]
     ) -> list[tuple[str, bool] | OSError]:
-        """Store several bodies as one group: write them all, then fsync them all, then link
-        them. On ext4 and xfs the first fsync commits the journal for the whole group, so the
-        rest are cheap: one durable commit instead of one per blob. Failures are per item."""
+        """Store several bodies as one group (``put_group``) and record where the small ones
+        are in the index at once (their own transaction)."""
+        outcomes, placed = self.put_group([(data, sha, None) for data, sha in items])
+        if placed and self.segments is not None:
+            try:
+                if not self.segments.index.place(placed):
+                    lost = {sha for sha, *_ in placed}
+                    outcomes = [OSError(errno.EIO, "the cache index is unavailable")
+                                if not isinstance(o, OSError) and o[0] in lost else o
+                                for o in outcomes]
+                else:
+                    self.segments.placed(placed)
+            finally:
+                self.settle(placed)
+        return outcomes
+
+    def settle(self, placed: list[Placed]) -> None:
+        """After the index commit that records ``placed`` (or its failure)."""
+        if self.segments is not None and placed:
+            self.segments.settle([where for _, where, _, _ in placed])
+
+    def put_group(
+        self, items: list[tuple[bytes | memoryview, str | None, str | None]]
+    ) -> tuple[list[tuple[str, bool] | OSError], list[Placed]]:
+        """Store several bodies (data, sha256 if known, seal if known) as one group; per item
+        (sha256, created) or its OSError, and the segment records written, which the caller
+        must record in the index (``Index.commit_many(placed=…)`` or ``place``) and then
+        ``settle``: until then nobody can read them.
+
+        Bodies up to ``SEGMENT_BODY_MAX`` are appended to this store's segment, synced once for
+        the group. Larger ones are files: written all, then fsynced all, then linked (on ext4
+        and xfs the first fsync commits the journal for the whole group, so the rest are
+        cheap). Failures are per item (a segment write fails its whole group's records)."""
         outcomes: list[tuple[str, bool] | OSError] = []
         staged: list[tuple[int, int, Path, str, str]] = []  # (slot, fd, temp, final, digest)
         staged_digests: set[str] = set()
+        packed: list[tuple[int, str, str, bytes | memoryview]] = []  # (slot, sha, seal, data)
         root = os.fspath(self.root)  # plain strings: pathlib costs ~8 us a blob on this thread
-        for data, sha256 in items:
-            digest = sha256 or hashlib.sha256(data).hexdigest()
+        digests = [sha256 or hashlib.sha256(data).hexdigest() for data, sha256, _ in items]
+        in_segments = self.segments.known(
+            [d for d, (data, _, _) in zip(digests, items, strict=True)
+             if len(data) <= SEGMENT_BODY_MAX]) if self.segments is not None else set()
+        for digest, (data, _, seal) in zip(digests, items, strict=True):
             outcomes.append((digest, False))
+            if digest in staged_digests or digest in in_segments:
+                continue
             final = os.path.join(root, digest[:2], digest[2:])
-            if digest in staged_digests or os.path.exists(final):
+            small = self.segments is not None and len(data) <= SEGMENT_BODY_MAX
+            if os.path.exists(final):
                 continue
             staged_digests.add(digest)
+            if small:
+                packed.append((len(outcomes) - 1, digest, seal or body_seal(data), data))
+                continue
             try:
                 fd, temp = self._temp()
             except OSError as exc:
@@ -182,7 +289,22 @@ class BlobStore:
                 if fd >= 0:
                     os.close(fd)
                 remove_quietly(temp)
-        return outcomes
+        return outcomes, self._pack(packed, outcomes)
+
+    def _pack(self, packed: list[tuple[int, str, str, bytes | memoryview]],
+              outcomes: list[tuple[str, bool] | OSError]) -> list[Placed]:
+        if not packed or self.segments is None:
+            return []
+        try:
+            where = self.segments.append([(sha, seal, data) for _, sha, seal, data in packed])
+        except OSError as exc:
+            for slot, *_ in packed:
+                outcomes[slot] = exc
+            return []
+        now = time.time()
+        for slot, sha, _, _ in packed:
+            outcomes[slot] = (sha, True)
+        return [(sha, loc, seal, now) for (_, sha, seal, _), loc in zip(packed, where, strict=True)]
 
     def put_file(self, source: Path, sha256: str, size: int) -> tuple[str, bool]:
         """Store an existing, already-hashed file (never re-read over the network or re-hashed);
@@ -284,9 +406,16 @@ class BlobStore:
         shared file that no longer matches its seal.
 
         With ``seal`` (the index's; "" when none was kept, then the sha256 is checked) the bytes
-        are checked too: a damaged blob is deleted and None returned, never its bytes.
+        are checked too: a damaged blob is deleted and None returned, never its bytes. A body in
+        a segment is always checked (its record's own seal, and ``seal``).
         """
         with self.pinned(sha256) as path:
+            if self.segments is not None and size <= SEGMENT_BODY_MAX:
+                got = self.segments.read(sha256, size, seal)
+                if isinstance(got, bytes):
+                    return got
+                if isinstance(got, Damaged):
+                    return None
             try:
                 opened = references.open_checked(path, read_only=self.read_only)
                 if opened is None:
@@ -326,6 +455,9 @@ class BlobStore:
         temp file.
         """
         with self.pinned(sha256) as path:
+            size = self.size(sha256) if self.segments is not None else None
+            if size is not None and size <= SEGMENT_BODY_MAX and self._located(sha256):
+                return self._copy_record_to(sha256, size, target, seal)
             try:
                 opened = references.open_checked(path, read_only=self.read_only)  # a cheap miss
             except OSError:
@@ -354,24 +486,59 @@ class BlobStore:
                     remove_quietly(temp)
         return True
 
+    def _copy_record_to(self, sha256: str, size: int, target: Path, seal: str | None) -> bool:
+        """``copy_to`` for a body held in a segment: its record's bytes, checked against their
+        seals as they are read, written to a temp file beside the target, fsynced, renamed."""
+        assert self.segments is not None
+        data = self.segments.read(sha256, size, seal)
+        if not isinstance(data, bytes):
+            return False
+        publish_bytes(data, target)
+        return True
+
     # -- housekeeping ----------------------------------------------------------------------
     def remove(self, sha256: str) -> int:
-        """Delete a blob; the bytes freed (0 when it was already gone)."""
+        """Delete a blob (a segment record becomes dead bytes, freed when its segment is
+        compacted); the bytes freed (0 when it was already gone)."""
         path = self.path(sha256)
         references.drop_reference(path)  # a referenced file is the user's: only the record goes
         references.drop_seal(path)
+        freed = 0
+        located = self._located(sha256)
+        if located is not None and self.segments is not None:
+            self.segments.forget(sha256)
+            freed = located.length
         try:
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:
+            return freed
+        return freed + size
+
+    def check_record(self, info: BlobInfo, seal: str) -> bool | None:
+        """Whether a segment-held body's record is whole and hashes to its sha256 (None: its
+        segment is gone). Nothing is dropped here (``cache verify`` decides)."""
+        assert self.segments is not None and info.location is not None
+        return self.segments.check(info.sha256, info.location, seal)
+
+    def compact(self, *, live_fraction: float, budget: int | None = None) -> CompactReport:
+        """Compact the segment files (``SegmentStore.compact``); records being read here stay."""
+        if self.segments is None:
+            return CompactReport()
+        return self.segments.compact(live_fraction=live_fraction, keep=self.is_pinned,
+                                     budget=budget)
+
+    def dead_bytes(self) -> int:
+        """Bytes in segment files that no index record points at (freed by compaction)."""
+        if self.segments is None:
             return 0
-        return size
+        return sum(use.dead for use in self.segments.usage(self.segments.index.locations())
+                   .values())
 
     def iter_blobs(self) -> Iterator[BlobInfo]:
-        """Every complete blob (temp files excluded)."""
-        if not self.root.is_dir():
-            return
-        for sub in os.scandir(self.root):
+        """Every complete blob (temp files excluded), and every body held in a segment."""
+        seen: set[str] = set()
+        for sub in os.scandir(self.root) if self.root.is_dir() else ():
             if not sub.is_dir() or len(sub.name) != 2:
                 continue
             for item in os.scandir(sub.path):
@@ -388,19 +555,29 @@ class BlobStore:
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     st = item.stat()
+                    seen.add(sha)
                     yield BlobInfo(sha, st.st_size, Path(item.path), st.st_mtime)
+        if self.segments is None:
+            return
+        for sha, (where, _, stored_at) in self.segments.index.locations().items():
+            if sha not in seen:
+                yield BlobInfo(sha, where.length, self.segments.path(where.segment), stored_at,
+                               location=where)
 
     def remove_stale_temps(self, before: float) -> None:
         """Remove temp files last written before ``before`` (left by a crashed writer)."""
-        if not self._tmp.is_dir():
-            return
-        for item in os.scandir(self._tmp):
-            with contextlib.suppress(FileNotFoundError):
-                if item.stat().st_mtime < before:
-                    os.unlink(item.path)
+        for folder, suffix in ((self._tmp, ""), (self.root / "segments", ".new")):
+            if not folder.is_dir():
+                continue
+            for item in os.scandir(folder):
+                with contextlib.suppress(FileNotFoundError):
+                    if item.name.endswith(suffix) and item.stat().st_mtime < before:
+                        os.unlink(item.path)
 
     def clear(self) -> None:
-        """Remove every blob and temp file."""
+        """Remove every blob, segment and temp file."""
+        if self.segments is not None:
+            self.segments.clear()
         if self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -1,8 +1,10 @@
 """``FetchCache``: the on-disk HTTP cache shared by the sync side, the async side and processes.
 
-Layout under ``directory``: ``index/`` (diskcache: URL key → entry), ``blobs/ab/cdef…``
-(immutable bodies named by sha256), ``lock`` (serialises eviction across processes) and
-``generations`` (what voids other processes' memory copies, ``generation_file``).
+Layout under ``directory``: ``index/`` (diskcache: URL key → entry, and where each small body's
+segment record is), ``blobs/ab/cdef…`` (immutable bodies named by sha256),
+``blobs/segments/*.seg`` (small bodies packed as sealed records, ``segments.py``), ``lock``
+(serialises eviction and compaction across processes) and ``generations`` (what voids other
+processes' memory copies, ``generation_file``).
 HTTP decisions live in ``core.cache_policy``; this class only stores, reads and evicts.
 """
 
@@ -116,7 +118,6 @@ class FetchCache:
         warn_if_shared(self.directory, "cache")
         self.size_limit = _size_limit(size_limit)
         self.allow_private = allow_private
-        self.blobs = BlobStore(self.directory / "blobs", link_files=link_files)
         self.memory = _memory_tier(self.directory, memory_size)
         self._tickets: dict[str, tuple[Stamp, CacheEntry]] = {}
         try:  # every process announces its writes, whether or not it holds memory copies
@@ -129,6 +130,7 @@ class FetchCache:
                                self.directory, exc)
                 self.memory = None
         self.index = Index(self.directory / "index", self._generations)
+        self.blobs = BlobStore(self.directory / "blobs", link_files=link_files, index=self.index)
         self._tenants = TenantKeys(self.directory)
         self._pending: dict[str, StoreJob] = {}
         self._guard = threading.Lock()
@@ -401,6 +403,8 @@ class FetchCache:
     def close(self) -> None:
         """Finish queued stores and close the index's database connections."""
         self._writer.close()
+        if self.blobs.segments is not None:
+            self.blobs.segments.close()
         self.index.close()
 
 

@@ -8,6 +8,11 @@ SQLite's page overhead), so a flood of distinct URLs for one tiny body is bounde
 Eviction drops the least recently used entries first, and a blob with its last entry. Blobs
 that no entry references (left by a replaced entry, or by a crash between writing a blob and
 its entry) are removed once older than ``ORPHAN_GRACE`` seconds.
+
+A body held in a segment file is removed by dropping its index record: its bytes are dead
+until the segment is compacted, which every prune does for segments at most half live, and
+for any segment with dead bytes while the cache still occupies more than asked. Dead bytes
+count against the limit until then.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ..core.segment_record import COMPACT_LIVE_FRACTION
 from .blobs import BlobInfo, BlobStore
 from .costs import ENTRY_COST, INDEX_BASE, blob_cost
 from .index import Index
@@ -55,12 +61,13 @@ class _Scan:
     keys_by_blob: dict[str, list[str]]
     last_used: dict[str, float]
     entries: list[tuple[float, str, str]]  # (last used, key, sha256)
+    dead: int = 0  # bytes of segment files no record points at
 
     def occupied(self) -> int:
-        """What the cache is charged: blobs in blocks plus every entry."""
+        """What the cache is charged: blobs in blocks, dead segment bytes, every entry."""
         blobs = sum(blob_cost(info.held) for info in self.blobs.values())
         entries = ENTRY_COST * sum(len(keys) for keys in self.keys_by_blob.values())
-        return INDEX_BASE + blobs + entries
+        return INDEX_BASE + blobs + self.dead + entries
 
 
 def _scan(index: Index, blobs: BlobStore) -> _Scan:
@@ -71,7 +78,8 @@ def _scan(index: Index, blobs: BlobStore) -> _Scan:
         keys_by_blob[entry.sha256].append(key)
         last_used[entry.sha256] = max(used, last_used.get(entry.sha256, 0.0))
         entries.append((used, key, entry.sha256))
-    return _Scan({b.sha256: b for b in blobs.iter_blobs()}, keys_by_blob, last_used, entries)
+    return _Scan({b.sha256: b for b in blobs.iter_blobs()}, keys_by_blob, last_used, entries,
+                 blobs.dead_bytes())
 
 
 def _remove_blob(index: Index, blobs: BlobStore, scan: _Scan, sha: str) -> int:
@@ -113,6 +121,10 @@ def prune(
                 index.delete(key)
                 removed_entries += 1
         total = scan.occupied()
+        if max_size is not None and total > max_size and scan.dead:  # reclaim before evicting
+            blobs.compact(live_fraction=1.0, budget=total - max_size)
+            scan.dead = blobs.dead_bytes()
+            total = scan.occupied()
         if max_size is not None and total > max_size:
             for _, key, sha in sorted(scan.entries):  # least recently used entries first
                 if total <= max_size:
@@ -127,7 +139,13 @@ def prune(
                 if not keys and sha in scan.blobs:  # its last entry: the blob goes too
                     total -= blob_cost(scan.blobs[sha].held)
                     drop(sha)
-        index.set_bytes(total - INDEX_BASE)  # the running total leaves the base out
+        total -= scan.dead  # now counted as it is after compaction:
+        blobs.compact(live_fraction=COMPACT_LIVE_FRACTION)
+        dead = blobs.dead_bytes()
+        if max_size is not None and total + dead > max_size and dead:
+            blobs.compact(live_fraction=1.0, budget=total + dead - max_size)
+            dead = blobs.dead_bytes()
+        index.set_bytes(total + dead - INDEX_BASE)  # the running total leaves the base out
     if removed_blobs:
         logger.info("cache: removed %d blobs (%d bytes) and %d entries",
                     removed_blobs, freed, removed_entries)
@@ -151,7 +169,13 @@ def verify(index: Index, blobs: BlobStore, lock: Path, *, remove: bool) -> Verif
         removed_entries = 0
         for sha, info in list(scan.blobs.items()):
             try:
-                ok = hash_file(info.path) == sha
+                if info.location is not None:
+                    held = blobs.check_record(info, index.seal_of(sha))
+                    if held is None:
+                        continue
+                    ok = held
+                else:
+                    ok = hash_file(info.path) == sha
             except FileNotFoundError:
                 continue
             if ok:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -26,6 +27,8 @@ import diskcache
 
 from ..config import env_str
 from ..core.cache_policy import CacheEntry
+from ..core.segment_record import HEADER_SIZE, SEGMENT_BODY_MAX, accepts, parse_header
+from ..files import publish_bytes
 from .blobs import BlobStore, is_sha256
 from .index import JSONDisk, _ClosingLocal
 
@@ -34,6 +37,9 @@ logger = logging.getLogger("vllm_fetch.cache")
 _DB_FILE = "cache.db"
 _QUERY = ("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ? "
           "AND (expire_time IS NULL OR expire_time > ?)")
+_SEGMENT_QUERY = "SELECT segment, offset, length, seal FROM Segments WHERE sha256 = ?"
+#: A segment file's name as the store makes them (never a path: the index is another machine's)
+_SEGMENT_NAME = re.compile(r"[A-Za-z0-9_.-]+\.seg")
 #: The record modes JSONDisk writes: in the row, or in a file beside the database.
 _MODES = (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY)
 
@@ -115,18 +121,71 @@ class SharedTier:
         """The seal recorded for the blob named ``sha256`` ("" when none is: then its bytes
         are checked against the sha256 itself)."""
         seal = self._record("s:" + sha256)
-        return seal if isinstance(seal, str) else ""
+        if isinstance(seal, str) and seal:
+            return seal
+        row = self._segment_row(sha256)  # a body packed in a segment: its row holds the seal
+        return str(row[3]) if row is not None and row[3] else ""
+
+    def _segment_row(self, sha256: str) -> tuple[Any, ...] | None:
+        """The tier's ``Segments`` row of this body (segment, offset, length, seal), or None."""
+        try:
+            row = self._connection().execute(_SEGMENT_QUERY, (sha256,)).fetchone()
+        except (sqlite3.Error, OSError) as exc:  # e.g. a store written before segments existed
+            logger.debug("shared cache tier %s: no segment table (%s)", self.root, exc)
+            return None
+        return tuple(row) if row is not None else None
 
     def read(self, entry: CacheEntry) -> bytes | None:
-        """The entry's body, checked against its seal; None when it is missing or damaged."""
+        """The entry's body, checked against its seal; None when it is missing or damaged. A
+        small body may be packed in one of the tier's segment files (``segments.py``)."""
+        if entry.size <= SEGMENT_BODY_MAX:
+            packed = self._packed(entry.sha256, entry.size, entry.seal)
+            if packed is not None:
+                return packed
         return self.blobs.read(entry.sha256, entry.size, entry.seal)
+
+    def _packed(self, sha256: str, size: int, seal: str) -> bytes | None:
+        """The body from its segment record there, whole and matching its seals; else None.
+        Nothing is dropped: the tier is never written."""
+        row = self._segment_row(sha256)
+        if row is None or row[2] != size or not _SEGMENT_NAME.fullmatch(str(row[0])):
+            return None
+        try:
+            fd = os.open(self.root / "blobs" / "segments" / row[0], os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            head = os.pread(fd, HEADER_SIZE, row[1])
+            body = os.pread(fd, size, row[1] + HEADER_SIZE)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if accepts(parse_header(head), body, sha256, size, seal or row[3]):
+            return body
+        logger.warning("shared cache tier %s: the segment record of %s is damaged; not used",
+                       self.root, sha256)
+        return None
 
     def blob_size(self, sha256: str) -> int | None:
         """The size of the blob named ``sha256`` there, or None."""
-        return self.blobs.size(sha256) if is_sha256(sha256) else None
+        if not is_sha256(sha256):
+            return None
+        size = self.blobs.size(sha256)
+        if size is None:
+            row = self._segment_row(sha256)
+            size = int(row[2]) if row is not None else None
+        return size
 
     def copy_to(self, sha256: str, seal: str, target: Path) -> bool:
         """Publish the blob at ``target`` (temp file, fsync, rename) once the copy matches
         ``seal`` ("": the sha256); False when missing or damaged (nothing left at ``target``).
         A ``DiskError`` when the target cannot be written."""
-        return self.blobs.copy_to(sha256, target, seal)
+        if self.blobs.copy_to(sha256, target, seal):
+            return True
+        row = self._segment_row(sha256)
+        packed = self._packed(sha256, int(row[2]), seal) if row is not None else None
+        if packed is None:
+            return False
+        publish_bytes(packed, target)
+        return True

@@ -3,13 +3,16 @@
 A fetched body is queued here and the call returns at once; until the job is committed the
 cache serves the body from memory (``FetchCache`` keeps the pending jobs by key), so a second
 fetch is still not a second transfer. One background thread per cache takes whatever is queued
-as one group — blobs written, fsynced together, linked — and commits their entries in one index
-transaction: one durable commit for many bodies, and fetch latency never waits for a disk flush.
+as one group — small bodies appended to its segment file and synced once (``segments.py``),
+larger ones written, fsynced together and linked — and commits their entries (with where the
+small ones are) in one index transaction: one durable commit for many bodies, and fetch latency
+never waits for a disk flush.
 
 The writer stays out of the way of a burst of fetches (see :func:`take_burst`): it starts once
 stores pause for ``LINGER``, or ``MAX_LINGER`` after the first one, or when ``LINGER_BYTES`` are
 queued, or at once for a flush. Its Python work (and each GIL hand-off after its hashing and
-file syscalls) would otherwise interleave with the event loop that is still fetching.
+file syscalls) would otherwise interleave with the event loop that is still fetching; for the
+same reason a store does not wake it: it pauses, then takes whatever was queued meanwhile.
 
 Queued bytes are bounded (``MAX_PENDING_BYTES``): past that a caller waits for its own job.
 Queued jobs are flushed at interpreter exit, so another process sees them afterwards.
@@ -32,9 +35,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..core.cache_policy import CacheEntry
+from ..core.segment_record import SEGMENT_BODY_MAX
 from .blobs import BlobStore
 from .costs import blob_cost
-from .index import Index
+from .index import Index, Placed
 from .seal import seal_of
 
 logger = logging.getLogger("vllm_fetch.cache")
@@ -125,6 +129,8 @@ class StoreWriter:
         self._on_total = on_total
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        #: set when the writer must not linger (a flush, a full backlog, closing)
+        self._urgent = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self.pending_bytes = 0
@@ -138,14 +144,17 @@ class StoreWriter:
             if wait:
                 job.done = Future()
             self._queue.put(job)
+            if wait or self.pending_bytes >= LINGER_BYTES:
+                self._urgent.set()
             return wait
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
             return
         self._queue = queue.SimpleQueue()
+        self._urgent = threading.Event()
         self.pending_bytes = 0
-        self._thread = threading.Thread(target=self._run, args=(self._queue,),
+        self._thread = threading.Thread(target=self._run, args=(self._queue, self._urgent),
                                         name="vllm-fetch-cache-writer", daemon=True)
         self._pid = os.getpid()
         self._thread.start()
@@ -157,6 +166,7 @@ class StoreWriter:
         self._guard = guard
         self._lock = threading.Lock()
         self._queue = queue.SimpleQueue()
+        self._urgent = threading.Event()
         self._thread = None
         self.pending_bytes = 0
 
@@ -167,6 +177,7 @@ class StoreWriter:
                 return
             barrier = threading.Event()
             self._queue.put(barrier)
+            self._urgent.set()
         barrier.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -176,12 +187,14 @@ class StoreWriter:
             if thread is None or self._pid != os.getpid():
                 return
             self._queue.put(None)
+            self._urgent.set()
         _live.discard(self)
         thread.join(timeout)
 
-    def _run(self, items: queue.SimpleQueue[_Item]) -> None:
+    def _run(self, items: queue.SimpleQueue[_Item], urgent: threading.Event) -> None:
         while True:
-            jobs, barrier, stop = take_burst(items)
+            urgent.clear()  # whatever set it is in the queue already, taken below
+            jobs, barrier, stop = take_burst(items, pause=urgent.wait)
             for start in range(0, len(jobs), MAX_GROUP):
                 self._commit(jobs[start:start + MAX_GROUP])
             if barrier is not None:
@@ -207,7 +220,17 @@ class StoreWriter:
                 self._finished(job)
 
     def _write(self, group: list[StoreJob]) -> None:
-        outcomes = self._blobs.put_many([(job.content, job.entry.sha256) for job in group])
+        outcomes, placed = self._blobs.put_group(
+            [(job.content, job.entry.sha256, job.entry.seal) for job in group])
+        try:
+            total = self._record(group, outcomes, placed)
+        finally:
+            self._blobs.settle(placed)
+        if total is not None:
+            self._on_total(total)  # may evict and compact: after the group is settled
+
+    def _record(self, group: list[StoreJob], outcomes: list[tuple[str, bool] | OSError],
+                placed: list[Placed]) -> int | None:
         written: list[tuple[StoreJob, int]] = []
         for job, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, OSError):
@@ -218,17 +241,21 @@ class StoreWriter:
                 written.append((job, blob_cost(job.entry.size) if outcome[1] else 0))
         # A job superseded meanwhile (invalidated, or a newer store for its key) only adds its
         # blob; its entry is not written. ``guard`` keeps invalidations out of this window.
+        # The segment records of the group are recorded in the same transaction.
         with self._guard:
             current = [(job, added, self._is_current(job)) for job, added in written]
             total = self._index.commit_many(
                 [(job.key, job.entry, added) for job, added, ok in current if ok],
-                extra_bytes=sum(added for _, added, ok in current if not ok))
+                extra_bytes=sum(added for _, added, ok in current if not ok), placed=placed,
+                sealed=frozenset(job.entry.sha256 for job, added, _ in current
+                                 if not added and job.entry.size <= SEGMENT_BODY_MAX))
+        if total is not None and self._blobs.segments is not None:
+            self._blobs.segments.placed(placed)
         for job, _ in written:
             job.committed = total is not None
             if job.done is not None:
                 job.done.set_result(total)
-        if total is not None:
-            self._on_total(total)
+        return total
 
 
 class ItemQueue(Protocol):
@@ -238,27 +265,40 @@ class ItemQueue(Protocol):
 
 
 def take_burst(
-    items: ItemQueue, *, clock: Callable[[], float] = time.monotonic
+    items: ItemQueue, *, clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], object] = time.sleep,
 ) -> tuple[list[StoreJob], threading.Event | None, bool]:
     """Wait for a first item, then keep taking jobs while stores keep coming. Stops when none
-    arrives for ``LINGER``, ``MAX_LINGER`` after the first, once ``LINGER_BYTES`` are taken, or
-    at a flush barrier or the stop signal (the queue is FIFO: whatever was queued before either
-    has been taken). Returns (jobs, the flush barrier taken, stop)."""
+    arrived during a ``LINGER`` pause, ``MAX_LINGER`` after the first, once ``LINGER_BYTES``
+    are taken, or at a flush barrier or the stop signal (the queue is FIFO: whatever was
+    queued before either has been taken). Returns (jobs, the flush barrier taken, stop).
+
+    Between pauses it takes what is queued without waiting, so a store does not wake this
+    thread (each wake-up is a GIL hand-off the fetching event loop pays for); ``pause`` is
+    cut short by whoever needs the writer now (a flush, a caller past the backlog bound)."""
     jobs: list[StoreJob] = []
     item = items.get()
     give_up = clock() + MAX_LINGER
     queued = 0
     while True:
-        if item is None:
-            return jobs, None, True
-        if isinstance(item, threading.Event):
-            return jobs, item, False
-        jobs.append(item)
-        queued += len(item.content)
+        while True:  # everything queued by now
+            if item is None:
+                return jobs, None, True
+            if isinstance(item, threading.Event):
+                return jobs, item, False
+            jobs.append(item)
+            queued += len(item.content)
+            if queued >= LINGER_BYTES:
+                return jobs, None, False
+            try:
+                item = items.get(block=False)
+            except queue.Empty:
+                break
         wait = min(LINGER, give_up - clock())
-        if queued >= LINGER_BYTES or wait <= 0:
+        if wait <= 0:
             return jobs, None, False
+        pause(wait)
         try:
-            item = items.get(timeout=wait)
+            item = items.get(block=False)
         except queue.Empty:
-            return jobs, None, False
+            return jobs, None, False  # none arrived for a linger: the burst paused

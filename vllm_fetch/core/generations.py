@@ -16,6 +16,7 @@ read only makes the reader drop a copy that was current: a wasted read, never a 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -36,8 +37,12 @@ class Stamp(NamedTuple):
 
 
 def slot_of(key: str) -> int:
-    """The slot (1..SLOTS) of a cache key (sha256 hex: its digits are uniform)."""
-    return 1 + int(key[:8], 16) % SLOTS
+    """The slot (1..SLOTS) of a cache key (sha256 hex: its digits are uniform; any other
+    string, e.g. a caller's own key, by its CRC-32)."""
+    try:
+        return 1 + int(key[:8], 16) % SLOTS
+    except ValueError:
+        return 1 + zlib.crc32(key.encode("utf-8", "surrogatepass")) % SLOTS
 
 
 class Generations:
