@@ -96,7 +96,7 @@ def disk_usage(*roots: Path) -> int:
 
 
 def spawn(
-    tool: str, url: str, target: Path, chunk_size: int | None
+    tool: str, url: str, target: Path, chunk_size: int | None, python: str = sys.executable
 ) -> tuple[float, float, int]:
     """Run one tool in a child: (seconds it reports, its peak RSS in MiB, its minor faults;
     ru_maxrss is in KiB on Linux)."""
@@ -114,7 +114,7 @@ def spawn(
     if tool == "curl":
         argv = ["curl", "-s", "-f", "-o", str(target), "-w", "%{time_total}", url]
     else:
-        argv = [sys.executable, str(HERE), "--one", tool, url, str(target)]
+        argv = [python, str(HERE), "--one", tool, url, str(target)]
         if chunk_size is not None:
             argv += ["--chunk-size", str(chunk_size)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
@@ -151,17 +151,20 @@ def make_source(directory: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+Run = tuple[str, str, "int | None", str]  # label, tool, chunk_size, python
+
+
 def run_rounds(
-    runs: list[tuple[str, str, int | None]], url: str, out_dir: Path, size: int, digest: str,
-    rounds: int,
+    runs: list[Run], url: str, out_dir: Path, size: int, digest: str, rounds: int,
 ) -> dict[str, Samples]:
-    """Each round runs every (label, tool, chunk_size) once, the order rotated every round."""
-    samples = {label: Samples() for label, _, _ in runs}
+    """Each round runs every (label, tool, chunk_size, python) once, the order rotated every
+    round."""
+    samples = {label: Samples() for label, _, _, _ in runs}
     for n in range(rounds):
         shift = n % len(runs)
-        for label, tool, chunk in runs[shift:] + runs[:shift]:
-            target = out_dir / f"{label}.bin"
-            seconds, rss, faults = spawn(tool, url, target, chunk)
+        for label, tool, chunk, python in runs[shift:] + runs[:shift]:
+            target = out_dir / f"{label.replace('@', '_')}.bin"
+            seconds, rss, faults = spawn(tool, url, target, chunk, python)
             verify(target, size, digest if n == 0 else None)
             disk = disk_usage(target, out_dir / "cold-cache")
             target.unlink()
@@ -202,6 +205,10 @@ def main() -> None:
     parser.add_argument("--chunks-kib", type=lambda v: [int(k) for k in v.split(",")],
                         default=[64, 120, 256, 512, 1024, 4096],
                         help="chunk sizes for --sweep, in KiB (default: %(default)s)")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=PYTHON",
+                        help="also run every vllm_fetch row under another interpreter (e.g. "
+                             "main=/path/to/main/.venv/bin/python: that venv's vllm_fetch), "
+                             "as rows TOOL@LABEL in the same alternating rounds")
     parser.add_argument("--one", nargs=3, metavar=("TOOL", "URL", "TARGET"), help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,12 +219,17 @@ def main() -> None:
 
     ensure_tools("nginx", "curl", *(["aria2c"] if "aria2c" in args.tools else []))
     size = args.size_mib * MIB
+    here = sys.executable
     if args.sweep:
-        runs = [("curl", "curl", None)] + [
-            (f"download_file {kib} KiB", "download_file", kib * 1024)
+        runs: list[Run] = [("curl", "curl", None, here)] + [
+            (f"download_file {kib} KiB", "download_file", kib * 1024, here)
             for kib in args.chunks_kib]
     else:
-        runs = [(tool, tool, None) for tool in args.tools.split(",")]
+        runs = [(tool, tool, None, here) for tool in args.tools.split(",")]
+    for spec in args.compare:
+        label, _, python = spec.partition("=")
+        runs += [(f"{tool}@{label}", tool, chunk, python) for name, tool, chunk, _ in list(runs)
+                 if tool not in ("curl", "aria2c", "vllm_baseline") and "@" not in name]
     with tempfile.TemporaryDirectory(prefix="vllm-fetch-bench-") as tmp:
         source, out_dir = Path(tmp) / "srv", args.out_dir or Path(tmp) / "out"
         Path(tmp).chmod(0o755)  # nginx workers run as "nobody" when started by root

@@ -38,12 +38,23 @@ from ..core.partial_names import (
 )
 from ..core.resume import PartialState, validator_for
 from ..errors import ChecksumMismatchError, DiskError, SizeLimitExceededError
-from ..files import disk_error, fsync_dir, fsync_fd, pwrite_all, pwritev_all, remove_quietly
+from ..files import (
+    disk_error,
+    fsync_dir,
+    fsync_fd,
+    pwrite_all,
+    pwritev_all,
+    remove_quietly,
+    start_writeback,
+)
 from . import registry
 
 logger = logging.getLogger(__name__)
 
 HASH_READ_SIZE = 1024 * 1024
+#: After this many new bytes, the kernel is asked to start writing them to disk (see
+#: ``files.start_writeback``), so the fsync at publish is not a full-file writeback.
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 _active: set[str] = set()
 _active_lock = threading.Lock()
@@ -145,6 +156,7 @@ class Partial:
         self.hashed: tuple[int, hashlib._Hash] | None = None
         self._save_lock = threading.Lock()
         self._noted = False
+        self._unflushed = 0  # bytes written since the last writeback was started
 
     # -- finding one -----------------------------------------------------------------------
     @classmethod
@@ -283,9 +295,26 @@ class Partial:
 
     def write(self, data: bytes | memoryview, offset: int) -> None:
         pwrite_all(self.open(), data, offset, self.path)
+        if self.wrote(len(data)):
+            self.write_behind()
 
     def write_chunks(self, chunks: list[bytes], offset: int) -> None:
         pwritev_all(self.open(), chunks, offset, self.path)
+        if self.wrote(sum(len(chunk) for chunk in chunks)):
+            self.write_behind()
+
+    def wrote(self, nbytes: int) -> bool:
+        """Count ``nbytes`` written (by this object or another handle on the partial); True
+        when :meth:`write_behind` is due. (Parts count from several threads: approximate.)"""
+        self._unflushed += nbytes
+        if self._unflushed < WRITEBACK_STEP:
+            return False
+        self._unflushed = 0
+        return True
+
+    def write_behind(self) -> None:
+        """Start writing what is on the partial to disk, without waiting for it."""
+        start_writeback(self.open())
 
     def hasher_at(self, offset: int) -> hashlib._Hash:
         """A sha256 of bytes ``[0, offset)``: kept from this call, else re-read once from disk."""
