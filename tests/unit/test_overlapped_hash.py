@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from pathlib import Path
 
 import pytest
 import xxhash
@@ -54,3 +55,69 @@ def test_transfer_lock_names() -> None:
     assert lock_name("k1", digest) == lock_name("k2", digest.upper())  # same bytes, one lock
     assert lock_name("k1", None) != lock_name("k2", None)
     assert lock_name("k1", None) != lock_name("k1", digest)
+
+
+def test_lent_buffers_are_hashed_without_a_copy_and_lent_again_only_once_hashed() -> None:
+    data = os.urandom(9 * 1024 * 1024 + 5)
+    size = 100_000
+    hasher = OverlappedSha256()
+    lent: set[int] = set()
+    for start in range(0, len(data), size):
+        buffer = hasher.lend(size)
+        lent.add(id(buffer))
+        piece = data[start:start + size]
+        buffer[:len(piece)] = piece  # the ring slot is free: nothing queued still points at it
+        view = memoryview(buffer)[:len(piece)]
+        hasher.update(view)
+        if hasher._batch:  # (not yet handed over as a whole batch)
+            assert hasher._batch[-1][0] is view  # queued as it is: no bytes() copy
+    assert len(lent) <= overlapped_hash.LEND_BYTES // size + 1  # a small ring, reused
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert seal.known(hasher.hexdigest()) == xxhash.xxh3_128_hexdigest(data)
+
+
+def test_a_lent_buffer_never_given_back_is_simply_lent_again() -> None:
+    """A read that failed or hit the end never passes its buffer to update: no slot is lost."""
+    hasher = OverlappedSha256()
+    for _ in range(200):
+        hasher.lend(64 * 1024)
+    buffer = hasher.lend(64 * 1024)
+    buffer[:3] = b"abc"
+    hasher.update(memoryview(buffer)[:3])
+    assert hasher.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_other_reused_buffers_are_copied() -> None:
+    hasher = OverlappedSha256()
+    buffer = bytearray(b"abc")
+    hasher.update(memoryview(buffer))
+    buffer[:] = b"xyz"  # its owner reuses it before the helper thread got to it
+    assert hasher.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_a_sink_reads_into_the_hashers_ring_or_one_reused_buffer() -> None:
+    from vllm_fetch.core.body import BodyMeter
+    from vllm_fetch.core.download_machine import Kind, Sink
+
+    plain = Sink(Kind.STREAM, 0, BodyMeter("u"), hasher=hashlib.sha256()).buffers(1024)
+    assert plain() is plain()  # written (and hashed in place) before the next read
+    overlapped = OverlappedSha256()
+    lend = Sink(Kind.STREAM, 0, BodyMeter("u"), hasher=overlapped).buffers(1024)  # type: ignore[arg-type]
+    assert lend() is not lend()  # each read its own ring slot
+    assert id(lend()) in overlapped._slots
+
+
+def test_start_writeback_is_harmless_on_any_descriptor(tmp_path: Path) -> None:
+    from vllm_fetch.files import start_writeback
+
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, os.urandom(1 << 20))
+        start_writeback(fd)  # starts writing, returns at once
+        start_writeback(fd, 4096, 8192)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    start_writeback(fd)  # a closed descriptor: nothing happens, nothing raised
+    assert path.stat().st_size == 1 << 20
