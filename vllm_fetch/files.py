@@ -121,19 +121,16 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> No
 
 
 def preallocate(fd: int, size: int, path: Path) -> None:
-    """Reserve ``size`` bytes up front, so a full disk fails before any byte is fetched."""
-    fallocate = getattr(os, "posix_fallocate", None)
+    """Give the file its full size up front, as a sparse file (no blocks until written, so an
+    interrupted partial takes on disk what arrived, not the whole file), after checking the
+    filesystem has room for the rest: a full disk fails before any byte is fetched."""
     try:
-        if fallocate is None:
-            raise OSError(errno.ENOSYS, "no posix_fallocate")
-        fallocate(fd, 0, size)
+        info, space = os.fstat(fd), os.fstatvfs(fd)
+        if space.f_bavail * space.f_frsize + info.st_blocks * 512 < size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.ftruncate(fd, size)
     except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise disk_error(exc, path) from exc
-        try:
-            os.ftruncate(fd, size)  # no fallocate here (some network filesystems): sparse file
-        except OSError as inner:
-            raise disk_error(inner, path) from inner
+        raise disk_error(exc, path) from exc
 
 
 def pwritev_all(fd: int, buffers: list[bytes], offset: int, path: Path) -> None:

@@ -115,6 +115,27 @@ def test_an_interrupted_partial_occupies_what_was_received(
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_an_interrupted_parallel_partial_is_sparse(
+        mode: str, origin: Origin, tmp_path: Path) -> None:
+    """A split download gives the partial its full size up front, but no blocks: after an
+    interruption it holds on disk about what the origin sent, and the next call resumes it."""
+    big = os.urandom(1024 * 1024) * 50
+    url = RangeFile(big, cuts={0: 2_400_000}, delay=0.005).mount(origin, "/parts")
+    target = tmp_path / "out" / "parts.bin"
+    with pytest.raises(TruncatedBodyError):
+        call(mode, HTTPConnection(retry=RetryPolicy.none(), cache=False), "download_file",
+             url, target, connections=4)
+    [partial] = [p for p in target.parent.iterdir() if p.name.endswith(".part")]
+    info = partial.stat()
+    assert info.st_size == len(big)
+    assert info.st_blocks * 512 <= origin.bytes_sent + 1024 * 1024 < len(big) // 2
+    sent = origin.bytes_sent
+    call(mode, HTTPConnection(cache=False), "download_file", url, target, connections=4)
+    assert sha256(target.read_bytes()) == sha256(big)
+    assert origin.bytes_sent - sent < len(big)  # the parts were resumed, not fetched again
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_writeback_starts_while_the_file_streams(
         mode: str, origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every ``WRITEBACK_STEP`` bytes the kernel is asked to start writing the partial, so
