@@ -20,6 +20,7 @@ from tests.origin import Origin, sha256
 from tests.ranged import RangeFile, ranges_asked
 from tests.rawserver import RawServer
 from vllm_fetch import ChecksumMismatchError, HTTPConnection, RetryPolicy, TruncatedBodyError, files
+from vllm_fetch.cache import fetch_cache
 from vllm_fetch.download import partials
 from vllm_fetch.drivers.requests_driver import RequestsDriver
 
@@ -66,6 +67,33 @@ def test_a_body_cut_mid_read_resumes_from_the_byte_received(
     else:  # aiohttp drops what it buffered when the loss is seen before the bytes are read
         assert len(asked) == 2 and asked[1] in (None, *(f"bytes={n}-" for n in range(cut + 1)))
     assert leftovers(target.parent) == ["cut.bin"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_partial_resumed_by_a_later_call_joins_the_cache_sealed(
+        mode: str, origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next call re-reads the partial's bytes once for their sha256 and seal, hashes the
+    rest while it streams, and the cache stores the file without reading it again."""
+    url = RangeFile(BODY, cuts={0: 1_000_003}).mount(origin, "/later")
+    cache = tmp_path / "cache"
+    target = tmp_path / "out" / "later.bin"
+    with pytest.raises(TruncatedBodyError):
+        call(mode, HTTPConnection(retry=RetryPolicy.none(), cache=cache), "download_file", url,
+             target, connections=1)
+    assert not target.exists()
+
+    def no_second_read(path: Path) -> str:
+        raise AssertionError("the stored file was read again for its seal")
+
+    monkeypatch.setattr(fetch_cache, "seal_file", no_second_read)
+    conn = HTTPConnection(cache=cache)
+    call(mode, conn, "download_file", url, target, connections=1, expected_sha256=sha256(BODY))
+    assert sha256(target.read_bytes()) == sha256(BODY)
+    asked = ranges_asked(origin, "/later")
+    assert len(asked) == 2 and asked[1] is not None and asked[1] != "bytes=0-"
+    again = conn.fetch_file(url, tmp_path / "again.bin")
+    assert again.from_cache and (tmp_path / "again.bin").read_bytes() == BODY
+    assert origin.count("/later") == 2
 
 
 @pytest.mark.parametrize("mode", MODES)

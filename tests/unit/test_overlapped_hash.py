@@ -121,3 +121,19 @@ def test_start_writeback_is_harmless_on_any_descriptor(tmp_path: Path) -> None:
         os.close(fd)
     start_writeback(fd)  # a closed descriptor: nothing happens, nothing raised
     assert path.stat().st_size == 1 << 20
+
+
+def test_continuing_from_a_prefix_gives_the_whole_streams_digest_and_seal() -> None:
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    cut = 700_001
+    sha, sealer = hashlib.sha256(data[:cut]), seal.new_sealer()
+    sealer.update(data[:cut])
+    hasher = OverlappedSha256.continuing(sha, sealer)
+    buffer = hasher.lend(256 * 1024)
+    for start in range(cut, len(data), len(buffer)):
+        buffer = hasher.lend(256 * 1024)
+        piece = data[start:start + len(buffer)]
+        buffer[:len(piece)] = piece
+        hasher.update(memoryview(buffer)[:len(piece)])
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert seal.known(hashlib.sha256(data).hexdigest()) == xxhash.xxh3_128_hexdigest(data)

@@ -22,6 +22,8 @@ import hashlib
 import queue
 import threading
 
+import xxhash
+
 from . import seal
 
 #: Chunks are handed to the helper thread in batches of this many bytes (fewer wake-ups).
@@ -59,6 +61,13 @@ class OverlappedSha256:
         self._ring_bytes = 0
         self._next = 0
         self._idle = threading.Condition()
+
+    @classmethod
+    def continuing(cls, sha: hashlib._Hash, sealer: xxhash.xxh3_128) -> OverlappedSha256:
+        """A hasher that goes on from bytes already hashed (a resumed partial's prefix)."""
+        hasher = cls()
+        hasher._sha, hasher._seal = sha, sealer
+        return hasher
 
     def lend(self, size: int) -> bytearray:
         """A buffer (``size`` bytes, or a ring buffer of another size) to read the next chunk

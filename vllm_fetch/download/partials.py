@@ -25,8 +25,11 @@ import stat
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
+from ..core import seal
 from ..core.download_machine import Start
+from ..core.overlapped_hash import OverlappedSha256
 from ..core.partial_names import (
     Owner,
     is_partial_of,
@@ -334,20 +337,25 @@ class Partial:
         return view
 
     def hash_range(self, end: int) -> hashlib._Hash:
-        """sha256 of the first ``end`` bytes on disk (read in order)."""
-        hasher = hashlib.sha256()
+        """sha256 of the first ``end`` bytes on disk (read in order), with their seal: the
+        rest of a resumed stream is hashed on the overlapped hasher's thread, and the cache
+        gets the whole file's seal without reading it again."""
+        sha, sealer = hashlib.sha256(), seal.new_sealer()
         fd = self.open()
         position = 0
+        buffer = bytearray(min(HASH_READ_SIZE, end))
         try:
             while position < end:
-                block = os.pread(fd, min(HASH_READ_SIZE, end - position), position)
-                if not block:
+                view = memoryview(buffer)[:min(len(buffer), end - position)]
+                got = os.preadv(fd, [view], position)
+                if not got:
                     break
-                hasher.update(block)
-                position += len(block)
+                sha.update(view[:got])
+                sealer.update(view[:got])
+                position += got
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
-        return hasher
+        return cast("hashlib._Hash", OverlappedSha256.continuing(sha, sealer))
 
     # -- endings ---------------------------------------------------------------------------
     def publish(self) -> Path:
