@@ -5,6 +5,11 @@ tool in its own subprocess, alternating the order each round, and prints median 
 each tool's peak RSS (``ru_maxrss`` of that child, from ``os.wait4``). Every downloaded file is
 checked (size each round, sha256 in the first round). Not part of the test suite.
 
+``curl_fsync`` is curl followed by an fsync of its file: what a crash-safe download cannot
+go below (``download_file`` fsyncs before its rename; curl does not). ``--compare
+main=/path/to/.venv/bin/python`` adds every vllm_fetch row run by that interpreter (its
+venv's vllm_fetch) to the same alternating rounds.
+
     .venv/bin/python benchmarks/bench_download.py                 # 256 MiB, 5 rounds
     .venv/bin/python benchmarks/bench_download.py --sweep         # chunk_size sweep (sync)
 """
@@ -27,7 +32,8 @@ from pathlib import Path
 from loopback_nginx import ensure_tools, loopback_nginx
 
 HERE = Path(__file__).resolve()
-TOOLS = ("curl", "aria2c", "download_file", "async_download_file", "download_file_auto",
+TOOLS = ("curl", "curl_fsync", "aria2c", "download_file", "async_download_file",
+         "download_file_auto",
          "download_file_cold_cache", "download_file_cache", "async_download_file_cache",
          "download_file_cache_x8", "vllm_baseline")
 #: rows with the cache on (the default): a fresh cache beside the target each round
@@ -115,7 +121,7 @@ def spawn(
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit("aria2c failed")
         return seconds, usage.ru_maxrss / 1024, usage.ru_minflt
-    if tool == "curl":
+    if tool in ("curl", "curl_fsync"):
         argv = ["curl", "-s", "-f", "-o", str(target), "-w", "%{time_total}", url]
     else:
         argv = [python, str(HERE), "--one", tool, url, str(target)]
@@ -128,7 +134,16 @@ def spawn(
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{tool} failed with exit code {proc.returncode}")
-    return float(out.decode().strip()), usage.ru_maxrss / 1024, usage.ru_minflt
+    seconds = float(out.decode().strip())
+    if tool == "curl_fsync":  # curl, then the fsync a crash-safe download makes before its rename
+        started = time.perf_counter()
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        seconds += time.perf_counter() - started
+    return seconds, usage.ru_maxrss / 1024, usage.ru_minflt
 
 
 def verify(target: Path, size: int, digest: str | None) -> None:
@@ -233,7 +248,8 @@ def main() -> None:
     for spec in args.compare:
         label, _, python = spec.partition("=")
         runs += [(f"{tool}@{label}", tool, chunk, python) for name, tool, chunk, _ in list(runs)
-                 if tool not in ("curl", "aria2c", "vllm_baseline") and "@" not in name]
+                 if tool not in ("curl", "curl_fsync", "aria2c", "vllm_baseline")
+                 and "@" not in name]
     with tempfile.TemporaryDirectory(prefix="vllm-fetch-bench-") as tmp:
         source, out_dir = Path(tmp) / "srv", args.out_dir or Path(tmp) / "out"
         Path(tmp).chmod(0o755)  # nginx workers run as "nobody" when started by root
@@ -243,7 +259,7 @@ def main() -> None:
         print(f"{args.size_mib} MiB file, {args.rounds} alternating rounds, downloads to {out_dir}")
         with loopback_nginx(source) as base:
             samples = run_rounds(runs, f"{base}/blob.bin", out_dir, size, digest, args.rounds)
-        report(samples, size, ("curl", "vllm_baseline"))
+        report(samples, size, ("curl", "curl_fsync", "vllm_baseline"))
 
 
 if __name__ == "__main__":
