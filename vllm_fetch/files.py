@@ -186,3 +186,58 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     func = _writeback if _writeback_loaded else _load_writeback()
     if func is not None:
         func(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # an error only means no head start
+
+
+class WriteBehind:
+    """Starts writeback of one file (:func:`start_writeback`) from a helper thread, so the
+    writer never waits: ``sync_file_range`` blocks while the disk's request queue is full,
+    which on a busy disk would stall the network reads behind it. :meth:`poke` asks for one
+    more round (rounds asked while one runs merge); :meth:`close` waits for the thread. The
+    thread uses its own duplicate of the descriptor and exits when idle."""
+
+    IDLE_EXIT = 1.0
+
+    def __init__(self) -> None:
+        self._due = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def poke(self, fd: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._due.set()
+            if self._thread is None:
+                try:
+                    own = os.dup(fd)
+                except OSError:
+                    return
+                self._thread = threading.Thread(target=self._run, args=(own,), daemon=True,
+                                                name="vllm_fetch-writeback")
+                self._thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            while True:
+                if not self._due.wait(self.IDLE_EXIT):
+                    with self._lock:
+                        if not self._due.is_set():
+                            self._thread = None
+                            return
+                    continue
+                self._due.clear()
+                if self._closed:
+                    return
+                start_writeback(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """No more rounds; returns once the thread (and its descriptor) is gone."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            self._due.set()
+        if thread is not None:
+            thread.join()

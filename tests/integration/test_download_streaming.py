@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,24 +167,25 @@ def test_an_interrupted_parallel_partial_is_sparse(
 @pytest.mark.parametrize("mode", MODES)
 def test_writeback_starts_while_the_file_streams(
         mode: str, origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every ``WRITEBACK_STEP`` bytes the kernel is asked to start writing the partial, so
-    the fsync before the rename has little left (and it is still made: publish is
+    """Every ``WRITEBACK_STEP`` bytes a helper thread asks the kernel to start writing the
+    partial, so the fsync before the rename has little left (and it is still made: publish is
     unchanged)."""
     monkeypatch.setattr(partials, "WRITEBACK_STEP", 512 * 1024)
-    started: list[int] = []
+    started: list[tuple[int, str]] = []
     real = files.start_writeback
 
     def counting(fd: int, offset: int = 0, length: int = 0) -> None:
-        started.append(os.fstat(fd).st_size)
+        started.append((os.fstat(fd).st_size, threading.current_thread().name))
         real(fd, offset, length)
 
-    monkeypatch.setattr(partials, "start_writeback", counting)
-    url = RangeFile(BODY).mount(origin, "/wb")
+    monkeypatch.setattr(files, "start_writeback", counting)
+    url = RangeFile(BODY, delay=0.005).mount(origin, "/wb")  # ~0.3 s for the body
     target = tmp_path / "wb.bin"
     call(mode, HTTPConnection(cache=False), "download_file", url, target, connections=1)
     assert sha256(target.read_bytes()) == sha256(BODY)
-    assert len(started) >= 2 and started == sorted(started)  # as it grew, not at the end
-    assert started[0] < len(BODY)
+    assert started and started[0][0] < len(BODY)  # while it grew, not at the end
+    assert {name for _, name in started} == {"vllm_fetch-writeback"}
+    assert "vllm_fetch-writeback" not in {t.name for t in threading.enumerate()}  # joined
 
 
 @pytest.mark.parametrize("mode", MODES)

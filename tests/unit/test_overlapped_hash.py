@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from pathlib import Path
 
 import pytest
 import xxhash
@@ -105,22 +104,6 @@ def test_a_sink_reads_into_the_hashers_ring_or_one_reused_buffer() -> None:
     lend = Sink(Kind.STREAM, 0, BodyMeter("u"), hasher=overlapped).buffers(1024)  # type: ignore[arg-type]
     assert lend() is not lend()  # each read its own ring slot
     assert id(lend()) in overlapped._slots
-
-
-def test_start_writeback_is_harmless_on_any_descriptor(tmp_path: Path) -> None:
-    from vllm_fetch.files import start_writeback
-
-    path = tmp_path / "f"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    try:
-        os.write(fd, os.urandom(1 << 20))
-        start_writeback(fd)  # starts writing, returns at once
-        start_writeback(fd, 4096, 8192)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    start_writeback(fd)  # a closed descriptor: nothing happens, nothing raised
-    assert path.stat().st_size == 1 << 20
 
 
 def test_continuing_from_a_prefix_gives_the_whole_streams_digest_and_seal() -> None:

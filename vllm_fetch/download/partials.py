@@ -42,13 +42,13 @@ from ..core.partial_names import (
 from ..core.resume import PartialState, validator_for
 from ..errors import ChecksumMismatchError, DiskError, SizeLimitExceededError
 from ..files import (
+    WriteBehind,
     disk_error,
     fsync_dir,
     fsync_fd,
     pwrite_all,
     pwritev_all,
     remove_quietly,
-    start_writeback,
 )
 from . import registry
 
@@ -160,6 +160,7 @@ class Partial:
         self._save_lock = threading.Lock()
         self._noted = False
         self._unflushed = 0  # bytes written since the last writeback was started
+        self._write_behind = WriteBehind()
 
     # -- finding one -----------------------------------------------------------------------
     @classmethod
@@ -316,8 +317,9 @@ class Partial:
         return True
 
     def write_behind(self) -> None:
-        """Start writing what is on the partial to disk, without waiting for it."""
-        start_writeback(self.open())
+        """Have the kernel start writing the partial to disk (from a helper thread: neither
+        the call nor the kernel's submission waits here)."""
+        self._write_behind.poke(self.open())
 
     def hasher_at(self, offset: int) -> hashlib._Hash:
         """A sha256 of bytes ``[0, offset)``: kept from this call, else re-read once from disk."""
@@ -396,6 +398,8 @@ class Partial:
         self.hashed = None
 
     def _close(self) -> None:
+        self._write_behind.close()
+        self._write_behind = WriteBehind()  # a later attempt may write (and poke) again
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
