@@ -5,6 +5,11 @@ tool in its own subprocess, alternating the order each round, and prints median 
 each tool's peak RSS (``ru_maxrss`` of that child, from ``os.wait4``). Every downloaded file is
 checked (size each round, sha256 in the first round). Not part of the test suite.
 
+``curl_fsync`` is curl followed by an fsync of its file: what a crash-safe download cannot
+go below (``download_file`` fsyncs before its rename; curl does not). ``--compare
+main=/path/to/.venv/bin/python`` adds every vllm_fetch row run by that interpreter (its
+venv's vllm_fetch) to the same alternating rounds.
+
     .venv/bin/python benchmarks/bench_download.py                 # 256 MiB, 5 rounds
     .venv/bin/python benchmarks/bench_download.py --sweep         # chunk_size sweep (sync)
 """
@@ -27,7 +32,8 @@ from pathlib import Path
 from loopback_nginx import ensure_tools, loopback_nginx
 
 HERE = Path(__file__).resolve()
-TOOLS = ("curl", "aria2c", "download_file", "async_download_file", "download_file_auto",
+TOOLS = ("curl", "curl_fsync", "aria2c", "download_file", "async_download_file",
+         "download_file_auto",
          "download_file_cold_cache", "download_file_cache", "async_download_file_cache",
          "download_file_cache_x8", "vllm_baseline")
 #: rows with the cache on (the default): a fresh cache beside the target each round
@@ -60,6 +66,10 @@ def run_one(tool: str, url: str, target: str, chunk_size: int | None) -> float:
     # on (the default), each into a fresh cache beside the target, removed by the parent.
     cache = Path(target).parent / "cold-cache" if tool in CACHED else False
     conn = HTTPConnection(cache=cache)
+    if tool.startswith("async"):
+        # imported on first async use: an import (aiohttp builds its TLS contexts then, 0.1 s
+        # and more), not part of the download
+        import vllm_fetch.download.async_runner  # noqa: F401
     started = time.perf_counter()
     if not tool.startswith("async"):
         conn.download_file(url, target, **kwargs)
@@ -96,7 +106,7 @@ def disk_usage(*roots: Path) -> int:
 
 
 def spawn(
-    tool: str, url: str, target: Path, chunk_size: int | None
+    tool: str, url: str, target: Path, chunk_size: int | None, python: str = sys.executable
 ) -> tuple[float, float, int]:
     """Run one tool in a child: (seconds it reports, its peak RSS in MiB, its minor faults;
     ru_maxrss is in KiB on Linux)."""
@@ -111,10 +121,10 @@ def spawn(
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit("aria2c failed")
         return seconds, usage.ru_maxrss / 1024, usage.ru_minflt
-    if tool == "curl":
+    if tool in ("curl", "curl_fsync"):
         argv = ["curl", "-s", "-f", "-o", str(target), "-w", "%{time_total}", url]
     else:
-        argv = [sys.executable, str(HERE), "--one", tool, url, str(target)]
+        argv = [python, str(HERE), "--one", tool, url, str(target)]
         if chunk_size is not None:
             argv += ["--chunk-size", str(chunk_size)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
@@ -124,7 +134,16 @@ def spawn(
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{tool} failed with exit code {proc.returncode}")
-    return float(out.decode().strip()), usage.ru_maxrss / 1024, usage.ru_minflt
+    seconds = float(out.decode().strip())
+    if tool == "curl_fsync":  # curl, then the fsync a crash-safe download makes before its rename
+        started = time.perf_counter()
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        seconds += time.perf_counter() - started
+    return seconds, usage.ru_maxrss / 1024, usage.ru_minflt
 
 
 def verify(target: Path, size: int, digest: str | None) -> None:
@@ -151,17 +170,20 @@ def make_source(directory: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+Run = tuple[str, str, "int | None", str]  # label, tool, chunk_size, python
+
+
 def run_rounds(
-    runs: list[tuple[str, str, int | None]], url: str, out_dir: Path, size: int, digest: str,
-    rounds: int,
+    runs: list[Run], url: str, out_dir: Path, size: int, digest: str, rounds: int,
 ) -> dict[str, Samples]:
-    """Each round runs every (label, tool, chunk_size) once, the order rotated every round."""
-    samples = {label: Samples() for label, _, _ in runs}
+    """Each round runs every (label, tool, chunk_size, python) once, the order rotated every
+    round."""
+    samples = {label: Samples() for label, _, _, _ in runs}
     for n in range(rounds):
         shift = n % len(runs)
-        for label, tool, chunk in runs[shift:] + runs[:shift]:
-            target = out_dir / f"{label}.bin"
-            seconds, rss, faults = spawn(tool, url, target, chunk)
+        for label, tool, chunk, python in runs[shift:] + runs[:shift]:
+            target = out_dir / f"{label.replace('@', '_')}.bin"
+            seconds, rss, faults = spawn(tool, url, target, chunk, python)
             verify(target, size, digest if n == 0 else None)
             disk = disk_usage(target, out_dir / "cold-cache")
             target.unlink()
@@ -202,6 +224,10 @@ def main() -> None:
     parser.add_argument("--chunks-kib", type=lambda v: [int(k) for k in v.split(",")],
                         default=[64, 120, 256, 512, 1024, 4096],
                         help="chunk sizes for --sweep, in KiB (default: %(default)s)")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=PYTHON",
+                        help="also run every vllm_fetch row under another interpreter (e.g. "
+                             "main=/path/to/main/.venv/bin/python: that venv's vllm_fetch), "
+                             "as rows TOOL@LABEL in the same alternating rounds")
     parser.add_argument("--one", nargs=3, metavar=("TOOL", "URL", "TARGET"), help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,12 +238,18 @@ def main() -> None:
 
     ensure_tools("nginx", "curl", *(["aria2c"] if "aria2c" in args.tools else []))
     size = args.size_mib * MIB
+    here = sys.executable
     if args.sweep:
-        runs = [("curl", "curl", None)] + [
-            (f"download_file {kib} KiB", "download_file", kib * 1024)
+        runs: list[Run] = [("curl", "curl", None, here)] + [
+            (f"download_file {kib} KiB", "download_file", kib * 1024, here)
             for kib in args.chunks_kib]
     else:
-        runs = [(tool, tool, None) for tool in args.tools.split(",")]
+        runs = [(tool, tool, None, here) for tool in args.tools.split(",")]
+    for spec in args.compare:
+        label, _, python = spec.partition("=")
+        runs += [(f"{tool}@{label}", tool, chunk, python) for name, tool, chunk, _ in list(runs)
+                 if tool not in ("curl", "curl_fsync", "aria2c", "vllm_baseline")
+                 and "@" not in name]
     with tempfile.TemporaryDirectory(prefix="vllm-fetch-bench-") as tmp:
         source, out_dir = Path(tmp) / "srv", args.out_dir or Path(tmp) / "out"
         Path(tmp).chmod(0o755)  # nginx workers run as "nobody" when started by root
@@ -227,7 +259,7 @@ def main() -> None:
         print(f"{args.size_mib} MiB file, {args.rounds} alternating rounds, downloads to {out_dir}")
         with loopback_nginx(source) as base:
             samples = run_rounds(runs, f"{base}/blob.bin", out_dir, size, digest, args.rounds)
-        report(samples, size, ("curl", "vllm_baseline"))
+        report(samples, size, ("curl", "curl_fsync", "vllm_baseline"))
 
 
 if __name__ == "__main__":

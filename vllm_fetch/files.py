@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
+import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DiskError
@@ -118,19 +121,16 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> No
 
 
 def preallocate(fd: int, size: int, path: Path) -> None:
-    """Reserve ``size`` bytes up front, so a full disk fails before any byte is fetched."""
-    fallocate = getattr(os, "posix_fallocate", None)
+    """Give the file its full size up front, as a sparse file (no blocks until written, so an
+    interrupted partial takes on disk what arrived, not the whole file), after checking the
+    filesystem has room for the rest: a full disk fails before any byte is fetched."""
     try:
-        if fallocate is None:
-            raise OSError(errno.ENOSYS, "no posix_fallocate")
-        fallocate(fd, 0, size)
+        info, space = os.fstat(fd), os.fstatvfs(fd)
+        if space.f_bavail * space.f_frsize + info.st_blocks * 512 < size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.ftruncate(fd, size)
     except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise disk_error(exc, path) from exc
-        try:
-            os.ftruncate(fd, size)  # no fallocate here (some network filesystems): sparse file
-        except OSError as inner:
-            raise disk_error(inner, path) from inner
+        raise disk_error(exc, path) from exc
 
 
 def pwritev_all(fd: int, buffers: list[bytes], offset: int, path: Path) -> None:
@@ -167,3 +167,97 @@ def publish_bytes(data: bytes, target: Path) -> Path:
         if fd >= 0:
             os.close(fd)
         remove_quietly(temp)
+
+
+#: ``sync_file_range(2)`` flag: start writing the range's dirty pages, do not wait for them.
+_SYNC_FILE_RANGE_WRITE = 2
+_writeback: Callable[[int, int, int, int], int] | None = None
+_writeback_loaded = False
+_writeback_lock = threading.Lock()
+
+
+def _load_writeback() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or None where there is none."""
+    global _writeback, _writeback_loaded
+    with _writeback_lock:
+        if not _writeback_loaded:
+            _writeback_loaded = True
+            if sys.platform.startswith("linux"):
+                try:
+                    func = ctypes.CDLL(None, use_errno=True).sync_file_range
+                    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                     ctypes.c_uint]
+                    func.restype = ctypes.c_int
+                    _writeback = func
+                except (OSError, AttributeError):
+                    _writeback = None
+    return _writeback
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Ask the kernel to start writing a file's dirty pages to disk now, without waiting
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``; ``length`` 0: to the end of the file).
+
+    A download calls this as it goes, so the disk writes while the network reads and the one
+    fsync before the rename (the durability contract) finds little left to do: without it, the
+    whole file is written back inside that fsync. Durability is unchanged (only the fsync
+    promises anything). A no-op where the call does not exist or fails.
+    """
+    func = _writeback if _writeback_loaded else _load_writeback()
+    if func is not None:
+        func(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # an error only means no head start
+
+
+class WriteBehind:
+    """Starts writeback of one file (:func:`start_writeback`) from a helper thread, so the
+    writer never waits: ``sync_file_range`` blocks while the disk's request queue is full,
+    which on a busy disk would stall the network reads behind it. :meth:`poke` asks for one
+    more round (rounds asked while one runs merge); :meth:`close` waits for the thread. The
+    thread uses its own duplicate of the descriptor and exits when idle."""
+
+    IDLE_EXIT = 1.0
+
+    def __init__(self) -> None:
+        self._due = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def poke(self, fd: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._due.set()
+            if self._thread is None:
+                try:
+                    own = os.dup(fd)
+                except OSError:
+                    return
+                self._thread = threading.Thread(target=self._run, args=(own,), daemon=True,
+                                                name="vllm_fetch-writeback")
+                self._thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            while True:
+                if not self._due.wait(self.IDLE_EXIT):
+                    with self._lock:
+                        if not self._due.is_set():
+                            self._thread = None
+                            return
+                    continue
+                self._due.clear()
+                if self._closed:
+                    return
+                start_writeback(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """No more rounds; returns once the thread (and its descriptor) is gone."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            self._due.set()
+        if thread is not None:
+            thread.join()

@@ -1,7 +1,8 @@
 """Disk faults (D4): a full disk or a read-only target is a DiskError, never retried, no temp left.
 
-ENOSPC is produced two ways: by making ``os.pwrite(v)`` / ``os.posix_fallocate`` fail in this
-process (portable), and, when the tests run as root, by a real 1 MiB tmpfs.
+ENOSPC is produced two ways: by making ``os.pwrite(v)`` fail (or ``os.fstatvfs`` report a
+full filesystem) in this process (portable), and, when the tests run as root, by a real 1 MiB
+tmpfs.
 """
 
 from __future__ import annotations
@@ -70,7 +71,14 @@ def test_enospc_while_writing(mode: str, origin: Origin, conn: HTTPConnection, t
 def test_enospc_on_preallocation(mode: str, origin: Origin, conn: HTTPConnection,
                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = RangeFile(BODY).mount(origin, "/prealloc")
-    monkeypatch.setattr(os, "posix_fallocate", _full)
+    real = os.fstatvfs
+
+    def no_room(fd: int) -> os.statvfs_result:  # a filesystem with 64 KiB free
+        space = list(real(fd))
+        space[4] = 65536 // space[1]  # f_bavail, in f_frsize blocks
+        return os.statvfs_result(space)
+
+    monkeypatch.setattr(os, "fstatvfs", no_room)
     with pytest.raises(DiskError):
         call(mode, conn, "download_file", url, tmp_path / "p.bin", connections=4)
     assert origin.count("/prealloc") == 1  # the probe only: no part was requested

@@ -151,7 +151,7 @@ class BodyMeter:
             return chunk_size
         return max(1, min(chunk_size, self.max_bytes + 1 - self.received))
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         """Account for one chunk; raise as soon as a limit is passed (stop at max_bytes + 1)."""
         self.received += len(chunk)
         if self.max_bytes is not None and self.received > self.max_bytes:

@@ -174,7 +174,7 @@ class Sink:
     total: int | None = None  # the file's full size, when the origin said
     part: int = 0  # the part index (``Kind.PART``)
 
-    def clip(self, chunk: bytes, pending: int = 0) -> bytes:
+    def clip(self, chunk: bytes | memoryview, pending: int = 0) -> bytes | memoryview:
         """The part of ``chunk`` that belongs before ``limit`` (after ``pending`` bytes not
         yet counted)."""
         start = self.position + pending
@@ -185,6 +185,17 @@ class Sink:
     @property
     def full(self) -> bool:
         return self.limit is not None and self.position >= self.limit
+
+    def buffers(self, size: int) -> Callable[[], bytearray]:
+        """Where a runner reads the next chunk of this body into: a buffer the overlapped
+        hasher lends (hashed without a copy, lent again once hashed), else one reused buffer
+        (the chunk is written, and hashed in place, before the next read)."""
+        hasher = self.hasher
+        if isinstance(hasher, OverlappedSha256):
+            lend = hasher.lend
+            return lambda: lend(size)
+        buffer = bytearray(size)
+        return lambda: buffer
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ shares with its target without reading it again. Chunks go over in batches of ``
 (one wake-up per MiB, not per chunk), at most ``MAX_PENDING`` batches wait (the memory bound); a
 reader of the digest waits for the queue to drain. The helper thread exits when idle, so an
 abandoned hasher leaves no thread behind.
+
+A reader that fills buffers itself (the sync download runner) reads into buffers :meth:`lend`
+hands out, from a small ring: a view of one given to ``update`` is queued as it is, no copy,
+and the ring slot is lent again only once the helper has hashed it. Any other reused buffer is
+copied, since its owner may overwrite it before the helper gets to it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+
+import xxhash
 
 from . import seal
 
@@ -25,6 +32,12 @@ BATCH = 1 << 20
 MAX_PENDING = 8
 #: The helper thread exits after this many seconds without a chunk (the next one restarts it).
 IDLE_EXIT = 1.0
+#: The ring of lent buffers grows to about this many bytes (at least ``MIN_LENT`` buffers).
+LEND_BYTES = 4 << 20
+MIN_LENT = 4
+
+#: A queued chunk, and the ring slot it lies in (-1: its own bytes object).
+_Item = tuple[bytes | memoryview, int]
 
 
 class OverlappedSha256:
@@ -37,18 +50,55 @@ class OverlappedSha256:
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
         self._seal = seal.new_sealer()
-        self._queue: queue.Queue[list[bytes]] = queue.Queue(MAX_PENDING)
-        self._batch: list[bytes] = []
+        self._queue: queue.Queue[list[_Item]] = queue.Queue(MAX_PENDING)
+        self._batch: list[_Item] = []
         self._batched = 0
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._ring: list[bytearray] = []
+        self._slots: dict[int, int] = {}  # id() of a ring buffer -> its slot
+        self._busy: dict[int, int] = {}  # slot -> chunks of it queued and not yet hashed
+        self._ring_bytes = 0
+        self._next = 0
+        self._idle = threading.Condition()
+
+    @classmethod
+    def continuing(cls, sha: hashlib._Hash, sealer: xxhash.xxh3_128) -> OverlappedSha256:
+        """A hasher that goes on from bytes already hashed (a resumed partial's prefix)."""
+        hasher = cls()
+        hasher._sha, hasher._seal = sha, sealer
+        return hasher
+
+    def lend(self, size: int) -> bytearray:
+        """A buffer (``size`` bytes, or a ring buffer of another size) to read the next chunk
+        into; a view of it given to :meth:`update` is hashed without a copy. Waits while the
+        helper still has to hash what the slot held last."""
+        ring = self._ring
+        if len(ring) < MIN_LENT or self._ring_bytes + size <= LEND_BYTES:
+            buffer = bytearray(size)
+            self._slots[id(buffer)] = len(ring)
+            ring.append(buffer)
+            self._ring_bytes += size
+            return buffer
+        slot, self._next = self._next, (self._next + 1) % len(ring)
+        if slot in self._busy:
+            self._hand_over()  # the slot may be in the batch not yet sent: send it first
+            with self._idle:
+                self._idle.wait_for(lambda: slot not in self._busy)
+        return ring[slot]
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        chunk = data if isinstance(data, bytes) else bytes(data)  # a reused buffer is copied
-        if not chunk:
+        if not data:
             return
-        self._batch.append(chunk)
-        self._batched += len(chunk)
+        item: _Item
+        if isinstance(data, memoryview) and (slot := self._slots.get(id(data.obj), -1)) >= 0:
+            with self._idle:
+                self._busy[slot] = self._busy.get(slot, 0) + 1
+            item = (data, slot)
+        else:  # a reused buffer of someone else's is copied
+            item = (data if isinstance(data, bytes) else bytes(data), -1)
+        self._batch.append(item)
+        self._batched += len(data)
         if self._batched >= BATCH:
             self._hand_over()
 
@@ -74,11 +124,22 @@ class OverlappedSha256:
                         return
                 continue
             try:
-                for chunk in batch:
+                for chunk, slot in batch:
                     self._sha.update(chunk)
                     self._seal.update(chunk)
+                    if slot >= 0:
+                        self._release(slot)
             finally:
                 self._queue.task_done()
+
+    def _release(self, slot: int) -> None:
+        with self._idle:
+            left = self._busy[slot] - 1
+            if left:
+                self._busy[slot] = left
+            else:
+                del self._busy[slot]
+                self._idle.notify_all()
 
     def _settled(self) -> None:
         self._hand_over()

@@ -160,6 +160,8 @@ class _Runner:
             self.progress.add(size)
             if save is not None:
                 await _off_loop(partial.save, save.state)
+            if partial.wrote(size):
+                await _off_loop(partial.write_behind)
             if machine.hash_due():
                 await _off_loop(machine.hash_ahead, partial.read_into)
 

@@ -25,8 +25,11 @@ import stat
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
+from ..core import seal
 from ..core.download_machine import Start
+from ..core.overlapped_hash import OverlappedSha256
 from ..core.partial_names import (
     Owner,
     is_partial_of,
@@ -38,12 +41,23 @@ from ..core.partial_names import (
 )
 from ..core.resume import PartialState, validator_for
 from ..errors import ChecksumMismatchError, DiskError, SizeLimitExceededError
-from ..files import disk_error, fsync_dir, fsync_fd, pwrite_all, pwritev_all, remove_quietly
+from ..files import (
+    WriteBehind,
+    disk_error,
+    fsync_dir,
+    fsync_fd,
+    pwrite_all,
+    pwritev_all,
+    remove_quietly,
+)
 from . import registry
 
 logger = logging.getLogger(__name__)
 
 HASH_READ_SIZE = 1024 * 1024
+#: After this many new bytes, the kernel is asked to start writing them to disk (see
+#: ``files.start_writeback``), so the fsync at publish is not a full-file writeback.
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 _active: set[str] = set()
 _active_lock = threading.Lock()
@@ -145,6 +159,8 @@ class Partial:
         self.hashed: tuple[int, hashlib._Hash] | None = None
         self._save_lock = threading.Lock()
         self._noted = False
+        self._unflushed = 0  # bytes written since the last writeback was started
+        self._write_behind = WriteBehind()
 
     # -- finding one -----------------------------------------------------------------------
     @classmethod
@@ -283,9 +299,27 @@ class Partial:
 
     def write(self, data: bytes | memoryview, offset: int) -> None:
         pwrite_all(self.open(), data, offset, self.path)
+        if self.wrote(len(data)):
+            self.write_behind()
 
     def write_chunks(self, chunks: list[bytes], offset: int) -> None:
         pwritev_all(self.open(), chunks, offset, self.path)
+        if self.wrote(sum(len(chunk) for chunk in chunks)):
+            self.write_behind()
+
+    def wrote(self, nbytes: int) -> bool:
+        """Count ``nbytes`` written (by this object or another handle on the partial); True
+        when :meth:`write_behind` is due. (Parts count from several threads: approximate.)"""
+        self._unflushed += nbytes
+        if self._unflushed < WRITEBACK_STEP:
+            return False
+        self._unflushed = 0
+        return True
+
+    def write_behind(self) -> None:
+        """Have the kernel start writing the partial to disk (from a helper thread: neither
+        the call nor the kernel's submission waits here)."""
+        self._write_behind.poke(self.open())
 
     def hasher_at(self, offset: int) -> hashlib._Hash:
         """A sha256 of bytes ``[0, offset)``: kept from this call, else re-read once from disk."""
@@ -305,20 +339,25 @@ class Partial:
         return view
 
     def hash_range(self, end: int) -> hashlib._Hash:
-        """sha256 of the first ``end`` bytes on disk (read in order)."""
-        hasher = hashlib.sha256()
+        """sha256 of the first ``end`` bytes on disk (read in order), with their seal: the
+        rest of a resumed stream is hashed on the overlapped hasher's thread, and the cache
+        gets the whole file's seal without reading it again."""
+        sha, sealer = hashlib.sha256(), seal.new_sealer()
         fd = self.open()
         position = 0
+        buffer = bytearray(min(HASH_READ_SIZE, end))
         try:
             while position < end:
-                block = os.pread(fd, min(HASH_READ_SIZE, end - position), position)
-                if not block:
+                view = memoryview(buffer)[:min(len(buffer), end - position)]
+                got = os.preadv(fd, [view], position)
+                if not got:
                     break
-                hasher.update(block)
-                position += len(block)
+                sha.update(view[:got])
+                sealer.update(view[:got])
+                position += got
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
-        return hasher
+        return cast("hashlib._Hash", OverlappedSha256.continuing(sha, sealer))
 
     # -- endings ---------------------------------------------------------------------------
     def publish(self) -> Path:
@@ -359,6 +398,8 @@ class Partial:
         self.hashed = None
 
     def _close(self) -> None:
+        self._write_behind.close()
+        self._write_behind = WriteBehind()  # a later attempt may write (and poke) again
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)

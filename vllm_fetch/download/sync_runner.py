@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from ..drivers.requests_driver import RequestsDriver
 
 
+#: Bytes read at most per ``recv`` of a download (into a reused buffer; ``chunk_size`` when
+#: larger). One read per call, so the deadline is still checked after every ``recv``.
+READ_SIZE = 256 * 1024
+
+
 class _Stopped(Exception):
     """Another part failed: this one stops (its error is the one raised)."""
 
@@ -106,8 +111,9 @@ class _Runner:
         assert self.response is not None
         (response, req), self.response = self.response, None
         machine, partial, stop = self.machine, self.partial, self.stop
+        take = sink.buffers(max(req.chunk_size, READ_SIZE))
         with response:
-            for chunk in self.driver.iter_body(response, sink.meter, req):
+            for chunk in self.driver.iter_body_into(response, sink.meter, req, take):
                 if stop is not None and stop.is_set():
                     raise _Stopped
                 data = sink.clip(chunk)

@@ -291,12 +291,20 @@ class AiohttpDriver:
         url: str | None = None,
     ) -> AsyncIterator[bytes]:
         """Stream decoded chunks as they arrive, each accounted by the meter (``url``: the
-        response's URL, when the caller has it already)."""
+        response's URL, when the caller has it already). Each chunk is one aiohttp received,
+        handed over as it is (``readchunk``); ``iter_any`` would join all that is buffered into
+        a new, often multi-MiB, bytes object first."""
         url = str(response.url) if url is None else url
         safe = redact_url(url)
         deadline = req.deadline
+        readchunk = response.content.readchunk
         with _MappedErrors(url):
-            async for chunk in response.content.iter_any():
+            while True:
+                chunk, chunk_end = await readchunk()
+                if not chunk:
+                    if chunk_end:
+                        continue  # the end of one HTTP chunk (chunked coding), not of the body
+                    break
                 meter.feed(chunk)
                 deadline.check(safe)
                 yield chunk

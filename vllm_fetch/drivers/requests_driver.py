@@ -7,7 +7,7 @@ import http.client
 import http.cookiejar
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import requests
 import urllib3.exceptions as u3
@@ -36,6 +36,7 @@ from ..errors import (
 from .address_guard import address_guard
 from .requests_adapter import FetchAdapter, response_deadline, verbatim_target
 from .requests_environment import send_settings
+from .requests_readinto import iter_into
 
 CASE_INSENSITIVE_TYPES.add(CaseInsensitiveDict)
 
@@ -214,6 +215,15 @@ class RequestsDriver:
         except Exception as exc:
             raise map_error(exc, response.url or req.url) from exc
         meter.finish()
+
+    def iter_body_into(
+        self, response: requests.Response, meter: BodyMeter, req: FetchRequest,
+        take: Callable[[], bytearray],
+    ) -> Iterator[bytes | memoryview]:
+        """:meth:`iter_body` for downloads: a plain body is read into buffers from ``take()``
+        (``requests_readinto``: no new bytes object per chunk), any other the usual way."""
+        views = iter_into(response, meter, req, take, map_error)
+        return views if views is not None else self.iter_body(response, meter, req)
 
     def checked_response(self, session: requests.Session, req: FetchRequest) -> tuple[
         requests.Response, BodyMeter
