@@ -206,6 +206,7 @@ def test_an_entry_that_expires_in_memory_is_revalidated(
     conn = connect(cache)
     fetched_at = time.time()
     warm(mode, conn, cache, url)
+    call(mode, conn, "get_bytes", url)  # a memory hit: its fresh verdict is remembered
     time.sleep(max(0.0, fetched_at + 3.2 - time.time()))  # stale now, and still held
     assert cache.memory is not None and len(cache.memory) == 1
     assert sha256(call(mode, conn, "get_bytes", url)) == sha256(BODY)
@@ -223,6 +224,7 @@ def test_request_directives_still_reach_the_origin(
     url = serve_resource(origin, "/img", resource)
     conn = connect(cache)
     warm(mode, conn, cache, url)
+    call(mode, conn, "get_bytes", url)  # a memory hit: its fresh verdict is remembered
     for directive in ("no-cache", "max-age=0"):
         call(mode, conn, "get_bytes", url, extra_headers={"Cache-Control": directive})
     assert origin.count("/img") == 3

@@ -18,6 +18,7 @@ from vllm_fetch.core.cache_policy import (
     cache_key,
     conditional_headers,
     current_age,
+    fresh_until,
     freshness_lifetime,
     is_complete,
     is_fresh,
@@ -27,6 +28,7 @@ from vllm_fetch.core.cache_policy import (
     on_lookup,
     on_response,
     parse_cache_control,
+    plain_request,
     stale_if_error_allowed,
     vary_values,
 )
@@ -740,3 +742,28 @@ def test_request_max_age_zero_revalidates_even_at_age_zero(
     e = entry(FRESH, received=NOW)
     assert current_age(e, NOW) == 0.0
     assert lookup(e, req).action is action
+
+
+@pytest.mark.parametrize("headers", [
+    {"Cache-Control": "max-age=600"},
+    {"Cache-Control": "max-age=600", "Age": "250"},
+    {"Expires": http_date(NOW + 50)},
+    {"Cache-Control": "max-age=60"},  # stale already
+    {"Cache-Control": "max-age=0"},
+    {},
+])
+def test_fresh_until_is_where_a_plain_lookup_turns_stale(headers: dict[str, str]) -> None:
+    """The memory tier's remembered verdict: a plain request finds the entry fresh exactly
+    while ``now < fresh_until`` (same answer as ``on_lookup`` at every instant)."""
+    e = entry(headers)
+    until = fresh_until(e)
+    for now in (NOW - 200, NOW, NOW + 49, NOW + 51, NOW + 400, NOW + 10_000):
+        verdict = on_lookup(e, {}, now, offline=False, caller_private_ok=False)
+        fresh = verdict.action is LookupAction.HIT and not verdict.background
+        assert fresh == (now < until), (headers, now)
+
+
+def test_plain_requests_carry_no_directive_and_no_range() -> None:
+    assert plain_request({}) and plain_request({"Accept": "image/*", "User-Agent": "x"})
+    for name in ("Cache-Control", "cache-control", "Pragma", "Range", "If-Range"):
+        assert not plain_request({"Accept": "*/*", name: "x"})

@@ -83,6 +83,11 @@ class CachedItem:
     stored_as: str = "copy"
 
 
+#: A fresh verdict the memory tier's fast path remembers: the held copy it was made for, the
+#: request fields it was made with, and the instant the entry turns stale.
+FreshVerdict = tuple[Held, dict[str, str], float]
+
+
 class FetchCache:
     """A content-addressed HTTP cache on disk; see the README's "Cache" section.
 
@@ -120,6 +125,8 @@ class FetchCache:
         self.allow_private = allow_private
         self.memory = _memory_tier(self.directory, memory_size)
         self._tickets: dict[str, tuple[Stamp, CacheEntry]] = {}
+        #: key -> (the held copy, the request fields, fresh until): ``memory_hits``' memo
+        self.fresh_verdicts: dict[str, FreshVerdict] = {}
         try:  # every process announces its writes, whether or not it holds memory copies
             self._generations: GenerationFile | None = GenerationFile(
                 self.directory, on_replaced=self._drop_memory)

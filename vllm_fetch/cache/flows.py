@@ -188,6 +188,12 @@ def served_hit(data: bytes, decision: LookupDecision, req: FetchRequest) -> Body
     return _served(data, entry, req, decision.age, byte_range)
 
 
+def served_fresh(data: bytes, entry: CacheEntry, req: FetchRequest, age: float) -> Body:
+    """``served_hit`` of a whole fresh body at ``age``, the verdict already known."""
+    _check_size(entry.size, req)
+    return _served(data, entry, req, age)
+
+
 def _served(data: bytes, entry: CacheEntry, req: FetchRequest, age: float,
             byte_range: ByteRange | None = None) -> Body:
     """The stored response as served: its lines, the current ``Age`` (§5.1), and for a Range

@@ -472,6 +472,25 @@ def _heuristic_lifetime(entry: CacheEntry) -> float:
     return min(HEURISTIC_CAP, interval * HEURISTIC_FRACTION)
 
 
+#: Request fields that can change a lookup's verdict for the same stored entry by themselves.
+_DIRECTIVE_FIELDS = frozenset({"cache-control", "pragma", "range", "if-range"})
+
+
+def plain_request(request_headers: Mapping[str, str]) -> bool:
+    """Whether the request carries no field that asks the cache for more than "fresh" (no
+    request directive, §5.2.1; no Range, RFC 9110 §14.2): for such a request, and the same
+    fields, a fresh verdict holds until ``fresh_until``."""
+    return not any(name.lower() in _DIRECTIVE_FIELDS for name in request_headers)
+
+
+def fresh_until(entry: CacheEntry) -> float:
+    """When a plain request stops finding the entry fresh (§4.2: its current age reaches its
+    freshness lifetime), as a ``time.time()`` instant; -inf when it never is."""
+    if entry.lifetime <= entry.age_on_receipt:
+        return float("-inf")
+    return entry.response_time + entry.lifetime - entry.age_on_receipt
+
+
 def current_age(entry: CacheEntry, now: float) -> float:
     """The entry's age at ``now`` (§4.2.3)."""
     resident_time = max(0.0, now - entry.response_time)
