@@ -25,7 +25,7 @@ from tests.cache_origin import Resource, serve_resource
 from tests.helpers import call, stored_bytes
 from tests.integration.test_cache_integrity import flip_one_byte
 from tests.origin import Origin, sha256
-from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy
+from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy, SizeLimitExceededError
 from vllm_fetch.cache import blobs as blob_store
 from vllm_fetch.cache.blobs import BlobStore
 
@@ -118,7 +118,7 @@ def test_a_body_another_process_refetched_is_seen_at_once(
     resource.change(NEW_BODY)
     # the other process holds no memory tier of its own: it still announces what it wrote
     in_other_process(f"""
-        from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy
+        from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy, SizeLimitExceededError
         cache = FetchCache(CACHE, memory_size=0)
         conn = HTTPConnection(cache=cache, retry=RetryPolicy.none())
         conn.get_bytes({url!r}, extra_headers={{"Cache-Control": "no-cache"}})
@@ -140,7 +140,7 @@ def test_an_entry_another_process_changed_is_seen_though_its_blob_is_the_same(
     warm(mode, conn, cache, url)
     resource.extra["X-Version"] = "2"  # same bytes: only the index entry changes
     in_other_process(f"""
-        from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy
+        from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy, SizeLimitExceededError
         cache = FetchCache(CACHE)
         HTTPConnection(cache=cache, retry=RetryPolicy.none()).get_bytes(
             {url!r}, extra_headers={{"Cache-Control": "no-cache"}})
@@ -382,4 +382,27 @@ def test_a_forked_childs_write_voids_the_parents_memory_copy(
     assert child.exitcode == 0
     assert sha256(conn.get_bytes(url)) == sha256(NEW_BODY)
     assert origin.count("/img") == 2
+    conn.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_repeated_memory_hits_carry_the_current_age_and_each_callers_cap(
+    mode: str, origin: Origin, cache: FetchCache
+) -> None:
+    """A repeated hit is answered from the remembered verdict (and its last answer while the
+    Age in whole seconds is the same): the Age still grows with time, and every caller's
+    max_bytes still applies."""
+    url = serve_resource(origin, "/img", Resource(BODY, cache_control="max-age=600"))
+    conn = connect(cache)
+    warm(mode, conn, cache, url)
+    first = call(mode, conn, "fetch_bytes", url)
+    again = call(mode, conn, "fetch_bytes", url)
+    assert first.from_cache and again.from_cache and sha256(again.content) == sha256(BODY)
+    time.sleep(1.1)
+    later = call(mode, conn, "fetch_bytes", url)
+    assert later.age >= first.age + 1 and later.headers["Age"] == str(later.age)
+    with pytest.raises(SizeLimitExceededError):
+        call(mode, conn, "get_bytes", url, max_bytes=1000)
+    assert sha256(call(mode, conn, "get_bytes", url)) == sha256(BODY)
+    assert origin.count("/img") == 1
     conn.close()

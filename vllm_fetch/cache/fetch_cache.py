@@ -27,6 +27,7 @@ from ..config import env_size, env_str, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
 from ..core.filesystems import shared_filesystem
 from ..core.generations import Stamp
+from ..core.results import Body
 from ..core.seal import known as known_seal
 from ..core.tenancy import credential_material, policy_headers
 from ..filesystems import fs_type, warn_if_shared
@@ -83,9 +84,17 @@ class CachedItem:
     stored_as: str = "copy"
 
 
-#: A fresh verdict the memory tier's fast path remembers: the held copy it was made for, the
-#: request fields it was made with, and the instant the entry turns stale.
-FreshVerdict = tuple[Held, dict[str, str], float]
+@dataclass(slots=True)
+class FreshVerdict:
+    """A fresh verdict the memory tier's fast path remembers: the held copy it was made for,
+    the request fields it was made with, the instant the entry turns stale, and the last
+    answer served from it (reused while its ``Age`` and URL are the same: results are
+    immutable)."""
+
+    held: Held
+    fields: dict[str, str]
+    until: float
+    served: Body | None = None
 
 
 class FetchCache:

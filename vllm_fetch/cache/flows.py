@@ -163,7 +163,7 @@ def serve_body(cache: FetchCache, start: Start, req: FetchRequest) -> Body | Non
     if decision.action not in HITS or entry is None:
         return None
     byte_range = decision.byte_range
-    _check_size(entry.size if byte_range is None else byte_range.length, req)
+    check_size(entry.size if byte_range is None else byte_range.length, req)
     data = cache.read(start.key, entry, start.now)
     if data is None and decision.action is LookupAction.OFFLINE_HIT:
         raise damaged_error(req.url)
@@ -184,13 +184,13 @@ def served_hit(data: bytes, decision: LookupDecision, req: FetchRequest) -> Body
     entry = decision.entry
     assert entry is not None
     byte_range = decision.byte_range
-    _check_size(entry.size if byte_range is None else byte_range.length, req)
+    check_size(entry.size if byte_range is None else byte_range.length, req)
     return _served(data, entry, req, decision.age, byte_range)
 
 
 def served_fresh(data: bytes, entry: CacheEntry, req: FetchRequest, age: float) -> Body:
     """``served_hit`` of a whole fresh body at ``age``, the verdict already known."""
-    _check_size(entry.size, req)
+    check_size(entry.size, req)
     return _served(data, entry, req, age)
 
 
@@ -211,10 +211,10 @@ def _served(data: bytes, entry: CacheEntry, req: FetchRequest, age: float,
 
 
 def _check_cap(entry: CacheEntry, req: FetchRequest) -> None:
-    _check_size(entry.size, req)
+    check_size(entry.size, req)
 
 
-def _check_size(size: int, req: FetchRequest) -> None:
+def check_size(size: int, req: FetchRequest) -> None:
     """A stored body over the caller's max_bytes is refused as the network path would be."""
     if req.max_bytes is not None and size > req.max_bytes:
         raise size_exceeded(req.max_bytes, size, redact_url(req.url), media=req.media_limit,
@@ -367,7 +367,7 @@ def _file_from_shared(cache: FetchCache, shared: SharedTier, start: Start, req: 
     if wanted and not req.cache_scope:  # as the local store: only in the shared namespace
         size: int | None = yield Disk(lambda: shared.blob_size(wanted))
         if size is not None and req.expected_size in (None, size):
-            _check_size(size, req)
+            check_size(size, req)
             if (yield Disk(lambda: shared.copy_to(wanted, shared.seal_of(wanted), target))):
                 return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
     return None
@@ -537,7 +537,7 @@ def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offl
     # bytes that a connection allowed more fetched, not even by naming their sha256)
     size = cache.blob_size(wanted) if wanted and not req.cache_scope else None
     if size is not None:
-        _check_size(size, req)
+        check_size(size, req)
     if wanted and size is not None and req.expected_size in (None, size) and (
         yield Disk(lambda: cache.copy_blob_to(wanted, target))
     ):

@@ -27,7 +27,7 @@ from ..core.cache_policy import (
 from ..core.request import FetchRequest
 from ..core.results import Body
 from .fetch_cache import FetchCache, FreshVerdict
-from .flows import served_fresh, served_hit
+from .flows import check_size, served_fresh, served_hit
 
 #: Verdicts remembered per cache (one per key served from memory to a plain request).
 _VERDICTS_MAX = 65_536
@@ -43,15 +43,22 @@ def memory_body(cache: FetchCache, req: FetchRequest) -> Body | None:
         return None
     now = time.time()
     known = cache.fresh_verdicts.get(key)
-    if known is not None and known[0] is held and now < known[2] and known[1] == headers:
+    if known is not None and known.held is held and now < known.until and known.fields == headers:
         cache.used(key, now)  # the same held copy, the same fields, still fresh: as before
-        return served_fresh(held.data, held.entry, req, current_age(held.entry, now))
+        age = current_age(held.entry, now)
+        last = known.served
+        if last is not None and last.age == int(age) and last.url == req.url:
+            check_size(held.entry.size, req)  # this caller's cap
+            return last  # the same answer, to the second
+        known.served = served_fresh(held.data, held.entry, req, age)
+        return known.served
     decision = on_lookup(held.entry, headers, now, offline=False,
                          caller_private_ok=cache.allow_private)
     if decision.action is not LookupAction.HIT or decision.background:
         return None
     if decision.byte_range is None and not decision.stale and plain_request(headers):
-        _remember(cache.fresh_verdicts, key, (held, dict(headers), fresh_until(held.entry)))
+        _remember(cache.fresh_verdicts, key,
+                  FreshVerdict(held, dict(headers), fresh_until(held.entry)))
     cache.used(key, now)
     return served_hit(held.data, decision, req)
 
