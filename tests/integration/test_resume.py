@@ -239,3 +239,20 @@ def test_cancelled_async_download_is_resumed_later(origin: Origin, tmp_path: Pat
                                                            expected_sha256=sha256(BODY))
     assert sha256(target.read_bytes()) == sha256(BODY)
     assert ranges_asked(origin, "/cancel")[1] == f"bytes={resumed_from}-"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_torn_checkpoint_of_a_dead_writer_is_removed_when_its_partial_is_taken_over(
+    mode: str, origin: Origin, conn: HTTPConnection, tmp_path: Path
+) -> None:
+    """A writer killed while it replaced its sidecar leaves ``….part.json.tmp``: whoever takes
+    its partial over resumes from the sidecar and removes that torn checkpoint too."""
+    url = RangeFile(BODY).mount(origin, "/torn")
+    half = SIZE // 2
+    partial = _plant_partial(tmp_path, "torn.bin", url, BODY[:half], total=SIZE)
+    partial.with_name(partial.name + ".json.tmp").write_text('{"offset": 12')  # torn
+    target = tmp_path / "torn.bin"
+    call(mode, conn, "download_file", url, target, expected_sha256=sha256(BODY))
+    assert sha256(target.read_bytes()) == sha256(BODY)
+    assert ranges_asked(origin, "/torn") == [f"bytes={half}-"]
+    assert leftovers(tmp_path) == ["torn.bin"]

@@ -77,6 +77,11 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def _sidecar_temp(path: Path) -> Path:
+    """Where a checkpoint of the sidecar is written before it replaces the sidecar."""
+    return path.with_name(path.name + ".json.tmp")
+
+
 #: Partials and sidecars are never opened through a symlink (fault D9).
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -214,6 +219,8 @@ class Partial:
         if _is_own_regular(str(sidecar)):
             with contextlib.suppress(OSError):
                 os.rename(sidecar, _sidecar(mine))
+        with contextlib.suppress(OSError):  # a checkpoint torn by the writer's death
+            remove_quietly(_sidecar_temp(candidate))
         return True
 
     # -- bytes on disk ---------------------------------------------------------------------
@@ -272,7 +279,7 @@ class Partial:
         if state is None or not self.keep:
             remove_quietly(sidecar)
             return
-        temp = sidecar.with_name(sidecar.name + ".tmp")
+        temp = _sidecar_temp(self.path)
         with self._save_lock:  # parts checkpoint from several threads
             self._write_sidecar(state, sidecar, temp)
 
