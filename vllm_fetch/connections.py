@@ -471,15 +471,7 @@ class HTTPConnection:
             offline = self.offline
             cache = self._cache_for(req, use_cache, offline)
             if cache is None:
-                if self._mirror_calls.routed:
-                    return await self._afetch(req)
-                driver = self._async_driver or self._async  # as _afetch_origin, inlined
-                try:
-                    return await driver.fetch_body(req)
-                except Exception as exc:
-                    first = exc  # retried outside the handler: the errors keep their context
-                return await aretry_failed(first, self._mirror_calls.retry, req.deadline,
-                                           "GET", req.url, driver.fetch_body, req)
+                return await self._afetch(req)
             if not offline and (held := memory_body(cache, req)) is not None:
                 return held  # the same fast path as the sync side's: nothing to await
             return await self._cached.abody(cache, req, self._async_io, offline=offline)

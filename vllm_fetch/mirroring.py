@@ -43,8 +43,6 @@ class MirrorCalls:
 
     def __init__(self, mirrors: Mirrors, retry: RetryPolicy) -> None:
         self.mirrors = mirrors
-        #: whether any request may be routed through a mirror (asked once per body fetch)
-        self.routed = bool(mirrors)
         self.retry = retry
         self.mirror_retry = retry.replace(max_attempts=1) if mirrors.fallback else retry
         self._warned: set[str] = set()
