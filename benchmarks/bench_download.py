@@ -5,8 +5,11 @@ tool in its own subprocess, alternating the order each round, and prints median 
 each tool's peak RSS (``ru_maxrss`` of that child, from ``os.wait4``). Every downloaded file is
 checked (size each round, sha256 in the first round). Not part of the test suite.
 
-``curl_fsync`` is curl followed by an fsync of its file: what a crash-safe download cannot
-go below (``download_file`` fsyncs before its rename; curl does not). ``--compare
+``curl_fsync`` is curl followed by an fsync of its file (``download_file`` fsyncs before its
+rename; curl does not). ``disk_floor`` is the download without the network: the same number of
+bytes, already in memory, written the way ``download_file`` writes them (256 KiB positional
+writes, writeback started every 8 MiB on a helper thread) and fsynced: no crash-safe download
+to this disk can finish sooner, whatever the network. ``--compare
 main=/path/to/.venv/bin/python`` adds every vllm_fetch row run by that interpreter (its
 venv's vllm_fetch) to the same alternating rounds.
 
@@ -32,7 +35,7 @@ from pathlib import Path
 from loopback_nginx import ensure_tools, loopback_nginx
 
 HERE = Path(__file__).resolve()
-TOOLS = ("curl", "curl_fsync", "aria2c", "download_file", "async_download_file",
+TOOLS = ("curl", "curl_fsync", "disk_floor", "aria2c", "download_file", "async_download_file",
          "download_file_auto",
          "download_file_cold_cache", "download_file_cache", "async_download_file_cache",
          "download_file_cache_x8", "vllm_baseline")
@@ -44,6 +47,8 @@ MIB = 1024 * 1024
 
 # -- what runs inside each child: time the download only (imports and startup excluded) --------
 def run_one(tool: str, url: str, target: str, chunk_size: int | None) -> float:
+    if tool == "disk_floor":
+        return _disk_floor(Path(target), int(url))
     if tool == "vllm_baseline":
         import requests  # vLLM's download_file: iter_content(chunk_size=128) straight to disk
 
@@ -81,6 +86,31 @@ def run_one(tool: str, url: str, target: str, chunk_size: int | None) -> float:
     return time.perf_counter() - started
 
 
+def _disk_floor(target: Path, size: int) -> float:
+    """Write ``size`` bytes from memory as ``download_file`` writes a stream, then fsync."""
+    from vllm_fetch.download.partials import WRITEBACK_STEP
+    from vllm_fetch.files import WriteBehind
+
+    data = os.urandom(size)
+    view = memoryview(data)
+    step = 256 * 1024
+    behind = WriteBehind()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        started = time.perf_counter()
+        unflushed = 0
+        for offset in range(0, size, step):
+            unflushed += os.pwrite(fd, view[offset:offset + step], offset)
+            if unflushed >= WRITEBACK_STEP:
+                behind.poke(fd)
+                unflushed = 0
+        behind.close()
+        os.fsync(fd)
+        return time.perf_counter() - started
+    finally:
+        os.close(fd)
+
+
 # -- the parent: spawn, time, measure RSS, verify ------------------------------------------------
 @dataclass
 class Samples:
@@ -106,7 +136,8 @@ def disk_usage(*roots: Path) -> int:
 
 
 def spawn(
-    tool: str, url: str, target: Path, chunk_size: int | None, python: str = sys.executable
+    tool: str, url: str, target: Path, chunk_size: int | None, python: str = sys.executable,
+    size: int = 0,
 ) -> tuple[float, float, int]:
     """Run one tool in a child: (seconds it reports, its peak RSS in MiB, its minor faults;
     ru_maxrss is in KiB on Linux)."""
@@ -124,7 +155,8 @@ def spawn(
     if tool in ("curl", "curl_fsync"):
         argv = ["curl", "-s", "-f", "-o", str(target), "-w", "%{time_total}", url]
     else:
-        argv = [python, str(HERE), "--one", tool, url, str(target)]
+        source = str(size) if tool == "disk_floor" else url  # the floor has no source: a size
+        argv = [python, str(HERE), "--one", tool, source, str(target)]
         if chunk_size is not None:
             argv += ["--chunk-size", str(chunk_size)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
@@ -183,8 +215,8 @@ def run_rounds(
         shift = n % len(runs)
         for label, tool, chunk, python in runs[shift:] + runs[:shift]:
             target = out_dir / f"{label.replace('@', '_')}.bin"
-            seconds, rss, faults = spawn(tool, url, target, chunk, python)
-            verify(target, size, digest if n == 0 else None)
+            seconds, rss, faults = spawn(tool, url, target, chunk, python, size)
+            verify(target, size, digest if n == 0 and tool != "disk_floor" else None)
             disk = disk_usage(target, out_dir / "cold-cache")
             target.unlink()
             shutil.rmtree(out_dir / "cold-cache", ignore_errors=True)  # cold again next round
@@ -248,7 +280,7 @@ def main() -> None:
     for spec in args.compare:
         label, _, python = spec.partition("=")
         runs += [(f"{tool}@{label}", tool, chunk, python) for name, tool, chunk, _ in list(runs)
-                 if tool not in ("curl", "curl_fsync", "aria2c", "vllm_baseline")
+                 if tool not in ("curl", "curl_fsync", "disk_floor", "aria2c", "vllm_baseline")
                  and "@" not in name]
     with tempfile.TemporaryDirectory(prefix="vllm-fetch-bench-") as tmp:
         source, out_dir = Path(tmp) / "srv", args.out_dir or Path(tmp) / "out"
@@ -259,7 +291,7 @@ def main() -> None:
         print(f"{args.size_mib} MiB file, {args.rounds} alternating rounds, downloads to {out_dir}")
         with loopback_nginx(source) as base:
             samples = run_rounds(runs, f"{base}/blob.bin", out_dir, size, digest, args.rounds)
-        report(samples, size, ("curl", "curl_fsync", "vllm_baseline"))
+        report(samples, size, ("curl", "disk_floor", "vllm_baseline"))
 
 
 if __name__ == "__main__":
