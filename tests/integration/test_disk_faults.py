@@ -8,6 +8,7 @@ tmpfs.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import subprocess
@@ -150,3 +151,37 @@ def test_publish_order(mode: str, connections: int, origin: Origin, conn: HTTPCo
     call(mode, conn, "download_file", url, target, connections=connections)
     assert events[-3:] == ["fsync file", "replace", "fsync dir"]
     assert leftovers(tmp_path) == ["order.bin"]
+
+
+class _ShortFile(io.FileIO):
+    """A file whose every third write takes only half its bytes (as a raw write may, when a
+    signal arrives or the disk fills up), and says so."""
+
+    writes = 0
+
+    def __init__(self, file: Any, mode: str, buffering: int = -1, **kwargs: Any) -> None:
+        super().__init__(file, mode.replace("b", ""), opener=kwargs.get("opener"))
+
+    def write(self, data: Any) -> int:
+        type(self).writes += 1
+        view = memoryview(data)
+        if type(self).writes % 3 == 0 and len(view) > 1:
+            view = view[: len(view) // 2]
+        return super().write(view)
+
+
+def test_short_writes_of_the_async_side_are_written_again(
+        origin: Origin, conn: HTTPConnection, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short raw write inside a batch must not shift the bytes after it (the stream's sha256
+    would still match: only the bytes on disk tell): the published file is whole."""
+    body = os.urandom(9 * 1024 * 1024 + 12345)  # several batches, the last one partial
+    url = RangeFile(body).mount(origin, "/short")
+    _ShortFile.writes = 0
+    monkeypatch.setattr(aiofiles.threadpool, "sync_open", _ShortFile)
+    call("async", conn, "download_file", url, tmp_path / "short.bin", connections=1,
+         expected_sha256=hashlib.sha256(body).hexdigest())
+    assert _ShortFile.writes > 6  # short writes happened
+    assert (tmp_path / "short.bin").read_bytes() == body
+    assert origin.count("/short") == 1
+    assert leftovers(tmp_path) == ["short.bin"]

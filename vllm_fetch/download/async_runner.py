@@ -2,7 +2,8 @@
 
 It only executes what ``core.download_machine`` yields. Nothing blocking runs on the event loop:
 bodies are written through aiofiles (one handle per body, positioned once, written in order, in
-batches gathered into one reused buffer), every other file effect runs in a worker thread.
+batches of the chunks as aiohttp handed them, one batch written while the next fills), every
+other file effect runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -96,6 +97,92 @@ async def download(driver: AiohttpDriver, req: FetchRequest, target: Path,
         progress.close()
 
 
+class _Batches:
+    """One body's chunks on their way to the partial: gathered into batches of
+    ``WRITE_BATCH`` bytes (``PART_WRITE_BATCH`` for a part), one batch written (a thread, one
+    ``writelines``) while the next fills, each counted once it is on disk, in order."""
+
+    def __init__(self, handle: AsyncFileIO, sink: dm.Sink, machine: dm.Machine,
+                 partial: Partial, progress: Progress) -> None:
+        self.handle, self.sink, self.machine = handle, sink, machine
+        self.partial, self.progress = partial, progress
+        self.size = WRITE_BATCH if sink.kind is dm.Kind.STREAM else PART_WRITE_BATCH
+        self.chunks: list[bytes] = []
+        self.batched = 0
+        self.writing: tuple[asyncio.Future[None], int] | None = None
+        self.failed = False  # a write that failed is not repeated (its bytes may be written)
+
+    @property
+    def pending(self) -> int:
+        """Bytes handed over and not yet counted as written."""
+        return self.batched + (self.writing[1] if self.writing is not None else 0)
+
+    async def add(self, data: bytes | memoryview) -> bool:
+        """Queue ``data``; True once the sink's limit is reached (the caller stops reading)."""
+        if data:
+            self.chunks.append(bytes(data) if isinstance(data, memoryview) else data)
+            self.batched += len(data)
+            if self.batched >= self.size:
+                await self._start()
+            elif self.writing is not None and self.writing[0].done():
+                await self._settle()  # count it now: writeback and checkpoints start on time
+        limit = self.sink.limit
+        return limit is not None and self.sink.position + self.pending >= limit
+
+    async def drain(self) -> None:
+        """Every queued byte written and counted."""
+        await self._start()
+        await self._settle()
+
+    async def salvage(self) -> None:
+        """After an error: write what arrived unless a write is what failed."""
+        if not self.failed:
+            await self.drain()
+
+    async def _start(self) -> None:
+        await self._settle()
+        if not self.batched:
+            return
+        chunks, size = self.chunks, self.batched
+        self.chunks, self.batched = [], 0
+        start = self.sink.position
+        self.writing = (asyncio.ensure_future(self._write(chunks, start, start + size)), size)
+
+    async def _write(self, chunks: list[bytes], start: int, end: int) -> None:
+        handle = self.handle
+        await handle.writelines(chunks)
+        if await handle.tell() == end:
+            return
+        # A raw file's write may be short (a signal, the disk filling up), which writelines
+        # ignores, writing the next chunk after it: the batch is written again, write by
+        # write, until the disk takes it all or refuses with an error.
+        await handle.seek(start)
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[await handle.write(view):]
+
+    async def _settle(self) -> None:
+        if self.writing is None:
+            return
+        future, size = self.writing
+        try:
+            await _finished(future)
+        except OSError as exc:
+            self.failed = True
+            raise disk_error(exc, self.partial.path) from exc
+        finally:
+            self.writing = None
+        save = self.machine.wrote(self.sink, size)
+        self.progress.add(size)
+        if save is not None:
+            await _off_loop(self.partial.save, save.state)
+        if self.partial.wrote(size):
+            await _off_loop(self.partial.write_behind)
+        if self.machine.hash_due():
+            await _off_loop(self.machine.hash_ahead, self.partial.read_into)
+
+
 def _claim(target: Path, url: str, resume: bool) -> Partial:
     return Partial.claim(target, url, resume=resume)
 
@@ -137,56 +224,26 @@ class _Runner:
         return await _off_loop(perform_file, effect, self.machine, self.partial, self.progress)
 
     async def receive(self, sink: dm.Sink) -> None:
-        """Write the body from the sink's position through one aiofiles handle, in batches."""
+        """Write the body from the sink's position through one aiofiles handle: chunks are
+        gathered into batches (kept as aiohttp handed them, never copied) and each batch is
+        written in one call while the next one fills."""
         assert self.response is not None
         (response, req), self.response = self.response, None
-        machine, partial = self.machine, self.partial
-        buffer = bytearray(WRITE_BATCH if sink.kind is dm.Kind.STREAM else PART_WRITE_BATCH)
-        view = memoryview(buffer)
-        batched = 0
-        flushing = False  # a flush cut by an error is not repeated (its bytes may be written)
-
-        async def flush() -> None:
-            nonlocal batched, flushing
-            flushing, done = True, 0
-            try:
-                while done < batched:
-                    done += await _finished(handle.write(view[done:batched]))
-            except OSError as exc:
-                raise disk_error(exc, partial.path) from exc
-            flushing = False
-            size, batched = batched, 0
-            save = machine.wrote(sink, size)
-            self.progress.add(size)
-            if save is not None:
-                await _off_loop(partial.save, save.state)
-            if partial.wrote(size):
-                await _off_loop(partial.write_behind)
-            if machine.hash_due():
-                await _off_loop(machine.hash_ahead, partial.read_into)
-
         async with response:
             try:
-                handle = await _open_partial(partial)
+                handle = await _open_partial(partial := self.partial)
             except OSError as exc:
                 raise disk_error(exc, partial.path) from exc
+            batches = _Batches(handle, sink, self.machine, partial, self.progress)
             try:
                 await handle.seek(sink.position)
                 async for chunk in self.driver.iter_body(response, sink.meter, req):
-                    data = sink.clip(chunk, batched)
-                    if batched + len(data) > len(buffer):
-                        await flush()
-                    if len(data) > len(buffer):
-                        buffer = bytearray(len(data))
-                        view = memoryview(buffer)
-                    view[batched:batched + len(data)] = data
-                    batched += len(data)
-                    if sink.limit is not None and sink.position + batched >= sink.limit:
+                    if await batches.add(sink.clip(chunk, batches.pending)):
                         break
-                await flush()
+                await batches.drain()
             except BaseException as exc:
-                if not isinstance(exc, DiskError) and not flushing:
-                    await flush()  # the bytes that did arrive are good (cancelled too): keep them
+                if not isinstance(exc, DiskError):
+                    await batches.salvage()  # the bytes that did arrive are good: keep them
                 raise
             finally:
                 await handle.close()
