@@ -99,8 +99,9 @@ async def download(driver: AiohttpDriver, req: FetchRequest, target: Path,
 
 class _Batches:
     """One body's chunks on their way to the partial: gathered into batches of
-    ``WRITE_BATCH`` bytes (``PART_WRITE_BATCH`` for a part), one batch written (a thread, one
-    ``writelines``) while the next fills, each counted once it is on disk, in order."""
+    ``WRITE_BATCH`` bytes (``PART_WRITE_BATCH`` for a part), each written in one call (a
+    thread, one ``writelines``), counted once it is on disk, in order. A stream's next batch
+    fills while one is written; a part's waits for it."""
 
     def __init__(self, handle: AsyncFileIO, sink: dm.Sink, machine: dm.Machine,
                  partial: Partial, progress: Progress) -> None:
@@ -147,6 +148,8 @@ class _Batches:
         self.chunks, self.batched = [], 0
         start = self.sink.position
         self.writing = (asyncio.ensure_future(self._write(chunks, start, start + size)), size)
+        if self.sink.kind is not dm.Kind.STREAM:
+            await self._settle()  # up to 8 parts at once: one batch each in memory, not two
 
     async def _write(self, chunks: list[bytes], start: int, end: int) -> None:
         handle = self.handle
