@@ -246,6 +246,30 @@ def test_verbose_before_or_after_the_command_and_retry_notes_only_with_it(
     assert origin.count("/status/500") >= 6
 
 
+def test_verbose_logs_each_cache_decision_and_quiet_logs_none(
+        origin: Origin, tmp_path: Path) -> None:
+    """``-v`` says what the cache decided (a miss, the store, a hit); without it, only the
+    one result line."""
+    url = origin.serve_bytes("/files/logged.bin", BODY,
+                             headers={"Cache-Control": "max-age=600", "ETag": '"v1"'})
+    env = {**os.environ, "VLLM_FETCH_CACHE_DIR": str(tmp_path / ".cache")}
+
+    def get(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SCRIPT), *args], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=60, check=False)
+
+    first = get("get", "-v", url, "-o", "a.bin")
+    assert first.returncode == 0, first.stderr
+    assert "cache miss: " in first.stderr and "cache stored: " in first.stderr, first.stderr
+    second = get("-v", "get", url, "-o", "b.bin")
+    assert second.returncode == 0, second.stderr
+    assert "cache hit, age " in second.stderr, second.stderr
+    quiet = get("get", url, "-o", "c.bin")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert origin.count("/files/logged.bin") == 1
+    assert sha256((tmp_path / "c.bin").read_bytes()) == sha256(BODY)
+
+
 def test_cache_info_of_a_missing_dir_does_not_create_it(tmp_path: Path) -> None:
     where = tmp_path / "nothing-here"
     result = run("cache", "--dir", where, "info", cwd=tmp_path)

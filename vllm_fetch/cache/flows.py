@@ -127,7 +127,17 @@ def begin(cache: FetchCache, req: FetchRequest, *, offline: bool) -> Start:
                                  scope=req.cache_scope)
     if decision.action is LookupAction.OFFLINE_MISS:
         raise offline_error(req.url, decision.reason)
+    if logger.isEnabledFor(logging.INFO):  # ``-v``: every cache decision
+        _log_decision(req.url, decision)
     return Start(key, decision, now)
+
+
+def _log_decision(url: str, decision: LookupDecision) -> None:
+    what = decision.action.value.replace("_", " ")
+    if decision.action in HITS:
+        what += f", age {decision.age:.0f} s" + (", stale" if decision.stale else "")
+    logger.info("cache %s: %s%s", what, redact_url(url),
+                f" ({decision.reason})" if decision.reason else "")
 
 
 def offline_error(url: str, reason: str = "not in the cache") -> OfflineError:
@@ -541,7 +551,7 @@ def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offl
     if wanted and size is not None and req.expected_size in (None, size) and (
         yield Disk(lambda: cache.copy_blob_to(wanted, target))
     ):
-        # same bytes, any URL
+        logger.info("cache hit by sha256 %s…: %s", wanted[:12], redact_url(req.url))
         return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True), req, None
     try:
         start = begin(cache, req, offline=offline)
@@ -667,5 +677,6 @@ def _store_download(
     if verdict.action is ResponseAction.STORE and verdict.entry is not None and result.sha256:
         template, sha = verdict.entry, result.sha256
         yield Disk(lambda: cache.store_file(start.key, template, result.path, sha, result.size))
+        logger.info("cache stored: %s (sha256 %s…)", redact_url(req.url), sha[:12])
     elif verdict.invalidate:
         cache.invalidate(start.key)
