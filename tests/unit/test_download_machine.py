@@ -21,7 +21,6 @@ from vllm_fetch.core.deadline import Deadline
 from vllm_fetch.core.download_machine import (
     Answer,
     HashAhead,
-    HashPrefix,
     Machine,
     Preallocate,
     Publish,
@@ -136,8 +135,6 @@ class FakeIO:
             self.disk = bytearray(effect.size)
         elif isinstance(effect, SaveState):
             self.saved.append(effect.state)
-        elif isinstance(effect, HashPrefix):
-            return hashlib.sha256(self.disk[:effect.end])
         elif isinstance(effect, HashAhead):
             machine.hash_ahead(self.read, final=True)
         elif isinstance(effect, Publish):

@@ -2,7 +2,7 @@
 
 Like the cache flows (``cache/flows.py``), the download is written once as generators of effects:
 ``Send`` a request (the answer comes back, its body stays open), ``Receive`` that body into the
-partial through a :class:`Sink`, ``Truncate`` / ``Preallocate`` / ``SaveState`` / ``HashPrefix``
+partial through a :class:`Sink`, ``Truncate`` / ``Preallocate`` / ``SaveState`` / ``HashAhead``
 / ``Publish`` for file work, ``Sleep`` before a retry, ``RunParts`` to run part flows at once.
 A failing effect throws its error into the flow. Nothing here opens a socket or a file; the two
 runners (``download/sync_runner.py``, ``download/async_runner.py``) only perform effects.
@@ -13,8 +13,14 @@ range: the sequential stream has one, each part of a split download its own, eac
 ``RetryPolicy.max_attempts`` (part 0's budget counts the probe that carried it), all under the
 call's deadline. A file is split only when the probe carries a strong validator, and a part is
 written only when its answer carries that same validator: never a file stitched from two
-versions (fault F21). sha256, when asked, follows the contiguous prefix on disk while parts
-arrive (``hash_ahead``), so only the last pieces are left to hash at the end.
+versions (fault F21).
+
+sha256 (and the cache's seal), when asked, is never computed from the bytes in flight: it
+follows the contiguous prefix on disk (``hash_ahead``, which a runner calls from a helper thread
+whenever ``hash_due``), as far behind the writes as it needs to be, for one stream as for the
+parts of a split, a resumed partial's prefix included. Whatever is left at the end is hashed
+while the file's fsync runs (``HashAhead``): on a machine whose cores are busy with the transfer,
+the hash costs the download little time instead of competing with it.
 """
 
 from __future__ import annotations
@@ -29,11 +35,10 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ..errors import FetchError, FetchTimeoutError, IntegrityError, TruncatedBodyError
 from .body import BodyMeter, header, is_encoded, parse_content_length
-from .overlapped_hash import OverlappedSha256
 from .ranges import (
     DEFAULT_MIN_PART,
     MIN_PARALLEL_SIZE,
@@ -58,6 +63,8 @@ from .resume import (
     validator_for,
 )
 from .retry import RetryDecision, RetryPolicy, deadline_error, decide
+from .seal import new_sealer
+from .seal import remember as remember_seal
 from .urls import redact_url
 
 logger = logging.getLogger("vllm_fetch")
@@ -117,13 +124,9 @@ class SaveState:
 
 
 @dataclass(frozen=True)
-class HashPrefix:
-    end: int  # -> a sha256 of bytes [0, end) read back from the partial
-
-
-@dataclass(frozen=True)
 class HashAhead:
-    """Call ``Machine.hash_ahead(read, final=True)`` with a reader of the partial."""
+    """Call ``Machine.hash_ahead(read, final=True)`` with a reader of the partial (while its
+    fsync runs: ``Publish`` fsyncs again, finding little left)."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ class Publish:
     """fsync, rename onto the target, fsync the directory; -> the target path."""
 
 
-Effect = (Send | Receive | Sleep | Truncate | Preallocate | SaveState | HashPrefix | HashAhead
+Effect = (Send | Receive | Sleep | Truncate | Preallocate | SaveState | HashAhead
           | StartProgress | RunParts | Publish)
 Flow = Generator[Effect, Any, Any]
 Reader = Callable[[bytearray, int, int], memoryview]
@@ -170,7 +173,6 @@ class Sink:
     position: int
     meter: BodyMeter
     limit: int | None = None  # absolute end (exclusive): a part's, or part 0's in the probe
-    hasher: hashlib._Hash | None = None  # the running sha256 of bytes [0, position)
     total: int | None = None  # the file's full size, when the origin said
     part: int = 0  # the part index (``Kind.PART``)
 
@@ -187,13 +189,8 @@ class Sink:
         return self.limit is not None and self.position >= self.limit
 
     def buffers(self, size: int) -> Callable[[], bytearray]:
-        """Where a runner reads the next chunk of this body into: a buffer the overlapped
-        hasher lends (hashed without a copy, lent again once hashed), else one reused buffer
-        (the chunk is written, and hashed in place, before the next read)."""
-        hasher = self.hasher
-        if isinstance(hasher, OverlappedSha256):
-            lend = hasher.lend
-            return lambda: lend(size)
+        """Where a runner reads the next chunk of this body into: one reused buffer (each chunk
+        is written before the next read)."""
         buffer = bytearray(size)
         return lambda: buffer
 
@@ -232,9 +229,10 @@ class Machine:
         self.part_attempts: dict[int, int] = {}  # requests sent for each part
         self.final_error: BaseException | None = None  # a part's budget ran out: the call ends
         self._claimed: set[int] = set()
-        self._kept_hash: tuple[int, hashlib._Hash] | None = None
         self._hasher = hashlib.sha256()
-        self._hashed = 0
+        self._sealer = new_sealer()
+        self._hashed = 0  # bytes [0, _hashed) of the partial are in _hasher and _sealer
+        self._hash_epoch = 0  # bumped to stop a hash_ahead running on another thread
         self._hash_lock = threading.Lock()
         self._hash_buffer = bytearray()
         self._requested = 0
@@ -292,10 +290,7 @@ class Machine:
                 if first is None:
                     continue  # the partial was discarded: ask again
                 if first.kind is Kind.STREAM:
-                    try:
-                        yield Receive(first)
-                    finally:
-                        self._interrupted(first)
+                    yield Receive(first)
                 if first.kind is not Kind.PART:
                     return (yield from self._publish(first.meter, first.total))
             try:
@@ -346,7 +341,8 @@ class Machine:
         return True
 
     def _truncate(self) -> Flow:
-        self.state, self.on_disk, self._kept_hash = None, 0, None
+        self.state, self.on_disk = None, 0
+        self._reset_hash()
         yield Truncate()
 
     def _save(self, state: PartialState) -> SaveState:
@@ -377,45 +373,29 @@ class Machine:
             return (yield from self._verify_existing(decision.offset))
         if decision.offset == 0:
             yield from self._truncate()
-        hasher = yield from self._hasher_at(decision.offset)
-        meter = self._meter(headers, decision.offset, hasher)
+        meter = self._meter(headers, decision.offset)
         etag, last_modified = strong_validators(decision.etag, decision.last_modified,
                                                 header(headers, "Date"))
         yield self._save(PartialState(decision.offset, etag, last_modified, decision.total,
                                       self.req.url))
         yield StartProgress(decision.total, decision.offset)
         total = None if is_encoded(headers) else decision.total  # a coded length is no size
-        return Sink(Kind.STREAM, decision.offset, meter, hasher=hasher, total=total)
+        return Sink(Kind.STREAM, decision.offset, meter, total=total)
 
-    def _hasher_at(self, offset: int) -> Generator[Effect, Any, hashlib._Hash | None]:
-        if not self.hashing:
-            return None
-        if not offset:  # hashed on a helper thread while the body streams
-            return cast("hashlib._Hash", OverlappedSha256())
-        kept = self._kept_hash
-        if kept is not None and kept[0] == offset:
-            return kept[1]
-        hasher: hashlib._Hash = yield HashPrefix(offset)
-        return hasher
-
-    def _meter(self, headers: Mapping[str, str], offset: int,
-               hasher: hashlib._Hash | None) -> BodyMeter:
+    def _meter(self, headers: Mapping[str, str], offset: int) -> BodyMeter:
+        """The stream's sizes as they arrive (its sha256 is checked from the disk at the end)."""
         length = parse_content_length(headers, self.safe_url)
         wire = None if is_encoded(headers) or length is None else offset + length
         return BodyMeter(self.safe_url, expected_length=wire, max_bytes=self.req.max_bytes,
-                         expected_size=self.req.expected_size,
-                         expected_sha256=self.req.expected_sha256, offset=offset, hasher=hasher)
+                         expected_size=self.req.expected_size, offset=offset)
 
     def _verify_existing(self, size: int) -> Generator[Effect, Any, Sink | None]:
-        hasher = yield from self._hasher_at(size)
-        meter = BodyMeter(self.safe_url, expected_size=self.req.expected_size,
-                          expected_sha256=self.req.expected_sha256, offset=size, hasher=hasher)
         try:
-            meter.finish()
+            yield from self._check_file(size)
         except IntegrityError:
             yield from self._truncate()
             return None
-        return Sink(Kind.VERIFIED, size, meter)
+        return Sink(Kind.VERIFIED, size, BodyMeter(self.safe_url, offset=size))
 
     def _split(self, status: int, headers: Mapping[str, str]) -> Generator[Effect, Any,
                                                                             Sink | None]:
@@ -467,11 +447,6 @@ class Machine:
                 return None
             self._unsaved = 0
             return self._checkpoint_state()
-
-    def _interrupted(self, sink: Sink) -> None:
-        """Keep the running hash for the next attempt when it covers exactly the bytes on disk."""
-        if sink.hasher is not None and sink.meter.received == sink.position == self.on_disk:
-            self._kept_hash = (sink.position, sink.hasher)
 
     def _checkpoint_state(self) -> SaveState | None:
         state = self.state
@@ -556,14 +531,16 @@ class Machine:
     def _fall_back(self) -> Flow:
         """The origin would not serve the parts: forget them, fetch one stream from zero."""
         self.parts = None
-        self._hasher, self._hashed = hashlib.sha256(), 0
+        self._reset_hash()
         self.split_allowed = False
         self.part_attempts = {}
         yield from self._truncate()
 
     def _frontier(self) -> int:
-        """Bytes on disk contiguous from 0 (whole parts, then the next part's written head)."""
-        assert self.parts is not None
+        """Bytes on disk contiguous from 0 (the stream's; whole parts, then the next part's
+        written head)."""
+        if self.parts is None:
+            return self.on_disk
         for part in self.parts:
             if part.remaining is not None:
                 return part.start + part.written
@@ -571,18 +548,20 @@ class Machine:
 
     def hash_due(self) -> bool:
         """Whether enough new contiguous bytes wait for :meth:`hash_ahead` (a cheap check)."""
-        if not self.hashing or self.parts is None:
+        if not self.hashing:
             return False
         with self._lock:
             return self._frontier() - self._hashed >= HASH_STEP
 
     def hash_ahead(self, read: Reader, *, final: bool = False) -> None:
-        """Extend the running sha256 over newly contiguous bytes, read back with ``read`` (skipped
-        if another thread is at it, unless ``final``: then wait and hash up to the end)."""
+        """Extend the running sha256 and seal over newly contiguous bytes, read back with
+        ``read`` (skipped if another thread is at it, unless ``final``: then wait and hash up to
+        the end). Stops early, between two blocks, when :meth:`stop_hashing` is called."""
         if not self.hashing or not self._hash_lock.acquire(blocking=final):
             return
         try:
-            while True:
+            epoch = self._hash_epoch
+            while epoch == self._hash_epoch:
                 with self._lock:
                     frontier = self._frontier()
                 todo = frontier - self._hashed
@@ -592,9 +571,32 @@ class Machine:
                     self._hash_buffer = bytearray(HASH_STEP)
                 block = read(self._hash_buffer, self._hashed, min(todo, HASH_STEP))
                 self._hasher.update(block)
+                self._sealer.update(block)
                 self._hashed += len(block)
         finally:
             self._hash_lock.release()
+
+    def stop_hashing(self) -> None:
+        """Have a :meth:`hash_ahead` running on another thread return after its block."""
+        self._hash_epoch += 1
+
+    def _reset_hash(self) -> None:
+        """The partial starts again from nothing: so does its hash (once no thread is in it)."""
+        self.stop_hashing()
+        with self._hash_lock:
+            self._hasher, self._sealer, self._hashed = hashlib.sha256(), new_sealer(), 0
+
+    def _check_file(self, size: int) -> Flow:
+        """Hash what is left of the file's ``size`` bytes on disk (``HashAhead``), then check
+        them against ``expected_size``/``expected_sha256``; the cache is told the seal."""
+        yield HashAhead()
+        meter = BodyMeter(self.safe_url, expected_size=self.req.expected_size,
+                          expected_sha256=self.req.expected_sha256, offset=size,
+                          hasher=self._hasher if self.hashing else None)
+        meter.finish()
+        if self.hashing and self._hashed == size:
+            remember_seal(self._hasher.hexdigest(), self._sealer.hexdigest())
+        return meter
 
     # -- endings ---------------------------------------------------------------------------
     def _finish_parts(self) -> Flow:
@@ -602,11 +604,7 @@ class Machine:
         if self.pending_parts():
             raise IntegrityError(f"parts of {self.safe_url} are missing", url=self.safe_url)
         assert self.total is not None
-        yield HashAhead()
-        meter = BodyMeter(self.safe_url, expected_size=self.req.expected_size,
-                          expected_sha256=self.req.expected_sha256, offset=self.total,
-                          hasher=self._hasher if self.hashing else None)
-        return (yield from self._publish(meter, None))
+        return (yield from self._publish(BodyMeter(self.safe_url, offset=self.total), None))
 
     def _publish(self, meter: BodyMeter, total: int | None) -> Flow:
         meter.finish()
@@ -614,6 +612,7 @@ class Machine:
             raise TruncatedBodyError(
                 f"{self.safe_url}: {meter.received} of {total} bytes arrived",
                 url=self.safe_url, received=meter.received)
+        meter = yield from self._check_file(meter.received)
         path: Path = yield Publish()
         status, headers, url = self._final
         return DownloadResult(path, meter.received, meter.sha256,
@@ -629,7 +628,6 @@ __all__ = [
     "Effect",
     "Flow",
     "HashAhead",
-    "HashPrefix",
     "Kind",
     "Machine",
     "Preallocate",

@@ -4,7 +4,7 @@ outside its store (a hard-linked target, a file recorded by reference) is served
 sha256 names a body; the seal is the fast check that the bytes still are that body (xxh3-128
 runs at memory speed). A seal is a function of the content alone, so a seal computed for a
 sha256 is right for every copy of that body. ``remember``/``known`` keep the seals computed
-while bodies streamed (``core.overlapped_hash``) for the cache to use without reading the
+while downloads were hashed (``core.download_machine``) for the cache to use without reading the
 file again. (Issue 13 seals every stored body in the index; when merged, the two are one.)
 """
 

@@ -183,7 +183,7 @@ class _Batches:
         if self.partial.wrote(size):
             await _off_loop(self.partial.write_behind)
         if self.machine.hash_due():
-            await _off_loop(self.machine.hash_ahead, self.partial.read_into)
+            self.partial.hash_behind(self.machine.hash_ahead)
 
 
 def _claim(target: Path, url: str, resume: bool) -> Partial:

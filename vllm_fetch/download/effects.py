@@ -13,7 +13,6 @@ from typing import Any
 from ..core.download_machine import (
     Effect,
     HashAhead,
-    HashPrefix,
     Machine,
     Preallocate,
     Publish,
@@ -82,9 +81,8 @@ def perform_file(effect: Effect, machine: Machine, partial: Partial, progress: P
         return preallocate(partial.open(), effect.size, partial.path)
     if isinstance(effect, SaveState):
         return partial.save(effect.state)
-    if isinstance(effect, HashPrefix):
-        return partial.hash_range(effect.end)
     if isinstance(effect, HashAhead):
+        partial.flush_ahead()  # the disk writes while the rest is hashed
         return machine.hash_ahead(partial.read_into, final=True)
     if isinstance(effect, StartProgress):
         return progress.start(effect.total, effect.done)
@@ -95,6 +93,7 @@ def perform_file(effect: Effect, machine: Machine, partial: Partial, progress: P
 
 def abandon(machine: Machine, partial: Partial, error: BaseException) -> None:
     """After the call failed: checkpoint the parts, keep the partial for resume or remove it."""
+    machine.stop_hashing()  # the partial's helper thread is waited for, not its whole hash
     save = machine.checkpoint()
     if save is not None:
         with contextlib.suppress(FetchError):  # the error that ended the call matters more

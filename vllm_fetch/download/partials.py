@@ -7,8 +7,9 @@ was left by an earlier attempt of this process) by renaming it to its own name: 
 so exactly one writer wins it. The sidecar (``….part.json``) holds the validators (ETag,
 Last-Modified), the total size and, for a parallel download, each part's progress.
 
-Resuming one sequential stream re-hashes the bytes already on disk once (local reads, no
-network) to restore the running sha256; within one call the hasher is kept in memory instead.
+The download's sha256 is read back from the partial (``core.download_machine.hash_ahead``) on
+one helper thread per partial (:meth:`Partial.hash_behind`), behind the writes; a resumed
+stream's prefix is hashed the same way while the rest arrives (local reads, no network).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
 
-from ..core import seal
-from ..core.download_machine import Start
-from ..core.overlapped_hash import OverlappedSha256
+from ..core.download_machine import Reader, Start
 from ..core.partial_names import (
     Owner,
     is_partial_of,
@@ -54,7 +54,6 @@ from . import registry
 
 logger = logging.getLogger(__name__)
 
-HASH_READ_SIZE = 1024 * 1024
 #: After this many new bytes, the kernel is asked to start writing them to disk (see
 #: ``files.start_writeback``), so the fsync at publish is not a full-file writeback.
 WRITEBACK_STEP = 8 * 1024 * 1024
@@ -160,12 +159,13 @@ class Partial:
         self.state = state
         self.keep = keep  # keep for resume after a failure (resume=True)
         self.fd = -1
-        #: (offset, hasher) of the bytes on disk, kept between attempts of one call.
-        self.hashed: tuple[int, hashlib._Hash] | None = None
         self._save_lock = threading.Lock()
         self._noted = False
         self._unflushed = 0  # bytes written since the last writeback was started
         self._write_behind = WriteBehind()
+        self._hasher: ThreadPoolExecutor | None = None  # hash_behind's one thread
+        self._hashing: Future[None] | None = None
+        self._flushing: threading.Thread | None = None
 
     # -- finding one -----------------------------------------------------------------------
     @classmethod
@@ -301,7 +301,6 @@ class Partial:
             os.ftruncate(fd, 0)
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
-        self.hashed = None
         self.save(None)
 
     def write(self, data: bytes | memoryview, offset: int) -> None:
@@ -328,11 +327,24 @@ class Partial:
         the call nor the kernel's submission waits here)."""
         self._write_behind.poke(self.open())
 
-    def hasher_at(self, offset: int) -> hashlib._Hash:
-        """A sha256 of bytes ``[0, offset)``: kept from this call, else re-read once from disk."""
-        if self.hashed is not None and self.hashed[0] == offset:
-            return self.hashed[1]
-        return self.hash_range(offset)
+    def hash_behind(self, hash_ahead: Callable[[Reader], None]) -> None:
+        """Run ``hash_ahead(self.read_into)`` on this partial's helper thread, unless a run is
+        still going (it goes on as far as the writes got): neither the writer nor the event
+        loop waits for the hash. Errors there are left to the final, waiting ``hash_ahead``."""
+        if self._hashing is not None and not self._hashing.done():
+            return
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="vllm_fetch-sha256")
+        self._hashing = self._hasher.submit(hash_ahead, self.read_into)
+
+    def flush_ahead(self) -> None:
+        """Start the fsync of the bytes written so far on a helper thread (the file's last
+        hash runs meanwhile); :meth:`publish` fsyncs again, and waits for it first."""
+        if self._flushing is None:
+            fd = self.open()
+            self._flushing = threading.Thread(target=_fsync_quietly, args=(fd,), daemon=True,
+                                              name="vllm_fetch-fsync")
+            self._flushing.start()
 
     def read_into(self, buffer: bytearray, offset: int, size: int) -> memoryview:
         """Read ``size`` bytes at ``offset`` into ``buffer`` (reused: no allocation per read)."""
@@ -344,27 +356,6 @@ class Partial:
         if got != size:
             raise DiskError(f"{self.path} is shorter than expected ({offset + got} bytes)")
         return view
-
-    def hash_range(self, end: int) -> hashlib._Hash:
-        """sha256 of the first ``end`` bytes on disk (read in order), with their seal: the
-        rest of a resumed stream is hashed on the overlapped hasher's thread, and the cache
-        gets the whole file's seal without reading it again."""
-        sha, sealer = hashlib.sha256(), seal.new_sealer()
-        fd = self.open()
-        position = 0
-        buffer = bytearray(min(HASH_READ_SIZE, end))
-        try:
-            while position < end:
-                view = memoryview(buffer)[:min(len(buffer), end - position)]
-                got = os.preadv(fd, [view], position)
-                if not got:
-                    break
-                sha.update(view[:got])
-                sealer.update(view[:got])
-                position += got
-        except OSError as exc:
-            raise disk_error(exc, self.path) from exc
-        return cast("hashlib._Hash", OverlappedSha256.continuing(sha, sealer))
 
     # -- endings ---------------------------------------------------------------------------
     def publish(self) -> Path:
@@ -402,9 +393,16 @@ class Partial:
             except OSError as exc:
                 logger.warning("cannot remove %s: %s", path, exc)
         self.state = None
-        self.hashed = None
 
     def _close(self) -> None:
+        """Stop the helper threads (each uses the descriptor), then close the descriptor.
+        A running hash must have been told to stop (``Machine.stop_hashing``) or be done."""
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+            self._hasher = self._hashing = None
+        if self._flushing is not None:
+            self._flushing.join()
+            self._flushing = None
         self._write_behind.close()
         self._write_behind = WriteBehind()  # a later attempt may write (and poke) again
         if self.fd >= 0:
@@ -415,6 +413,11 @@ class Partial:
     def _release(self) -> None:
         with _active_lock:
             _active.discard(str(self.path))
+
+
+def _fsync_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):  # the fsync before the rename reports any failure
+        os.fsync(fd)
 
 
 def _lstat_or_none(path: Path) -> os.stat_result | None:

@@ -123,7 +123,7 @@ class _Runner:
                 if save is not None:
                     partial.save(save.state)
                 if machine.hash_due():
-                    machine.hash_ahead(partial.read_into)
+                    partial.hash_behind(machine.hash_ahead)
                 if sink.full:
                     return
 
