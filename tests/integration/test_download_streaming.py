@@ -5,6 +5,7 @@ interrupted partial taking on disk what was received, not the announced size."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import socket
@@ -13,7 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import aiofiles.threadpool
 import pytest
 
 from tests.helpers import call, leftovers
@@ -106,6 +109,56 @@ def test_a_cut_without_retries_is_truncation_and_nothing_is_published(
     with pytest.raises(TruncatedBodyError):
         call(mode, conn, "download_file", url, target, connections=1, resume=False)
     assert not target.parent.exists() or leftovers(target.parent) == []
+
+
+class _FlippingFile(io.FileIO):
+    """aiofiles' file whose first write lands with one byte flipped (a bad disk write)."""
+
+    flipped = False
+
+    def __init__(self, file: Any, mode: str, buffering: int = -1, **kwargs: Any) -> None:
+        super().__init__(file, mode.replace("b", ""), opener=kwargs.get("opener"))
+
+    def write(self, data: Any) -> int:
+        return super().write(_flip_once(type(self), data))
+
+
+def _flip_once(owner: Any, data: Any) -> Any:
+    if owner.flipped or not len(data):
+        return data
+    owner.flipped = True
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF
+    return bytes(bad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_sha256_is_of_the_bytes_on_disk_not_the_bytes_received(
+        mode: str, origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that reached the disk wrong is caught before the rename: the download is
+    hashed from the partial, so ``expected_sha256`` vouches for the file that is published
+    (and the cache never stores a body whose bytes differ from their name)."""
+    url = RangeFile(BODY).mount(origin, "/flip")
+    _FlippingFile.flipped = False
+    real_pwrite = os.pwrite
+
+    class Sync:
+        flipped = False
+
+    def flipping_pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, _flip_once(Sync, data), offset)
+
+    monkeypatch.setattr(os, "pwrite", flipping_pwrite)
+    monkeypatch.setattr(aiofiles.threadpool, "sync_open", _FlippingFile)
+    cache = tmp_path / "cache"
+    conn = HTTPConnection(retry=RetryPolicy.none(), cache=cache)
+    target = tmp_path / "out" / "flip.bin"
+    with pytest.raises(ChecksumMismatchError):
+        call(mode, conn, "download_file", url, target, connections=1,
+             expected_sha256=sha256(BODY))
+    assert Sync.flipped or _FlippingFile.flipped  # the bad write happened
+    assert not target.exists()
+    assert not [p for p in (cache / "blobs").rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("mode", MODES)
