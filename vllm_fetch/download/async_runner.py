@@ -166,16 +166,26 @@ class _Batches:
                 view = view[await handle.write(view):]
 
     async def _settle(self) -> None:
+        """Wait for the batch being written and count it; a batch that reached the disk is
+        counted even when the wait was cancelled (a resume continues after its bytes)."""
         if self.writing is None:
             return
         future, size = self.writing
+        self.writing = None
         try:
             await _finished(future)
         except OSError as exc:
             self.failed = True
             raise disk_error(exc, self.partial.path) from exc
-        finally:
-            self.writing = None
+        except asyncio.CancelledError:
+            if future.cancelled() or future.exception() is not None:
+                self.failed = True  # its bytes may be partly written: never counted
+            else:
+                await self._count(size)
+            raise
+        await self._count(size)
+
+    async def _count(self, size: int) -> None:
         save = self.machine.wrote(self.sink, size)
         self.progress.add(size)
         if save is not None:
