@@ -8,8 +8,9 @@ checked (size each round, sha256 in the first round). Not part of the test suite
 ``curl_fsync`` is curl followed by an fsync of its file (``download_file`` fsyncs before its
 rename; curl does not). ``disk_floor`` is the download without the network: the same number of
 bytes, already in memory, written the way ``download_file`` writes them (256 KiB positional
-writes, writeback started every 8 MiB on a helper thread) and fsynced: no crash-safe download
-to this disk can finish sooner, whatever the network. ``--compare
+writes, writeback started every 8 MiB on a helper thread) and fsynced: how long this disk takes
+to make them durable, which a crash-safe download (fsync before the rename) cannot beat by much
+however fast the network is (noisy when other work uses the disk). ``--compare
 main=/path/to/.venv/bin/python`` adds every vllm_fetch row run by that interpreter (its
 venv's vllm_fetch) to the same alternating rounds.
 
