@@ -134,3 +134,14 @@ def test_a_filler_is_never_a_body_and_scans_step_over_it() -> None:
     assert [h.length for _, h in iter_records(bytes(damaged))] == [10]
     with pytest.raises(ValueError):
         encode_filler(HEADER_SIZE - 1)
+
+
+def test_a_filler_covered_by_the_bodies_charge_is_not_dead() -> None:
+    """A segment of live records and their group's filler: what the records are charged
+    (whole blocks) covers the filler, so nothing is dead and nothing is compacted; once
+    records go, their bytes are dead again."""
+    full = SegmentUse(size=2 * ALIGN, live=1072 + 1072, charged=2 * ALIGN)
+    assert full.dead == 0 and compaction_plan({"a.seg": full}, live_fraction=1.0) == []
+    thinned = SegmentUse(size=2 * ALIGN, live=1072, charged=ALIGN)
+    assert thinned.dead == ALIGN and compaction_plan({"a.seg": thinned}) == ["a.seg"]
+    assert SegmentUse(size=1000, live=400).dead == 600  # nothing charged: live bytes count

@@ -61,6 +61,7 @@ from ..core.segment_record import (
     parse_header,
     record_size,
 )
+from .costs import blob_cost
 
 if TYPE_CHECKING:
     from .index import Index, Placed
@@ -366,16 +367,19 @@ class SegmentStore:
             return []
 
     def usage(self, live: dict[str, tuple[Location, str, float]]) -> dict[str, SegmentUse]:
-        """Each segment file's size and live bytes (records ``live`` points at)."""
+        """Each segment file's size, live bytes (records ``live`` points at) and what those
+        are charged (``costs.blob_cost`` each)."""
         live_bytes: dict[str, int] = {}
+        charged: dict[str, int] = {}
         for where, _, _ in live.values():
             live_bytes[where.segment] = live_bytes.get(where.segment, 0) + record_size(
                 where.length)
+            charged[where.segment] = charged.get(where.segment, 0) + blob_cost(where.length)
         uses: dict[str, SegmentUse] = {}
         for name in self.names():
             with contextlib.suppress(FileNotFoundError):
                 uses[name] = SegmentUse(os.stat(self.path(name)).st_size,
-                                        live_bytes.get(name, 0))
+                                        live_bytes.get(name, 0), charged.get(name, 0))
         return uses
 
     def compact(self, *, live_fraction: float, keep: Callable[[str], bool] = lambda _: False,

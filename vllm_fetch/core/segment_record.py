@@ -137,14 +137,18 @@ def iter_records(buffer: bytes | memoryview, base: int = 0) -> Iterator[tuple[in
 
 @dataclass(frozen=True)
 class SegmentUse:
-    """A segment's file size and the bytes of its records the index still points at."""
+    """A segment's file size and the bytes of its records the index still points at, and
+    what those records are charged against the size limit elsewhere (whole blocks each, at
+    least their bytes: a group's filler is covered by its bodies' rounding)."""
 
     size: int
     live: int
+    charged: int = 0
 
     @property
     def dead(self) -> int:
-        return max(0, self.size - self.live)
+        """Bytes no live record occupies nor is charged for (what compaction would free)."""
+        return max(0, self.size - max(self.live, self.charged))
 
 
 def compaction_plan(
