@@ -33,7 +33,7 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property, lru_cache
 from json.encoder import encode_basestring as _json_string  # what json.dumps writes for a str
@@ -157,7 +157,9 @@ def vary_matches(entry: CacheEntry, request_headers: Mapping[str, str]) -> bool:
     )
 
 
-def stored_fields(response_headers: Mapping[str, str]) -> tuple[Fields, dict[str, str]]:
+def stored_fields(
+    response_headers: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[Fields, dict[str, str]]:
     """What an entry keeps of a response (§3.1): its end-to-end lines as received (``Age``
     aside), and the lines combined by lowercase name for the decisions (``Age`` included).
     ``response_headers`` may be a multidict: every line counts (RFC 9110 §5.3).
@@ -167,7 +169,8 @@ def stored_fields(response_headers: Mapping[str, str]) -> tuple[Fields, dict[str
     kept: list[tuple[str, str, str]] = []  # (lowercase name, name, value)
     connection: list[str] = []
     age: list[str] = []
-    lines = response_headers.items() if hasattr(response_headers, "items") else response_headers
+    lines: Iterable[tuple[str, str]] = (
+        response_headers.items() if isinstance(response_headers, Mapping) else response_headers)
     for name, value in lines:
         if type(name) is not str:
             name = str(name)  # a multidict's istr: stored as a plain str
