@@ -40,12 +40,13 @@ from json.encoder import encode_basestring as _json_string  # what json.dumps wr
 from typing import Any, TypeVar
 from urllib.parse import urlunsplit
 
+from ..errors import InvalidURLError
 from .body import header
 from .cache_range import ByteRange, if_range_holds, parse_range
 from .header_fields import HOP_BY_HOP, Fields, replace_lines
 from .http_dates import parse_http_date
 from .tenancy import CREDENTIAL_FIELDS
-from .urls import URL_CACHE_SIZE, checked_split
+from .urls import FORBIDDEN_CHARACTERS, URL_CACHE_SIZE, checked_split, origin_prefix
 
 #: RFC 9110 §15.1: statuses a cache may store with heuristic freshness (§4.2.2).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -85,7 +86,35 @@ _T = TypeVar("_T")
 @lru_cache(maxsize=URL_CACHE_SIZE)
 def normalize_url(url: str) -> str:
     """Scheme and host lowercased; default port, userinfo and fragment dropped; path and query
-    verbatim."""
+    verbatim.
+
+    The scheme and host part depends only on ``scheme://authority`` once the URL has passed
+    the character check (``urls.origin_prefix``): it is normalised once per origin, and the
+    path and query are cut from the URL as urlsplit cuts them (every cold fetch is a new URL;
+    its origins are few). Anything else is parsed whole."""
+    if FORBIDDEN_CHARACTERS.search(url) is None:
+        origin = origin_prefix(url)
+        if origin is not None:
+            try:
+                head = _normalized_origin(origin)
+            except InvalidURLError:
+                head = None
+            if head is not None:
+                path, _, query = url[len(origin):].partition("#")[0].partition("?")
+                return f"{head}{path or '/'}?{query}" if query else f"{head}{path or '/'}"
+    return _normalized(url)
+
+
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def _normalized_origin(origin: str) -> str | None:
+    """``scheme://host[:port]`` as ``_normalized`` writes it for any URL of this origin, or
+    None when it has no host (urlunsplit then writes the path differently)."""
+    whole = _normalized(origin)
+    head = whole.removesuffix("/")
+    return None if head.endswith("://") or not whole.endswith("/") else head
+
+
+def _normalized(url: str) -> str:
     parts, hostname, port = checked_split(url)  # the parse the URL check already made
     scheme = parts.scheme.lower()
     host = hostname or ""
