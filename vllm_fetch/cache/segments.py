@@ -169,9 +169,11 @@ class SegmentStore:
                     raise
                 logger.info("direct writes to cache segments in %s are refused (%s); "
                             "writing through the page cache", self.root, exc)
-                self._direct = active.direct = False
-                _set_direct(active.fd, False)
-                os.ftruncate(active.fd, start)
+                self._direct = False
+        if active.direct:  # refused, or (never expected) not on a boundary: this segment
+            active.direct = False  # goes on through the page cache
+            _set_direct(active.fd, False)
+            os.ftruncate(active.fd, start)
         _pwrite_all(active.fd, buffers, start)
         return end
 
