@@ -7,7 +7,8 @@
 2. 1000 distinct 100 KB objects fetched with ``async_get_bytes`` at concurrency 64 into a cold
    cache, against raw aiohttp, and vllm_fetch with the cache off, in alternating rounds: wall
    time, and CPU time per fetch of the client process (all threads, ``time.process_time()``;
-   for the cold cache, until ``flush()`` returned, so its queued writes are included). One more
+   for the cold cache, until ``flush()`` returned, so its queued writes are included, split
+   into the event loop's thread and the others, the writer's). One more
    row, raw aiohttp keeping every body it fetched, shows what holding 100 MB of new bodies in
    memory costs by itself (first-touch page faults, and garbage collection over the survivors):
    a write-behind cache holds them until they are written.
@@ -181,20 +182,21 @@ async def _ours(urls: list[str], concurrency: int, cache: FetchCache | bool) -> 
         return await _gather(conn.async_get_bytes, urls, concurrency)
 
 
-def _cold(urls: list[str], concurrency: int) -> tuple[float, float, float]:
+def _cold(urls: list[str], concurrency: int) -> tuple[float, float, float, float]:
     """(seconds until every call returned, seconds until every body was also on disk, CPU
-    seconds of the process until then: the writer thread's queued writes included)."""
+    seconds of the process until then: the writer thread's queued writes included, and of
+    that the CPU seconds of this thread, the event loop's)."""
     with tempfile.TemporaryDirectory() as tmp:
         cache = FetchCache(tmp)
-        cpu = time.process_time()
+        cpu, loop_cpu = time.process_time(), time.thread_time()
         start = time.perf_counter()
         returned, _ = asyncio.run(_ours(urls, concurrency, cache))
         cache.flush()
         stored = time.perf_counter() - start
-        used = time.process_time() - cpu
+        used, on_loop = time.process_time() - cpu, time.thread_time() - loop_cpu
         assert cache.info().entries == len(urls)
         cache.close()
-    return returned, stored, used
+    return returned, stored, used, on_loop
 
 
 def bench_cold(base: str, count: int, concurrency: int, rounds: int,
@@ -208,6 +210,7 @@ def bench_cold(base: str, count: int, concurrency: int, rounds: int,
         names = names[:2]
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
+    on_loop: list[float] = []  # the cold cache's CPU on the event loop's thread
     for r in range(rounds):
         urls = [f"{base}/obj/{r}-{i}" for i in range(count)]
         for name, (w, c) in ((names[0], asyncio.run(_raw(urls, concurrency))),
@@ -216,10 +219,11 @@ def bench_cold(base: str, count: int, concurrency: int, rounds: int,
             cpu[name].append(c)
         if miss_only:
             continue
-        returned, stored, used = _cold(urls, concurrency)
+        returned, stored, used, loop_used = _cold(urls, concurrency)
         wall[names[2]].append(returned)
         wall[names[3]].append(stored)
         cpu[names[2]].append(used)
+        on_loop.append(loop_used)
         w, c = asyncio.run(_raw(urls, concurrency, keep=True))
         wall[names[4]].append(w)
         cpu[names[4]].append(c)
@@ -240,6 +244,14 @@ def bench_cold(base: str, count: int, concurrency: int, rounds: int,
               + (f"; CPU µs/fetch rounds: "
                  f"{', '.join(f'{t / count * 1e6:.0f}' for t in cpu[name])}"
                  if cpu[name] else ""))
+        if name == names[2] and on_loop:
+            loop_us = [t / count * 1e6 for t in on_loop]
+            rest_us = [(c - t) / count * 1e6 for c, t in zip(cpu[name], on_loop, strict=True)]
+            split = ", ".join(f"{a:.0f}+{b:.0f}"
+                              for a, b in zip(loop_us, rest_us, strict=True))
+            print(f"      of which the event loop's thread {statistics.median(loop_us):.0f} "
+                  f"µs/fetch, the other threads (the writer) {statistics.median(rest_us):.0f} "
+                  f"(rounds: {split})")
 
 
 def bench_calls(base: str, count: int, concurrency: int) -> None:

@@ -6,6 +6,8 @@ SIGKILLed mid-append, after a byte of a record is flipped, while another process
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +29,7 @@ from tests.origin import Origin, sha256
 from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy
 from vllm_fetch.cache.housekeeping import prune
 from vllm_fetch.core.cache_policy import cache_key
-from vllm_fetch.core.segment_record import HEADER_SIZE, SEGMENT_BODY_MAX
+from vllm_fetch.core.segment_record import ALIGN, HEADER_SIZE, SEGMENT_BODY_MAX
 
 MODES = ["sync", "async"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #   printed; forever, until killed.
 # torn START: one group whose segment write stops half-way, "torn" printed, then it waits to
 #   be killed mid-append.
+# torn-direct START: a first group of 40 bodies into a new segment, whose first staging buffer
+#   is written (direct I/O) before "torn" is printed and it waits to be killed.
 # read START STOP: one JSON line {i: sha256 or null} for the bodies START..STOP-1.
 WORKER = textwrap.dedent("""
     import hashlib, json, os, sys, time
@@ -61,6 +65,17 @@ WORKER = textwrap.dedent("""
                 i += 1
             cache.flush()
             print(f"committed {i - 1}", flush=True)
+    elif mode == "torn-direct":
+        real = segments._pwrite_all
+        def first_then_hang(fd, buffers, offset):
+            if offset:  # the group's first staging buffer is on disk: hang before the next
+                print("torn", flush=True)
+                time.sleep(600)
+            real(fd, buffers, offset)
+        segments._pwrite_all = first_then_hang
+        for i in range(start, start + 40):  # ~4 MB: more than one staging buffer
+            submit(i)
+        cache.flush()
     elif mode == "torn":
         def half_then_hang(fd, buffers, offset):
             data = b"".join(bytes(b) for b in buffers)
@@ -269,7 +284,9 @@ def test_eviction_and_compaction_keep_live_bodies_and_reclaim_space(cache: Fetch
     assert all(read(cache, i) is None for i in set(range(40)) - set(alive))
     after = segment_bytes(cache)
     assert after < before / 2  # the dead records' bytes were given back
-    assert after <= sum(len(body(i)) + HEADER_SIZE for i in alive)  # no dead bytes left
+    # no dead bytes left but the filler that ends the copies' group on an ALIGN boundary
+    # (direct I/O; core.segment_record.filler_size)
+    assert after <= sum(len(body(i)) + HEADER_SIZE for i in alive) + ALIGN + HEADER_SIZE
     assert cache.verify().corrupt == []
     store(cache, 99)  # and the store goes on
     assert read(cache, 99) == body(99)
@@ -347,3 +364,87 @@ def test_download_file_from_a_segment_held_body(mode: str, origin: Origin, cache
     assert (tmp_path / "c.bin").read_bytes() == data and origin.count("/two") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin", "c.bin", "cache"]
     conn.close()
+
+
+def _direct(cache: FetchCache) -> bool:
+    assert cache.blobs.segments is not None
+    active = cache.blobs.segments._active
+    assert active is not None
+    return active.direct
+
+
+def test_direct_io_groups_end_on_a_boundary_and_scans_skip_the_fillers(
+        cache: FetchCache) -> None:
+    """Where the filesystem does direct I/O (ext4 here) each group ends on an ALIGN
+    boundary, its filler never a record; elsewhere the records follow each other."""
+    sizes = []
+    for group in range(3):
+        for i in range(group * 5, group * 5 + 5):
+            cache.submit_bytes(cache_key(url(i)), fresh_entry(url(i)), body(i), None)
+        cache.flush()
+        assert cache.blobs.segments is not None
+        (name,) = cache.blobs.segments.names()
+        sizes.append(os.stat(cache.blobs.segments.path(name)).st_size)
+    records = sum(len(body(i)) + HEADER_SIZE for i in range(15))
+    if _direct(cache):
+        assert all(size % ALIGN == 0 for size in sizes)
+        assert records < sizes[-1] <= records + 3 * (ALIGN + HEADER_SIZE)
+    else:
+        assert sizes[-1] == records
+    found = [(h.sha256, h.length) for _, h in cache.blobs.segments.scan(name)]
+    assert found == [(sha256(body(i)), len(body(i))) for i in range(15)]
+    assert all(read(cache, i) == body(i) for i in range(15))
+
+
+def test_sigkill_mid_direct_append_is_a_miss_never_a_torn_body(tmp_path: Path) -> None:
+    """Killed after the first staging buffer of a group reached the disk: the records in it
+    are whole on disk, yet none of the group is served; what was committed before is."""
+    directory = tmp_path / "cache"
+    first = worker("loop", directory, 0, 8)
+    assert first.stdout is not None
+    assert first.stdout.readline().strip() == "committed 7"
+    kill(first)
+    torn = worker("torn-direct", directory, 300)
+    assert torn.stdout is not None
+    assert torn.stdout.readline().strip() == "torn"
+    kill(torn)
+    seen = read_back(directory, 0, 340)
+    assert all(seen[i] == sha256(body(i)) for i in range(8))
+    assert all(seen[i] is None for i in range(300, 340))
+    cache = FetchCache(directory)
+    assert cache.blobs.segments is not None
+    on_disk = {h.sha256 for n in cache.blobs.segments.names()
+               for _, h in cache.blobs.segments.scan(n)}
+    assert sha256(body(300)) in on_disk  # its record was written whole, never committed
+    assert sha256(body(339)) not in on_disk
+    for i in range(400, 405):  # a new writer appends after the wreckage
+        store(cache, i)
+    assert all(read(cache, i) == body(i) for i in [*range(8), *range(400, 405)])
+    cache.close()
+
+
+def test_a_refused_direct_write_falls_back_to_the_page_cache(
+        cache: FetchCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that takes O_DIRECT on open but refuses the write (EINVAL): the group is
+    written through the page cache instead, and so is everything after it."""
+    from vllm_fetch.cache import segments
+
+    real = segments._pwrite_all
+    refused = []
+
+    def no_direct(fd: int, buffers: list[bytes | memoryview], offset: int) -> None:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, buffers, offset)
+
+    monkeypatch.setattr(segments, "_pwrite_all", no_direct)
+    store(cache, 1)
+    store(cache, 2)
+    assert cache.blobs.segments is not None
+    assert len(refused) <= 1 and not _direct(cache) and not cache.blobs.segments._direct
+    (name,) = cache.blobs.segments.names()
+    assert os.stat(cache.blobs.segments.path(name)).st_size == sum(
+        len(body(i)) + HEADER_SIZE for i in (1, 2))  # no filler: records back to back
+    assert read(cache, 1) == body(1) and read(cache, 2) == body(2)
+    assert read_back(cache.directory, 1, 3) == {1: sha256(body(1)), 2: sha256(body(2))}

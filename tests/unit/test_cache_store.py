@@ -305,6 +305,45 @@ def test_async_single_flight_followers_rerun_after_a_cancelled_leader() -> None:
     assert asyncio.run(main()) == [2]
 
 
+def test_async_single_flight_shares_results_and_errors_and_survives_a_cancelled_waiter(
+) -> None:
+    """Waiters get the leader's result (or its FetchError); a waiter cancelled while it waits
+    changes nothing for the others; ``share=False`` waiters run the work themselves after."""
+    flights = AsyncSingleFlight()
+    calls = 0
+
+    async def work() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return 7
+
+    async def fail() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        raise HTTPStatusError(404, "https://example.com/")
+
+    async def main() -> None:
+        nonlocal calls
+        tasks = [asyncio.create_task(flights.run("k", work)) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        tasks[2].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert calls == 1 and [d for i, d in enumerate(done) if i != 2] == [7] * 4
+        assert isinstance(done[2], asyncio.CancelledError)
+        calls = 0
+        failing = [asyncio.create_task(flights.run("e", fail)) for _ in range(3)]
+        outcomes = await asyncio.gather(*failing, return_exceptions=True)
+        assert calls == 1 and all(isinstance(o, HTTPStatusError) for o in outcomes)
+        calls = 0
+        own = [asyncio.create_task(flights.run("o", work, share=False)) for _ in range(3)]
+        assert await asyncio.gather(*own) == [7, 7, 7] and calls == 3
+        assert flights._by_loop[asyncio.get_running_loop()] == {}  # nothing left behind
+
+    asyncio.run(main())
+
+
 def test_unusable_index_is_bypassed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "index").write_bytes(b"a file where the index directory should be")

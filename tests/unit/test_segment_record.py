@@ -8,13 +8,17 @@ import pytest
 
 from vllm_fetch.core.seal import seal_of
 from vllm_fetch.core.segment_record import (
+    ALIGN,
+    FILLER_MAGIC,
     HEADER_SIZE,
     MAGIC,
     SegmentUse,
     accepts,
     body_seal,
     compaction_plan,
+    encode_filler,
     encode_header,
+    filler_size,
     iter_records,
     parse_header,
     record_size,
@@ -100,3 +104,44 @@ def test_compaction_plan() -> None:
     assert compaction_plan(uses, live_fraction=1.0) == [
         "thin.seg", "dead.seg", "half.seg", "most.seg", "empty.seg"]
     assert SegmentUse(100, 150).dead == 0
+
+
+@pytest.mark.parametrize("end", [0, 1, 100, ALIGN - HEADER_SIZE, ALIGN - HEADER_SIZE + 1,
+                                 ALIGN - 1, ALIGN, 5 * ALIGN + 17])
+def test_a_filler_brings_a_group_to_the_next_boundary(end: int) -> None:
+    pad = filler_size(end)
+    assert (end + pad) % ALIGN == 0
+    assert pad == 0 or HEADER_SIZE <= pad < ALIGN + HEADER_SIZE
+    assert pad == 0 or pad == min(p for p in range(1, 2 * ALIGN)
+                                  if (end + p) % ALIGN == 0 and p >= HEADER_SIZE)
+
+
+def test_a_filler_is_never_a_body_and_scans_step_over_it() -> None:
+    filler = encode_filler(HEADER_SIZE + 500)
+    assert len(filler) == HEADER_SIZE + 500 and filler.startswith(FILLER_MAGIC)
+    assert filler[HEADER_SIZE:] == bytes(500)
+    assert parse_header(filler) is None  # a reader never takes it for a record
+    bodies = [b"a" * 10, b"b" * 3000]
+    raws = [record(b)[2] for b in bodies]
+    pad = filler_size(len(raws[0]))
+    segment = raws[0] + encode_filler(pad) + raws[1] + encode_filler(
+        filler_size(len(raws[0]) + pad + len(raws[1])))
+    assert len(segment) % ALIGN == 0
+    assert [(at, h.length) for at, h in iter_records(segment)] == [
+        (0, 10), (len(raws[0]) + pad, 3000)]
+    damaged = bytearray(segment)
+    damaged[len(raws[0]) + 3] ^= 1  # a damaged filler header stops the scan like any other
+    assert [h.length for _, h in iter_records(bytes(damaged))] == [10]
+    with pytest.raises(ValueError):
+        encode_filler(HEADER_SIZE - 1)
+
+
+def test_a_filler_covered_by_the_bodies_charge_is_not_dead() -> None:
+    """A segment of live records and their group's filler: what the records are charged
+    (whole blocks) covers the filler, so nothing is dead and nothing is compacted; once
+    records go, their bytes are dead again."""
+    full = SegmentUse(size=2 * ALIGN, live=1072 + 1072, charged=2 * ALIGN)
+    assert full.dead == 0 and compaction_plan({"a.seg": full}, live_fraction=1.0) == []
+    thinned = SegmentUse(size=2 * ALIGN, live=1072, charged=ALIGN)
+    assert thinned.dead == ALIGN and compaction_plan({"a.seg": thinned}) == ["a.seg"]
+    assert SegmentUse(size=1000, live=400).dead == 600  # nothing charged: live bytes count

@@ -407,8 +407,12 @@ def revalidation_flow(cache: FetchCache, req: FetchRequest) -> Flow:
 
 
 def _hop_by_hop(req: FetchRequest) -> FetchRequest:
-    """The request for one hop: a redirect comes back as the answer, the driver follows none."""
-    return replace(req, redirect_answers=True, allow_redirects=False)
+    """The request for one hop: a redirect comes back as the answer, the driver follows none.
+    (``dataclasses.replace``, whose ``__init__`` only fills ``__dict__``, without its walk
+    over every field: once per cached body call.)"""
+    hop = object.__new__(FetchRequest)
+    hop.__dict__.update(req.__dict__, redirect_answers=True, allow_redirects=False)
+    return hop
 
 
 def _settle_refresh(cache: FetchCache, key: str, verdict: ResponseDecision) -> None:

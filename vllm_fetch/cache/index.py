@@ -40,6 +40,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from json.encoder import encode_basestring_ascii  # what json.dumps writes for a str
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +79,9 @@ _UPSERT = (
     "ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time, "
     "expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL, "
     "size = 0, mode = excluded.mode, filename = NULL, value = excluded.value")
+#: diskcache's ``get`` of a key (``JSONDisk.put``: its JSON text, a raw blob), as one statement.
+_GET = ("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1 "
+        "AND (expire_time IS NULL OR expire_time > ?)")
 _T = TypeVar("_T")
 _ERRORS = (sqlite3.Error, OSError, ValueError, TypeError, KeyError)
 
@@ -290,7 +294,7 @@ class Index:
 
     # -- entries ------------------------------------------------------------------------------
     def get(self, key: str) -> CacheEntry | None:
-        record = self._guard("lookup", lambda db: db.get(key), None)
+        record = self._guard("lookup", lambda db: _get(db, key), None)
         if record is None:
             return None
         try:
@@ -474,6 +478,19 @@ class Index:
     def raw(self) -> Any:
         """The diskcache object (None when bypassed), for tests and diagnostics."""
         return self._db
+
+
+def _get(db: diskcache.Cache, key: str) -> Any:
+    """``db.get(key)`` for a value kept in the database (every entry: ``_set_many``), as one
+    statement on the thread's connection; a value diskcache keeps in a file goes through
+    ``get``. (Every miss asks: diskcache's own ``get`` adds ~8 us of Python around it.)"""
+    rows = db._con.execute(_GET, (encode_basestring_ascii(key).encode(), time.time())).fetchall()
+    if not rows:
+        return None
+    ((mode, filename, value),) = rows
+    if mode != diskcache.core.MODE_RAW or filename is not None:
+        return db.get(key)
+    return json.loads(value)
 
 
 def _place(db: diskcache.Cache, rows: list[Placed]) -> None:

@@ -7,7 +7,14 @@ of a group to one file and syncing it once costs a few per cent of that. So bodi
 
 - **Writing** (the cache's writer thread): a group's records are written at the end of this
   store's own segment, the file is synced once (``fdatasync``), then the index records where
-  each one is, in the transaction that commits the group's entries. A record the index does
+  each one is, in the transaction that commits the group's entries. Where the filesystem
+  allows it the segment is written with direct I/O (``O_DIRECT``): the records are copied
+  into one aligned staging buffer and written from there straight to the device, which costs
+  a fraction of the CPU of a write into the page cache and its write-back (~0.2 ms per
+  100 KB body on the reference VM); each group then ends on an ``ALIGN`` boundary with a
+  filler (``core.segment_record``). Elsewhere (tmpfs, some FUSE or network filesystems), or
+  once a direct write is refused, the records are written through the page cache as they
+  are. Readers read either way through the page cache. A record the index does
   not point at is never read, so a torn append (a crash, a full disk) is dead bytes at worst.
   A writer holds an exclusive ``flock`` on the segment it appends to, until it starts the next
   one (at ``SEGMENT_ROTATE`` bytes), so no compaction touches a segment still being written.
@@ -28,6 +35,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -38,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.segment_record import (
+    ALIGN,
     HEADER_SIZE,
     SEGMENT_ROTATE,
     Location,
@@ -45,11 +54,14 @@ from ..core.segment_record import (
     SegmentUse,
     accepts,
     compaction_plan,
+    encode_filler,
     encode_header,
+    filler_size,
     iter_records,
     parse_header,
     record_size,
 )
+from .costs import blob_cost
 
 if TYPE_CHECKING:
     from .index import Index, Placed
@@ -58,6 +70,9 @@ logger = logging.getLogger("vllm_fetch.cache")
 
 SUFFIX = ".seg"
 _MAX_IOV = 512
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+#: The aligned buffer a direct-I/O append copies its records into (a multiple of ALIGN).
+STAGE_BYTES = 2 << 20
 
 
 class Damaged:
@@ -78,6 +93,8 @@ class _Active:
     #: groups appended whose index commit has not been settled yet: the segment is not
     #: retired (unlocked, so compactable) while records in it may still be committed
     inflight: int = 0
+    #: written with direct I/O (every group starts and ends on an ALIGN boundary)
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,9 @@ class SegmentStore:
         self._active: _Active | None = None
         #: where this process last found (or put) each body: a hint, checked on every read
         self._where: dict[str, tuple[Location, str]] = {}
+        #: False once a direct write was refused here: the page cache from then on
+        self._direct = bool(_O_DIRECT)
+        self._stage: mmap.mmap | None = None
 
     def after_fork(self) -> None:
         """In a forked child: the parent's segment stays the parent's."""
@@ -126,7 +146,7 @@ class SegmentStore:
                 placed.append(Location(active.name, offset, len(body)))
                 offset += record_size(len(body))
             try:
-                _pwrite_all(active.fd, buffers, start)
+                offset = self._write(active, buffers, start, offset)
                 os.fdatasync(active.fd)
             except OSError:
                 with contextlib.suppress(OSError):
@@ -137,6 +157,53 @@ class SegmentStore:
             active.end = offset
             active.inflight += 1
             return placed
+
+    def _write(self, active: _Active, buffers: list[bytes | memoryview], start: int,
+               end: int) -> int:
+        """Write the records (``buffers``, ``start`` to ``end``); the segment's new end."""
+        if active.direct and start % ALIGN == 0:
+            try:
+                return self._write_direct(active.fd, buffers, start, end)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                logger.info("direct writes to cache segments in %s are refused (%s); "
+                            "writing through the page cache", self.root, exc)
+                self._direct = False
+        if active.direct:  # refused, or (never expected) not on a boundary: this segment
+            active.direct = False  # goes on through the page cache
+            _set_direct(active.fd, False)
+            os.ftruncate(active.fd, start)
+        _pwrite_all(active.fd, buffers, start)
+        return end
+
+    def _write_direct(self, fd: int, buffers: list[bytes | memoryview], start: int,
+                      end: int) -> int:
+        """The records copied into the aligned staging buffer, written from there a buffer at
+        a time, the last one completed by a filler up to the next ALIGN boundary."""
+        if self._stage is None:
+            self._stage = mmap.mmap(-1, STAGE_BYTES)
+        stage = memoryview(self._stage)
+        pad = filler_size(end)
+        if pad:
+            buffers = [*buffers, encode_filler(pad)]
+        fill, offset = 0, start
+        for buffer in buffers:
+            source = memoryview(buffer).cast("B")
+            taken = 0
+            while taken < len(source):
+                count = min(len(source) - taken, STAGE_BYTES - fill)
+                stage[fill:fill + count] = source[taken:taken + count]
+                fill += count
+                taken += count
+                if fill == STAGE_BYTES:
+                    _pwrite_all(fd, [stage], offset)
+                    offset += fill
+                    fill = 0
+        if fill:
+            _pwrite_all(fd, [stage[:fill]], offset)
+            offset += fill
+        return offset
 
     def settle(self, placed: list[Location]) -> None:
         """The index commit after an ``append`` is done (or failed): a full segment may now be
@@ -187,7 +254,7 @@ class SegmentStore:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
-            return _Active(name, fd, 0, os.getpid())
+            return _Active(name, fd, 0, os.getpid(), direct=self._direct and _set_direct(fd))
         raise FileExistsError(errno.EEXIST, "no unique segment name", str(self.root))
 
     def _retire(self) -> None:
@@ -200,6 +267,10 @@ class SegmentStore:
     def close(self) -> None:
         with self._lock:
             self._retire()
+            stage, self._stage = self._stage, None
+            if stage is not None:
+                with contextlib.suppress(BufferError):  # a view still held: freed with it
+                    stage.close()
 
     def placed(self, rows: list[Placed]) -> None:
         """Remember where this process put bodies whose records the index now holds."""
@@ -298,16 +369,19 @@ class SegmentStore:
             return []
 
     def usage(self, live: dict[str, tuple[Location, str, float]]) -> dict[str, SegmentUse]:
-        """Each segment file's size and live bytes (records ``live`` points at)."""
+        """Each segment file's size, live bytes (records ``live`` points at) and what those
+        are charged (``costs.blob_cost`` each)."""
         live_bytes: dict[str, int] = {}
+        charged: dict[str, int] = {}
         for where, _, _ in live.values():
             live_bytes[where.segment] = live_bytes.get(where.segment, 0) + record_size(
                 where.length)
+            charged[where.segment] = charged.get(where.segment, 0) + blob_cost(where.length)
         uses: dict[str, SegmentUse] = {}
         for name in self.names():
             with contextlib.suppress(FileNotFoundError):
                 uses[name] = SegmentUse(os.stat(self.path(name)).st_size,
-                                        live_bytes.get(name, 0))
+                                        live_bytes.get(name, 0), charged.get(name, 0))
         return uses
 
     def compact(self, *, live_fraction: float, keep: Callable[[str], bool] = lambda _: False,
@@ -415,6 +489,18 @@ def _held(path: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def _set_direct(fd: int, on: bool = True) -> bool:
+    """Turn direct I/O on (or off) for ``fd``; False when the filesystem does not do it."""
+    if not _O_DIRECT:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
+    except OSError:
+        return False
+    return on
 
 
 def _pwrite_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> None:

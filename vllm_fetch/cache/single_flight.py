@@ -59,37 +59,44 @@ class SingleFlight:
 
 
 class AsyncSingleFlight:
-    """Task-level single-flight for the async side, one table per event loop."""
+    """Task-level single-flight for the async side, one table per event loop. A flight is the
+    list of its waiters' futures: one future per caller that waits, none for a leader alone
+    (the common case: every URL of a burst is new)."""
 
     def __init__(self) -> None:
         self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[object, asyncio.Future[Any]]
+            asyncio.AbstractEventLoop, dict[object, list[asyncio.Future[Any]]]
         ] = weakref.WeakKeyDictionary()
 
     async def run(
         self, key: object, work: Callable[[], Awaitable[_T]], *, share: bool = True
     ) -> _T:
         loop = asyncio.get_running_loop()
-        flights = self._by_loop.setdefault(loop, {})
-        waiting = flights.get(key)
-        if waiting is not None:
-            outcome = await asyncio.shield(waiting)
+        flights = self._by_loop.get(loop)
+        if flights is None:
+            flights = self._by_loop.setdefault(loop, {})
+        waiters = flights.get(key)
+        if waiters is not None:
+            waiting: asyncio.Future[Any] = loop.create_future()
+            waiters.append(waiting)  # a waiter cancelled meanwhile only cancels its own
+            outcome = await waiting
             if not share or outcome is _FOLLOW:
                 return await work()
             return _shared(outcome)  # type: ignore[no-any-return]
-        future: asyncio.Future[Any] = loop.create_future()
-        flights[key] = future
+        waiters = flights[key] = []
+        outcome = _FOLLOW
         try:
             result = await work()
-            future.set_result(result)
+            outcome = result
             return result
         except FetchError as exc:
-            future.set_result(exc)
+            outcome = exc
             raise
         finally:
             del flights[key]
-            if not future.done():
-                future.set_result(_FOLLOW)
+            for waiting in waiters:
+                if not waiting.done():
+                    waiting.set_result(outcome)
 
 
 def _shared(outcome: Any) -> Any:

@@ -55,7 +55,7 @@ LINGER_BYTES = 64 * 1024 * 1024
 MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class StoreJob:
     """A body queued for the writer. Its digest and seal are computed when first needed: by
     the writer thread normally (hashlib releases the GIL there, so the event loop that fetched

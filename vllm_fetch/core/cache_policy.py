@@ -33,19 +33,20 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property, lru_cache
 from json.encoder import encode_basestring as _json_string  # what json.dumps writes for a str
 from typing import Any, TypeVar
 from urllib.parse import urlunsplit
 
+from ..errors import InvalidURLError
 from .body import header
 from .cache_range import ByteRange, if_range_holds, parse_range
-from .header_fields import Fields, combine, field_lines, replace_lines, storable_lines
+from .header_fields import HOP_BY_HOP, Fields, replace_lines
 from .http_dates import parse_http_date
 from .tenancy import CREDENTIAL_FIELDS
-from .urls import URL_CACHE_SIZE, checked_split
+from .urls import FORBIDDEN_CHARACTERS, URL_CACHE_SIZE, checked_split, origin_prefix
 
 #: RFC 9110 §15.1: statuses a cache may store with heuristic freshness (§4.2.2).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -85,7 +86,35 @@ _T = TypeVar("_T")
 @lru_cache(maxsize=URL_CACHE_SIZE)
 def normalize_url(url: str) -> str:
     """Scheme and host lowercased; default port, userinfo and fragment dropped; path and query
-    verbatim."""
+    verbatim.
+
+    The scheme and host part depends only on ``scheme://authority`` once the URL has passed
+    the character check (``urls.origin_prefix``): it is normalised once per origin, and the
+    path and query are cut from the URL as urlsplit cuts them (every cold fetch is a new URL;
+    its origins are few). Anything else is parsed whole."""
+    if FORBIDDEN_CHARACTERS.search(url) is None:
+        origin = origin_prefix(url)
+        if origin is not None:
+            try:
+                head = _normalized_origin(origin)
+            except InvalidURLError:
+                head = None
+            if head is not None:
+                path, _, query = url[len(origin):].partition("#")[0].partition("?")
+                return f"{head}{path or '/'}?{query}" if query else f"{head}{path or '/'}"
+    return _normalized(url)
+
+
+@lru_cache(maxsize=URL_CACHE_SIZE)
+def _normalized_origin(origin: str) -> str | None:
+    """``scheme://host[:port]`` as ``_normalized`` writes it for any URL of this origin, or
+    None when it has no host (urlunsplit then writes the path differently)."""
+    whole = _normalized(origin)
+    head = whole.removesuffix("/")
+    return None if head.endswith("://") or not whole.endswith("/") else head
+
+
+def _normalized(url: str) -> str:
     parts, hostname, port = checked_split(url)  # the parse the URL check already made
     scheme = parts.scheme.lower()
     host = hostname or ""
@@ -157,17 +186,42 @@ def vary_matches(entry: CacheEntry, request_headers: Mapping[str, str]) -> bool:
     )
 
 
-def stored_fields(response_headers: Mapping[str, str]) -> tuple[Fields, dict[str, str]]:
+def stored_fields(
+    response_headers: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[Fields, dict[str, str]]:
     """What an entry keeps of a response (§3.1): its end-to-end lines as received (``Age``
     aside), and the lines combined by lowercase name for the decisions (``Age`` included).
-    ``response_headers`` may be a multidict: every line counts (RFC 9110 §5.3)."""
-    lines = field_lines(response_headers)
-    kept = storable_lines(lines)
-    combined = combine(kept)
-    age = [value for name, value in lines if name.lower() == "age"]
+    ``response_headers`` may be a multidict: every line counts (RFC 9110 §5.3).
+
+    One pass over the lines (every miss stores one): ``header_fields.storable_lines`` and
+    ``combine`` of ``field_lines``, with the same result."""
+    kept: list[tuple[str, str, str]] = []  # (lowercase name, name, value)
+    connection: list[str] = []
+    age: list[str] = []
+    lines: Iterable[tuple[str, str]] = (
+        response_headers.items() if isinstance(response_headers, Mapping) else response_headers)
+    for name, value in lines:
+        if type(name) is not str:
+            name = str(name)  # a multidict's istr: stored as a plain str
+        if type(value) is not str:
+            value = str(value)
+        key = name.lower()
+        if key in HOP_BY_HOP:
+            if key == "connection":
+                connection.append(value)
+        elif key == "age":
+            age.append(value)
+        else:
+            kept.append((key, name, value))
+    if connection:  # fields named by Connection are hop-by-hop too (§7.6.1)
+        named = {token.strip().lower() for value in connection for token in value.split(",")}
+        kept = [line for line in kept if line[0] not in named]
+    combined: dict[str, str] = {}
+    for key, _, value in kept:
+        combined[key] = f"{combined[key]}, {value}" if key in combined else value
     if age:
         combined["age"] = ", ".join(age)
-    return kept, combined
+    return tuple([(name, value) for _, name, value in kept]), combined
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -249,12 +303,32 @@ class CacheEntry:
         return self.status in REDIRECT_STATUSES and "location" in self.headers
 
     def with_body(self, sha256: str, size: int, seal: str = "") -> CacheEntry:
-        return replace(self, sha256=sha256, size=size, seal=seal)
+        """This entry with its body's digest, size and seal (what it derived from its fields
+        carries over: they are the same)."""
+        made = object.__new__(CacheEntry)
+        made.__dict__.update(self.__dict__)
+        made.__dict__.update(sha256=sha256, size=size, seal=seal)
+        return made
+
+    @classmethod
+    def stored(cls, *, url: str, headers: dict[str, str], fields: Fields, now: float,
+               request_time: float, status: int, vary: dict[str, str],
+               private: bool) -> CacheEntry:
+        """A STORE template from ``stored_fields`` (``headers`` lowercase already, as
+        ``vary``'s names are): the dataclass's own fields, without its per-field
+        ``__setattr__`` and second lowercasing pass (one per miss)."""
+        made = object.__new__(cls)
+        made.__dict__.update(
+            url=url, headers=headers, stored_at=now, request_time=request_time,
+            response_time=now, status=status, sha256="", size=-1, vary=vary,
+            private=private, fields=fields, seal="")
+        return made
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; ``from_dict`` reverses it. (What ``dataclasses.asdict``
         returns, without its recursive deep copy of every value: ~60 us an entry.)"""
-        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = self.__dict__
+        record = {name: values[name] for name in _ENTRY_FIELDS}
         record["headers"], record["vary"] = dict(self.headers), dict(self.vary)
         record["fields"] = self.fields  # tuples of str: written as JSON arrays
         return record
@@ -276,6 +350,10 @@ class CacheEntry:
             fields=_lines(_get(data, "fields", list, [])),
             seal=_get(data, "seal", str, ""),
         )
+
+
+#: The stored fields of an entry, in order (``to_dict``; what it derives from them is not).
+_ENTRY_FIELDS = tuple(f.name for f in fields(CacheEntry))
 
 
 def _get(data: Mapping[str, Any], key: str, kind: type[_T], default: _T | None = None) -> _T:
@@ -832,17 +910,9 @@ def on_response(
         status, request_headers, headers, shared_ok_for_private=store_private
     )
     if storable:
-        template = CacheEntry(
-            url=url,
-            headers=headers,
-            fields=lines,
-            stored_at=now,
-            request_time=request_time,
-            response_time=now,
-            status=status,
-            vary=vary or {},
-            private=private,
-        )
+        template = CacheEntry.stored(url=url, headers=headers, fields=lines, now=now,
+                                     request_time=request_time, status=status,
+                                     vary=vary or {}, private=private)
         return ResponseDecision(ResponseAction.STORE, template, reason="storable")
     supersedes = status in _SUPERSEDING_STATUSES
     return ResponseDecision(ResponseAction.PASS, invalidate=entry is not None and supersedes,

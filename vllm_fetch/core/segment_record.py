@@ -11,6 +11,11 @@ and the body from there and accepts them only when the header is whole (magic an
 names the sha256 and length asked for, and the body matches the header's seal (and the
 index's, when it has one). A torn append, a stray write or a record read from the wrong place
 is therefore a miss, never a body.
+
+A writer whose segment is written with direct I/O (``O_DIRECT``: no page-cache copy, no
+write-back) ends each group on an ``ALIGN`` boundary with a *filler*: a header of its own magic
+whose length covers the zero bytes up to the boundary. A filler is never a body (a reader's
+``parse_header`` refuses its magic); ``iter_records`` steps over it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from typing import NamedTuple
 import xxhash
 
 MAGIC = b"VFSEG\x01\r\n"
+#: The magic of a filler (padding to the next ``ALIGN`` boundary), never a body.
+FILLER_MAGIC = b"VFPAD\x01\r\n"
+#: Groups written with direct I/O start and end on multiples of this (file offsets and sizes).
+ALIGN = 4096
 _HEAD = struct.Struct("<8sQ32s16s")
 _CHECK = struct.Struct("<Q")
 HEADER_SIZE = _HEAD.size + _CHECK.size  # 72
@@ -61,15 +70,37 @@ def encode_header(sha256: str, length: int, seal: str) -> bytes:
 
 
 def parse_header(raw: bytes | memoryview) -> RecordHeader | None:
-    """The header at the start of ``raw``, or None when it is short, torn or not a header."""
+    """The header at the start of ``raw``, or None when it is short, torn, a filler or not a
+    header."""
+    found = _parse(raw)
+    return None if found is None or found[0] != MAGIC else found[1]
+
+
+def _parse(raw: bytes | memoryview) -> tuple[bytes, RecordHeader] | None:
+    """(magic, header) of a whole header of either kind at the start of ``raw``."""
     if len(raw) < HEADER_SIZE:
         return None
     head = bytes(raw[:_HEAD.size])
     magic, length, digest, seal = _HEAD.unpack(head)
     (check,) = _CHECK.unpack_from(raw, _HEAD.size)
-    if magic != MAGIC or check != xxhash.xxh3_64_intdigest(head):
+    if magic not in (MAGIC, FILLER_MAGIC) or check != xxhash.xxh3_64_intdigest(head):
         return None
-    return RecordHeader(digest.hex(), length, seal.hex())
+    return magic, RecordHeader(digest.hex(), length, seal.hex())
+
+
+def filler_size(end: int) -> int:
+    """Bytes of filler that bring a group ending at offset ``end`` to an ``ALIGN`` boundary:
+    0 when it is on one, else at least a header's worth."""
+    pad = -end % ALIGN
+    return pad + ALIGN if 0 < pad < HEADER_SIZE else pad
+
+
+def encode_filler(size: int) -> bytes:
+    """A filler of ``size`` bytes in all (``size >= HEADER_SIZE``): its header, then zeros."""
+    if size < HEADER_SIZE:
+        raise ValueError("a filler holds at least a header")
+    head = _HEAD.pack(FILLER_MAGIC, size - HEADER_SIZE, bytes(32), bytes(16))
+    return head + _CHECK.pack(xxhash.xxh3_64_intdigest(head)) + bytes(size - HEADER_SIZE)
 
 
 def body_seal(body: bytes | memoryview) -> str:
@@ -91,27 +122,33 @@ def accepts(header: RecordHeader | None, body: bytes | memoryview, sha256: str, 
 
 def iter_records(buffer: bytes | memoryview, base: int = 0) -> Iterator[tuple[int, RecordHeader]]:
     """(offset, header) of each whole record in ``buffer`` (a segment's bytes read from offset
-    ``base``), in order; stops at the first torn or damaged header, or a record cut short."""
+    ``base``), in order, fillers stepped over; stops at the first torn or damaged header, or a
+    record cut short."""
     view = memoryview(buffer)
     at = 0
     while at + HEADER_SIZE <= len(view):
-        header = parse_header(view[at:at + HEADER_SIZE])
-        if header is None or at + record_size(header.length) > len(view):
+        found = _parse(view[at:at + HEADER_SIZE])
+        if found is None or at + record_size(found[1].length) > len(view):
             return
-        yield base + at, header
-        at += record_size(header.length)
+        if found[0] == MAGIC:
+            yield base + at, found[1]
+        at += record_size(found[1].length)
 
 
 @dataclass(frozen=True)
 class SegmentUse:
-    """A segment's file size and the bytes of its records the index still points at."""
+    """A segment's file size and the bytes of its records the index still points at, and
+    what those records are charged against the size limit elsewhere (whole blocks each, at
+    least their bytes: a group's filler is covered by its bodies' rounding)."""
 
     size: int
     live: int
+    charged: int = 0
 
     @property
     def dead(self) -> int:
-        return max(0, self.size - self.live)
+        """Bytes no live record occupies nor is charged for (what compaction would free)."""
+        return max(0, self.size - max(self.live, self.charged))
 
 
 def compaction_plan(
