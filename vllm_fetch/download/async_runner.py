@@ -192,8 +192,8 @@ class _Batches:
             await _off_loop(self.partial.save, save.state)
         if self.partial.wrote(size):
             await _off_loop(self.partial.write_behind)
-        if self.machine.hash_due():
-            self.partial.hash_behind(self.machine.hash_ahead)
+        if self.machine.hash_due():  # off the loop: it may start the partial's hash thread
+            await _off_loop(self.partial.hash_behind, self.machine.hash_ahead)
 
 
 def _claim(target: Path, url: str, resume: bool) -> Partial:
