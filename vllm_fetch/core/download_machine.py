@@ -589,7 +589,8 @@ class Machine:
     def _check_file(self, size: int) -> Flow:
         """Hash what is left of the file's ``size`` bytes on disk (``HashAhead``), then check
         them against ``expected_size``/``expected_sha256``; the cache is told the seal."""
-        yield HashAhead()
+        if self.hashing:
+            yield HashAhead()
         meter = BodyMeter(self.safe_url, expected_size=self.req.expected_size,
                           expected_sha256=self.req.expected_sha256, offset=size,
                           hasher=self._hasher if self.hashing else None)
