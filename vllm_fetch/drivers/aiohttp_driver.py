@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 
 import aiohttp
@@ -33,7 +33,7 @@ from ..errors import (
     wrapped_fetch_error,
 )
 from .address_guard import address_guard
-from .aiohttp_environment import NO_ROUTE, environment_route, known_route
+from .aiohttp_environment import NO_ROUTE, Route, environment_route, known_route
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
 from .tls import ca_context
 
@@ -242,10 +242,14 @@ class AiohttpDriver:
         await self._sessions.close_current()
 
     # -- one request, redirects followed by the core ------------------------------------------
-    async def _send(
+    def _start(
         self, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
         req: FetchRequest,
-    ) -> aiohttp.ClientResponse:
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        """The request for ``url`` as aiohttp's own awaitable: no coroutine of ours around it
+        when the environment's answer for the origin is known (one frame less, resumed at each
+        suspension). Its errors, raised here or when it is awaited, are the caller's to map
+        (:meth:`_send`)."""
         deadline = req.deadline
         if deadline.timeout is None:  # no deadline: the same timeouts for every attempt
             timeout = self._untimed
@@ -257,20 +261,42 @@ class AiohttpDriver:
             timeout = aiohttp.ClientTimeout(
                 total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
             )
+        target = URL(url, encoded=True)
+        route = known_route(target, url) if self.options.trust_env else NO_ROUTE
+        if route is None:
+            return self._routed(session, target, url, headers, req, timeout)
+        return self._get(session, target, url, headers, req, timeout, route)
+
+    async def _routed(
+        self, session: aiohttp.ClientSession, target: URL, url: str, headers: dict[str, str],
+        req: FetchRequest, timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        """:meth:`_start` for an origin whose environment answer is not known yet."""
+        route = await environment_route(target, url)
+        return await self._get(session, target, url, headers, req, timeout, route)
+
+    @staticmethod
+    def _get(
+        session: aiohttp.ClientSession, target: URL, url: str, headers: dict[str, str],
+        req: FetchRequest, timeout: aiohttp.ClientTimeout, route: Route,
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        proxy_headers = None
+        if route.proxy is not None or route.auth is not None:
+            headers, proxy_headers = route.credentials(target, headers)
+        context = ca_context() if url[:6].lower() == "https:" else None
+        return session.get(
+            target, headers=headers, allow_redirects=False, timeout=timeout,
+            read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
+            ssl=context if context is not None else True,
+        )
+
+    async def _send(
+        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+        req: FetchRequest,
+    ) -> aiohttp.ClientResponse:
+        """One request (no redirect followed), its errors mapped."""
         try:
-            target = URL(url, encoded=True)
-            route = known_route(target, url) if self.options.trust_env else NO_ROUTE
-            if route is None:
-                route = await environment_route(target, url)
-            proxy_headers = None
-            if route.proxy is not None or route.auth is not None:
-                headers, proxy_headers = route.credentials(target, headers)
-            context = ca_context() if url[:6].lower() == "https:" else None
-            return await session.get(
-                target, headers=headers, allow_redirects=False, timeout=timeout,
-                read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
-                ssl=context if context is not None else True,
-            )
+            return await self._start(session, url, headers, req)
         except Exception as exc:
             # not chained: aiohttp's own exceptions quote the full URL, query string included
             raise map_error(exc, url) from None
@@ -325,7 +351,10 @@ class AiohttpDriver:
         url, headers = req.send_url or req.url, req.headers
         chain = None  # made by the first redirect: most answers are final
         while True:
-            response = await self._send(session, url, headers, req)
+            try:
+                response = await self._start(session, url, headers, req)
+            except Exception as exc:  # as _send maps them (not chained: see there)
+                raise map_error(exc, url) from None
             if response.status not in REDIRECT_STATUSES:
                 break
             if chain is None:
