@@ -363,12 +363,14 @@ class AiohttpDriver:
                 break
             url, headers = chain.url, chain.headers
         async with response:
-            url = str(response.url)
+            # the final URL stays aiohttp's object: made a string (and redacted) only when a
+            # message or the caller asks for it (a get_bytes caller never does)
+            final = response.url
             status, answer = response.status, response.headers
             if req.redirect_answers and reads_no_body(req, status, answer):
-                return Body(b"", status, answer, url)
-            safe = redact_url(url)
-            meter = response_meter(req, status, answer, safe, reason=response.reason or "")
+                return Body(b"", status, answer, final)
+            meter = response_meter(req, status, answer, final, reason=response.reason or "",
+                                   redacted=False)
             # the body read as iter_body accounts it, without an async generator per response
             # (each one costs a loop hook and a weak set entry) or a context manager
             check = req.deadline.check if req.deadline.timeout is not None else None
@@ -378,11 +380,11 @@ class AiohttpDriver:
                 while chunk := await readany():
                     meter.feed(chunk)
                     if check is not None:
-                        check(safe)
+                        check(meter.url)
                     parts.append(chunk)
             except FetchError:
                 raise
             except Exception as exc:  # as _MappedErrors maps them
-                raise map_error(exc, url) from exc
+                raise map_error(exc, str(final)) from exc
             meter.finish()
-            return Body(b"".join(parts), status, answer, url, meter.sha256)
+            return Body(b"".join(parts), status, answer, final, meter.sha256)
