@@ -190,6 +190,8 @@ class HTTPConnection:
             resolver=resolver,
         )
         self.options = options
+        self._default_headers = request_headers(options.user_agent, None,
+                                                extra_defaults=DEFAULT_HEADERS)
         self._sync = RequestsDriver(options, reuse_client=reuse_client)
         self._async_driver: AiohttpDriver | None = None
         self._async_driver_lock = threading.Lock()
@@ -312,7 +314,10 @@ class HTTPConnection:
         allow_redirects: bool = True,
         max_bytes: int | None = None,
         media: bool = False,
-        **limits: Any,
+        request_budget: ByteBudget | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
     ) -> FetchRequest:
         """The request for one call. ``media``: a get_bytes body, capped by vLLM's
         ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`` too (the smaller limit wins)."""
@@ -322,16 +327,14 @@ class HTTPConnection:
         media_limit = False
         if media:
             cap, media_limit = media_cap(cap)
+        headers = (request_headers(self.options.user_agent, extra_headers,
+                                   extra_defaults=DEFAULT_HEADERS) if extra_headers
+                   else dict(self._default_headers))  # the same for every plain call
         return FetchRequest(
-            url=url,
-            headers=request_headers(self.options.user_agent, extra_headers,
-                                    extra_defaults=DEFAULT_HEADERS),
-            deadline=NO_DEADLINE if timeout is None else Deadline(timeout),
-            allow_redirects=allow_redirects,
-            max_bytes=cap,
-            cache_scope=self.url_policy.cache_scope,
-            media_limit=media_limit,
-            **limits,
+            url, headers, NO_DEADLINE if timeout is None else Deadline(timeout),
+            allow_redirects, cap, expected_size, expected_sha256, chunk_size,
+            cache_scope=self.url_policy.cache_scope, media_limit=media_limit,
+            request_budget=request_budget,
         )
 
     @scrubbed
