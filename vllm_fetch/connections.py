@@ -37,7 +37,7 @@ from .core.deadline import (
 from .core.media_limits import ByteBudget, CallBudget, MediaRequestDownloadBudget, media_cap
 from .core.mirrors import Mirrors, Route, parse_mirrors
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
-from .core.responses import decode_text, request_headers
+from .core.responses import DEFAULT_HEADERS, decode_text, request_headers
 from .core.results import Body, DownloadResult, FetchResult
 from .core.retry import RetryPolicy, status_failure
 from .core.scrub import ascrubbed, scrubbed
@@ -61,8 +61,6 @@ if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start
     from .async_response import AsyncResponseContext
     from .drivers.aiohttp_driver import AiohttpDriver
 
-#: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
-DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
 
 __all__ = [
     "HTTPConnection",

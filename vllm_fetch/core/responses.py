@@ -11,6 +11,8 @@ from .header_fields import combined_view
 from .request import FetchRequest
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
+DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
 
 
 def is_redirect(status: int) -> bool:

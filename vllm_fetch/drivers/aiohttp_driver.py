@@ -18,7 +18,13 @@ from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.proxy_refusal import proxy_refused
 from ..core.request import FetchRequest, TransportOptions
-from ..core.responses import REDIRECT_STATUSES, reads_no_body, response_meter
+from ..core.responses import (
+    DEFAULT_HEADERS,
+    REDIRECT_STATUSES,
+    reads_no_body,
+    request_headers,
+    response_meter,
+)
 from ..core.results import Body
 from ..core.urls import redact_url
 from ..errors import (
@@ -185,6 +191,10 @@ class AiohttpDriver:
         #: an attempt's timeouts when its call has no deadline (the same for every attempt)
         self._untimed = aiohttp.ClientTimeout(
             total=None, sock_connect=options.connect_timeout, sock_read=options.idle_timeout)
+        #: what a plain call sends: the own sessions' default headers, so such a request
+        #: passes none of its own (aiohttp then merges nothing into them)
+        self._plain_headers = request_headers(options.user_agent, None,
+                                              extra_defaults=DEFAULT_HEADERS)
 
     def new_session(
         self, *, public: bool = False, connector: aiohttp.BaseConnector | None = None
@@ -213,6 +223,7 @@ class AiohttpDriver:
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
             trace_configs=[literal_check_trace(policy)] if public and policy.restricts else None,
+            headers=None if public else self._plain_headers,
         )
 
     async def session(self) -> aiohttp.ClientSession:
@@ -275,17 +286,19 @@ class AiohttpDriver:
         route = await environment_route(target, url)
         return await self._get(session, target, url, headers, req, timeout, route)
 
-    @staticmethod
     def _get(
-        session: aiohttp.ClientSession, target: URL, url: str, headers: dict[str, str],
+        self, session: aiohttp.ClientSession, target: URL, url: str, headers: dict[str, str],
         req: FetchRequest, timeout: aiohttp.ClientTimeout, route: Route,
     ) -> Awaitable[aiohttp.ClientResponse]:
         proxy_headers = None
         if route.proxy is not None or route.auth is not None:
             headers, proxy_headers = route.credentials(target, headers)
         context = ca_context() if url[:6].lower() == "https:" else None
+        # the session's defaults are these headers: sent as they are (a request with others
+        # passes them, merged over the defaults it always carries: the same set on the wire)
         return session.get(
-            target, headers=headers, allow_redirects=False, timeout=timeout,
+            target, headers=None if headers == self._plain_headers else headers,
+            allow_redirects=False, timeout=timeout,
             read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
             ssl=context if context is not None else True,
         )

@@ -82,7 +82,9 @@ class EnvironmentMemo:
         self._values: dict[Hashable, Any] = {}
 
     def current(self) -> dict[Hashable, Any]:
-        environ = _environ_now()
+        environ = getattr(os.environ, "_data", None)  # _environ_now(), one call less
+        if not isinstance(environ, dict):
+            environ = _environ_now()
         if environ != self._environ:
             with self._lock:
                 self._environ = dict(environ)
