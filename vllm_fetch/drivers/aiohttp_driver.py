@@ -215,6 +215,9 @@ class AiohttpDriver:
                 resolver=PinnedResolver(guard) if guard is not None else None,
             )
         policy = self.options.policy
+        # the own sessions' defaults are what a plain call sends and waits (see _get); a
+        # public one keeps aiohttp's
+        defaults = {} if public else {"headers": self._plain_headers, "timeout": self._untimed}
         return aiohttp.ClientSession(
             connector=connector,
             connector_owner=owner,
@@ -223,7 +226,7 @@ class AiohttpDriver:
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
             trace_configs=[literal_check_trace(policy)] if public and policy.restricts else None,
-            headers=None if public else self._plain_headers,
+            **defaults,  # type: ignore[arg-type]
         )
 
     async def session(self) -> aiohttp.ClientSession:
@@ -294,11 +297,14 @@ class AiohttpDriver:
         if route.proxy is not None or route.auth is not None:
             headers, proxy_headers = route.credentials(target, headers)
         context = ca_context() if url[:6].lower() == "https:" else None
-        # the session's defaults are these headers: sent as they are (a request with others
-        # passes them, merged over the defaults it always carries: the same set on the wire)
+        if (context is None and route.proxy is None and proxy_headers is None
+                and timeout is self._untimed and req.read_bufsize is None
+                and headers == self._plain_headers):
+            # every argument is the own session's default (its headers and timeouts, no
+            # proxy, default TLS): each keyword costs aiohttp's 37-parameter _request a match
+            return session.get(target, allow_redirects=False)
         return session.get(
-            target, headers=None if headers == self._plain_headers else headers,
-            allow_redirects=False, timeout=timeout,
+            target, headers=headers, allow_redirects=False, timeout=timeout,
             read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
             ssl=context if context is not None else True,
         )
