@@ -306,7 +306,6 @@ class HTTPConnection:
     def _request(
         self,
         url: str,
-        *,
         timeout: float | None,
         extra_headers: Mapping[str, str] | None,
         allow_redirects: bool = True,
@@ -328,11 +327,10 @@ class HTTPConnection:
         headers = (request_headers(self.options.user_agent, extra_headers,
                                    extra_defaults=DEFAULT_HEADERS) if extra_headers
                    else dict(self._default_headers))  # the same for every plain call
-        return FetchRequest(
+        return FetchRequest(  # positional, in FetchRequest's order (one request per call)
             url, headers, NO_DEADLINE if timeout is None else Deadline(timeout),
-            allow_redirects, cap, expected_size, expected_sha256, chunk_size,
-            cache_scope=self.url_policy.cache_scope, media_limit=media_limit,
-            request_budget=request_budget,
+            allow_redirects, cap, expected_size, expected_sha256, chunk_size, False, False,
+            False, None, self.url_policy.cache_scope, media_limit, request_budget,
         )
 
     @scrubbed
@@ -454,9 +452,8 @@ class HTTPConnection:
     ) -> FetchRequest:
         """A ``get_bytes`` request: the media cap, and this call's view of ``request_budget``."""
         budget = None if request_budget is None else CallBudget(request_budget)
-        return self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
-                             allow_redirects=allow_redirects, max_bytes=max_bytes,
-                             request_budget=budget)
+        return self._request(url, timeout, extra_headers, allow_redirects, max_bytes, True,
+                             budget)  # positional: _request's order
 
     def _body(self, req: FetchRequest, use_cache: bool) -> Body:
         offline = self.offline

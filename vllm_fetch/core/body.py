@@ -72,7 +72,7 @@ def parse_content_length(headers: Mapping[str, str], url: str) -> int | None:
 
 
 def wire_length(
-    headers: Mapping[str, str], url: str | AnyURL, *, redacted: bool = True
+    headers: Mapping[str, str], url: str | AnyURL, redacted: bool = True
 ) -> int | None:
     """The Content-Length a body must reach on the wire, or None when the body is content-coded
     (its length counts encoded bytes) or unannounced: :func:`parse_content_length` (a bad
@@ -133,7 +133,6 @@ class BodyMeter:
     def __init__(
         self,
         url: str | AnyURL,
-        *,
         expected_length: int | None = None,
         max_bytes: int | None = None,
         expected_size: int | None = None,

@@ -41,7 +41,7 @@ def reads_no_body(req: FetchRequest, status: int, headers: Mapping[str, str]) ->
 
 
 def response_meter(
-    req: FetchRequest, status: int, headers: Mapping[str, str], url: str | AnyURL, *,
+    req: FetchRequest, status: int, headers: Mapping[str, str], url: str | AnyURL,
     reason: str = "", redacted: bool = True,
 ) -> BodyMeter:
     """Check a final response's status and announced length; the meter for its body.
@@ -56,17 +56,11 @@ def response_meter(
         return BodyMeter(url, redacted=redacted)
     if not 200 <= status < 300:
         check_status(status, safe_url(url, redacted), reason=reason, headers=headers)
-    return BodyMeter(
-        url,
-        redacted=redacted,
-        expected_length=wire_length(headers, url, redacted=redacted),
-        max_bytes=req.max_bytes,
-        expected_size=req.expected_size,
-        expected_sha256=req.expected_sha256,
-        hash_body=req.hash_body,
-        media_limit=req.media_limit,
-        budget=req.request_budget,
-    )
+    # positional (the order of BodyMeter's parameters): one meter per response, and a
+    # keyword each costs the call a name match
+    return BodyMeter(url, wire_length(headers, url, redacted), req.max_bytes,
+                     req.expected_size, req.expected_sha256, req.hash_body, 0, None,
+                     req.media_limit, req.request_budget, redacted)
 
 
 def charset_of(content_type: str | None) -> str | None:

@@ -388,8 +388,7 @@ class AiohttpDriver:
             status, answer = response.status, response.headers
             if req.redirect_answers and reads_no_body(req, status, answer):
                 return Body(b"", status, answer, final)
-            meter = response_meter(req, status, answer, final, reason=response.reason or "",
-                                   redacted=False)
+            meter = response_meter(req, status, answer, final, response.reason or "", False)
             # the body read as iter_body accounts it, without an async generator per response
             # (each one costs a loop hook and a weak set entry) or a context manager
             check = req.deadline.check if req.deadline.timeout is not None else None
