@@ -293,16 +293,19 @@ class AiohttpDriver:
         self, session: aiohttp.ClientSession, target: URL, url: str, headers: dict[str, str],
         req: FetchRequest, timeout: aiohttp.ClientTimeout, route: Route,
     ) -> Awaitable[aiohttp.ClientResponse]:
-        proxy_headers = None
-        if route.proxy is not None or route.auth is not None:
-            headers, proxy_headers = route.credentials(target, headers)
         context = ca_context() if url[:6].lower() == "https:" else None
-        if (context is None and route.proxy is None and proxy_headers is None
-                and timeout is self._untimed and req.read_bufsize is None
-                and headers == self._plain_headers):
-            # every argument is the own session's default (its headers and timeouts, no
-            # proxy, default TLS): each keyword costs aiohttp's 37-parameter _request a match
-            return session.get(target, allow_redirects=False)
+        if route is NO_ROUTE:  # no proxy, no netrc credentials: the usual answer
+            if (context is None and timeout is self._untimed and req.read_bufsize is None
+                    and headers == self._plain_headers):
+                # every argument is the own session's default (its headers and timeouts, no
+                # proxy, default TLS): each keyword costs aiohttp's 37-parameter _request a
+                # match
+                return session.get(target, allow_redirects=False)
+            proxy_headers = None
+        elif route.proxy is not None or route.auth is not None:
+            headers, proxy_headers = route.credentials(target, headers)
+        else:
+            proxy_headers = None
         return session.get(
             target, headers=headers, allow_redirects=False, timeout=timeout,
             read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
