@@ -37,7 +37,7 @@ from .core.deadline import (
 from .core.media_limits import ByteBudget, CallBudget, MediaRequestDownloadBudget, media_cap
 from .core.mirrors import Mirrors, Route, parse_mirrors
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
-from .core.responses import decode_text, request_headers
+from .core.responses import DEFAULT_HEADERS, decode_text, request_headers
 from .core.results import Body, DownloadResult, FetchResult
 from .core.retry import RetryPolicy, status_failure
 from .core.scrub import ascrubbed, scrubbed
@@ -61,8 +61,6 @@ if TYPE_CHECKING:  # aiohttp is imported on first async use: sync programs start
     from .async_response import AsyncResponseContext
     from .drivers.aiohttp_driver import AiohttpDriver
 
-#: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
-DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
 
 __all__ = [
     "HTTPConnection",
@@ -190,6 +188,8 @@ class HTTPConnection:
             resolver=resolver,
         )
         self.options = options
+        self._default_headers = request_headers(options.user_agent, None,
+                                                extra_defaults=DEFAULT_HEADERS)
         self._sync = RequestsDriver(options, reuse_client=reuse_client)
         self._async_driver: AiohttpDriver | None = None
         self._async_driver_lock = threading.Lock()
@@ -306,13 +306,15 @@ class HTTPConnection:
     def _request(
         self,
         url: str,
-        *,
         timeout: float | None,
         extra_headers: Mapping[str, str] | None,
         allow_redirects: bool = True,
         max_bytes: int | None = None,
         media: bool = False,
-        **limits: Any,
+        request_budget: ByteBudget | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
     ) -> FetchRequest:
         """The request for one call. ``media``: a get_bytes body, capped by vLLM's
         ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`` too (the smaller limit wins)."""
@@ -322,16 +324,13 @@ class HTTPConnection:
         media_limit = False
         if media:
             cap, media_limit = media_cap(cap)
-        return FetchRequest(
-            url=url,
-            headers=request_headers(self.options.user_agent, extra_headers,
-                                    extra_defaults=DEFAULT_HEADERS),
-            deadline=NO_DEADLINE if timeout is None else Deadline(timeout),
-            allow_redirects=allow_redirects,
-            max_bytes=cap,
-            cache_scope=self.url_policy.cache_scope,
-            media_limit=media_limit,
-            **limits,
+        headers = (request_headers(self.options.user_agent, extra_headers,
+                                   extra_defaults=DEFAULT_HEADERS) if extra_headers
+                   else dict(self._default_headers))  # the same for every plain call
+        return FetchRequest(  # positional, in FetchRequest's order (one request per call)
+            url, headers, NO_DEADLINE if timeout is None else Deadline(timeout),
+            allow_redirects, cap, expected_size, expected_sha256, chunk_size, False, False,
+            False, None, self.url_policy.cache_scope, media_limit, request_budget,
         )
 
     @scrubbed
@@ -453,9 +452,8 @@ class HTTPConnection:
     ) -> FetchRequest:
         """A ``get_bytes`` request: the media cap, and this call's view of ``request_budget``."""
         budget = None if request_budget is None else CallBudget(request_budget)
-        return self._request(url, timeout=timeout, extra_headers=extra_headers, media=True,
-                             allow_redirects=allow_redirects, max_bytes=max_bytes,
-                             request_budget=budget)
+        return self._request(url, timeout, extra_headers, allow_redirects, max_bytes, True,
+                             budget)  # positional: _request's order
 
     def _body(self, req: FetchRequest, use_cache: bool) -> Body:
         offline = self.offline

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import (
     ChecksumMismatchError,
@@ -14,6 +14,7 @@ from ..errors import (
     size_exceeded,
 )
 from .media_limits import charge
+from .urls import redact_url
 
 if TYPE_CHECKING:
     from .media_limits import ByteBudget
@@ -21,6 +22,19 @@ if TYPE_CHECKING:
 #: Mapping types whose ``get`` already ignores case; each driver registers its library's
 #: header types. A miss in one of them is final (no scan of every name, lowercased).
 CASE_INSENSITIVE_TYPES: set[type] = set()
+
+
+class AnyURL(Protocol):
+    """A URL as a library hands it back (a yarl ``URL``): ``str()`` makes the string."""
+
+    def __str__(self) -> str: ...
+
+
+def safe_url(url: str | AnyURL, redacted: bool) -> str:
+    """``url`` as messages show it: as it is when ``redacted``, else redacted now."""
+    return url if redacted and isinstance(url, str) else redact_url(str(url))
+
+
 #: Content-Length is ASCII digits only (RFC 9110 §8.6); str.isdigit would accept "²".
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -57,18 +71,22 @@ def parse_content_length(headers: Mapping[str, str], url: str) -> int | None:
     return int(value)
 
 
-def wire_length(headers: Mapping[str, str], url: str) -> int | None:
+def wire_length(
+    headers: Mapping[str, str], url: str | AnyURL, redacted: bool = True
+) -> int | None:
     """The Content-Length a body must reach on the wire, or None when the body is content-coded
     (its length counts encoded bytes) or unannounced: :func:`parse_content_length` (a bad
-    value refused) and :func:`is_encoded` in one pass, as every response's meter asks."""
+    value refused) and :func:`is_encoded` in one pass, as every response's meter asks.
+    ``redacted=False``: ``url`` is redacted only for a refusal's message."""
     if type(headers) not in CASE_INSENSITIVE_TYPES:
-        length = parse_content_length(headers, url)
+        length = parse_content_length(headers, safe_url(url, redacted))
         return None if is_encoded(headers) else length
     raw = headers.get("Content-Length")
     if raw is None:
         return None
     if not (raw.isdigit() and raw.isascii()) or headers.get("Transfer-Encoding") is not None:
-        length = parse_content_length(headers, url)  # the refusals, and their messages
+        # the refusals, and their messages
+        length = parse_content_length(headers, safe_url(url, redacted))
     else:
         length = int(raw)
     encoding = headers.get("Content-Encoding")
@@ -105,16 +123,16 @@ class BodyMeter:
     ``expected_length`` is the wire length announced by Content-Length (None when the body is
     content-coded or unannounced); ``expected_size`` and ``expected_sha256`` are the caller's.
     ``media_limit``: ``max_bytes`` is vLLM's media download limit; ``budget`` is charged for
-    every chunk (after the size checks, as vLLM does).
+    every chunk (after the size checks, as vLLM does). ``redacted=False``: ``url`` is the
+    response's own URL, redacted only when a message needs it (most bodies never fail).
     """
 
-    __slots__ = ("_hash", "budget", "expected_length", "expected_sha256", "expected_size",
-                 "max_bytes", "media_limit", "received", "url")
+    __slots__ = ("_hash", "_url", "_url_redacted", "budget", "expected_length",
+                 "expected_sha256", "expected_size", "max_bytes", "media_limit", "received")
 
     def __init__(
         self,
-        url: str,
-        *,
+        url: str | AnyURL,
         expected_length: int | None = None,
         max_bytes: int | None = None,
         expected_size: int | None = None,
@@ -124,8 +142,10 @@ class BodyMeter:
         hasher: hashlib._Hash | None = None,
         media_limit: bool = False,
         budget: ByteBudget | None = None,
+        redacted: bool = True,
     ) -> None:
-        self.url = url
+        self._url = url
+        self._url_redacted = redacted
         self.expected_length = expected_length
         self.max_bytes = max_bytes
         self.media_limit = media_limit
@@ -138,11 +158,21 @@ class BodyMeter:
         if expected_length is None:
             return  # nothing announced: every check below is made as the bytes arrive
         if max_bytes is not None and expected_length > max_bytes:
-            refuse_oversized(expected_length, max_bytes, url, media=media_limit)
+            refuse_oversized(expected_length, max_bytes, self.url, media=media_limit)
         if expected_size is not None and expected_length != expected_size:
+            safe = self.url
             raise ChecksumMismatchError(
-                f"{url} announces {expected_length} bytes, expected {expected_size}", url=url
+                f"{safe} announces {expected_length} bytes, expected {expected_size}", url=safe
             )
+
+    @property
+    def url(self) -> str:
+        """The response's URL as messages show it (redacted on first use when given raw)."""
+        url = self._url
+        if not self._url_redacted or not isinstance(url, str):
+            url = self._url = safe_url(url, False)
+            self._url_redacted = True
+        return url
 
     def read_size(self, chunk_size: int) -> int:
         """How much to read next: ``chunk_size``, but never past ``max_bytes + 1`` in all, so

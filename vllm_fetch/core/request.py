@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 #: often mmapped anew and page-faults on every chunk (up to 75k extra faults per 256 MiB).
 DEFAULT_CHUNK_SIZE = 120 * 1024
 
+_SET = object.__setattr__
+
 
 @dataclass(frozen=True)
 class TransportOptions:
@@ -75,11 +77,13 @@ class FetchRequest:
         request_budget: ByteBudget | None = None, send_url: str | None = None,
     ) -> None:
         """The dataclass's own ``__init__`` (kept by ``@dataclass``: it is defined here), one
-        ``__dict__`` update instead of an ``object.__setattr__`` per field (one per fetch)."""
-        self.__dict__.update(
-            url=url, headers=headers, deadline=deadline, allow_redirects=allow_redirects,
-            max_bytes=max_bytes, expected_size=expected_size, expected_sha256=expected_sha256,
-            chunk_size=chunk_size, hash_body=hash_body,
-            accept_not_modified=accept_not_modified, redirect_answers=redirect_answers,
-            read_bufsize=read_bufsize, cache_scope=cache_scope, media_limit=media_limit,
-            request_budget=request_budget, send_url=send_url)
+        ``__dict__`` set in one call instead of an ``object.__setattr__`` per field (one per fetch):
+        a dict display, built at its size, not a keyword dict copied into another."""
+        _SET(self, "__dict__", {
+            "url": url, "headers": headers, "deadline": deadline,
+            "allow_redirects": allow_redirects, "max_bytes": max_bytes,
+            "expected_size": expected_size, "expected_sha256": expected_sha256,
+            "chunk_size": chunk_size, "hash_body": hash_body,
+            "accept_not_modified": accept_not_modified, "redirect_answers": redirect_answers,
+            "read_bufsize": read_bufsize, "cache_scope": cache_scope, "media_limit": media_limit,
+            "request_budget": request_budget, "send_url": send_url})

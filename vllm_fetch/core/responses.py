@@ -6,11 +6,13 @@ import codecs
 from collections.abc import Mapping
 
 from ..errors import HTTPStatusError
-from .body import BodyMeter, header, wire_length
+from .body import AnyURL, BodyMeter, header, safe_url, wire_length
 from .header_fields import combined_view
 from .request import FetchRequest
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Sent unless the caller overrides it: compressed bodies would defeat size accounting.
+DEFAULT_HEADERS = {"Accept-Encoding": "identity"}
 
 
 def is_redirect(status: int) -> bool:
@@ -39,29 +41,26 @@ def reads_no_body(req: FetchRequest, status: int, headers: Mapping[str, str]) ->
 
 
 def response_meter(
-    req: FetchRequest, status: int, headers: Mapping[str, str], url: str, *, reason: str = ""
+    req: FetchRequest, status: int, headers: Mapping[str, str], url: str | AnyURL,
+    reason: str = "", redacted: bool = True,
 ) -> BodyMeter:
     """Check a final response's status and announced length; the meter for its body.
 
     A 304 answering a conditional request of the cache (``req.accept_not_modified``) is not an
     error: it has no body, so its meter expects nothing (its Content-Length, if any, describes
-    the stored representation, RFC 9110 §15.4.5).
+    the stored representation, RFC 9110 §15.4.5). ``redacted=False``: ``url`` is the response's
+    own URL, redacted only for a message (a body that passes every check never needs it).
     """
     if (status == 304 and req.accept_not_modified) or (
             req.redirect_answers and reads_no_body(req, status, headers)):
-        return BodyMeter(url)
+        return BodyMeter(url, redacted=redacted)
     if not 200 <= status < 300:
-        check_status(status, url, reason=reason, headers=headers)
-    return BodyMeter(
-        url,
-        expected_length=wire_length(headers, url),
-        max_bytes=req.max_bytes,
-        expected_size=req.expected_size,
-        expected_sha256=req.expected_sha256,
-        hash_body=req.hash_body,
-        media_limit=req.media_limit,
-        budget=req.request_budget,
-    )
+        check_status(status, safe_url(url, redacted), reason=reason, headers=headers)
+    # positional (the order of BodyMeter's parameters): one meter per response, and a
+    # keyword each costs the call a name match
+    return BodyMeter(url, wire_length(headers, url, redacted), req.max_bytes,
+                     req.expected_size, req.expected_sha256, req.hash_body, 0, None,
+                     req.media_limit, req.request_budget, redacted)
 
 
 def charset_of(content_type: str | None) -> str | None:

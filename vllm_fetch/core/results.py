@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .body import CASE_INSENSITIVE_TYPES
+from .body import CASE_INSENSITIVE_TYPES, AnyURL
 
 if TYPE_CHECKING:
     from .mirrors import Source
@@ -39,12 +39,12 @@ class FetchResult:
     bytes came from: ``"cache"``, ``"mirror"`` or ``"origin"``.
     """
 
-    __slots__ = ("_headers", "_lines", "_sha256", "age", "content", "from_cache", "source",
-                 "status", "url")
+    __slots__ = ("_headers", "_lines", "_sha256", "_url", "age", "content", "from_cache",
+                 "source", "status")
 
     content: bytes
     status: int
-    url: str
+    _url: str | AnyURL
     from_cache: bool
     age: int
     source: Source
@@ -57,7 +57,7 @@ class FetchResult:
         content: bytes,
         status: int,
         headers: Mapping[str, str] | Iterable[tuple[str, str]],
-        url: str,
+        url: str | AnyURL,
         sha256: str | None = None,
         *,
         from_cache: bool = False,
@@ -68,7 +68,7 @@ class FetchResult:
         setter(self, "source", "cache" if from_cache else source)
         setter(self, "content", content)
         setter(self, "status", status)
-        setter(self, "url", url)
+        setter(self, "_url", url)  # a library's URL object is made a string on first use
         setter(self, "from_cache", from_cache)
         setter(self, "age", age)
         setter(self, "_sha256", sha256)
@@ -78,6 +78,14 @@ class FetchResult:
         else:  # built on first use: a get_bytes hit never looks at its headers
             setter(self, "_headers", None)
             setter(self, "_lines", headers)
+
+    @property
+    def url(self) -> str:
+        url = self._url
+        if type(url) is not str:
+            url = str(url)
+            object.__setattr__(self, "_url", url)
+        return url
 
     @property
     def headers(self) -> Headers:

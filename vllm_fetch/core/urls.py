@@ -39,11 +39,13 @@ def split_url(url: str) -> tuple[SplitResult, str | None, int | None]:
 _AUTHORITY = re.compile(r"[^/?#]*")
 
 
+@lru_cache(maxsize=URL_CACHE_SIZE)
 def origin_prefix(url: str) -> str | None:
     """``scheme://authority`` of ``url`` (everything before its path), or None when it has no
     ``://``. urlsplit finds the same scheme and netloc in both (they end where the prefix
     does), so what depends only on them (the host check, a redaction without query or
-    userinfo) is computed once per origin instead of once per URL."""
+    userinfo) is computed once per origin instead of once per URL. Remembered per URL: one
+    fetch asks for it three times (policy check, redaction, environment route)."""
     start = url.find("://")
     if start < 0:
         return None

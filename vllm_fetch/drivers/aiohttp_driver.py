@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 
 import aiohttp
@@ -18,7 +18,13 @@ from ..core import redirects
 from ..core.body import CASE_INSENSITIVE_TYPES, BodyMeter
 from ..core.proxy_refusal import proxy_refused
 from ..core.request import FetchRequest, TransportOptions
-from ..core.responses import REDIRECT_STATUSES, reads_no_body, response_meter
+from ..core.responses import (
+    DEFAULT_HEADERS,
+    REDIRECT_STATUSES,
+    reads_no_body,
+    request_headers,
+    response_meter,
+)
 from ..core.results import Body
 from ..core.urls import redact_url
 from ..errors import (
@@ -33,7 +39,7 @@ from ..errors import (
     wrapped_fetch_error,
 )
 from .address_guard import address_guard
-from .aiohttp_environment import NO_ROUTE, environment_route, known_route
+from .aiohttp_environment import NO_ROUTE, Route, environment_route, known_route
 from .aiohttp_resolver import PinnedResolver, literal_check_trace
 from .tls import ca_context
 
@@ -185,6 +191,10 @@ class AiohttpDriver:
         #: an attempt's timeouts when its call has no deadline (the same for every attempt)
         self._untimed = aiohttp.ClientTimeout(
             total=None, sock_connect=options.connect_timeout, sock_read=options.idle_timeout)
+        #: what a plain call sends: the own sessions' default headers, so such a request
+        #: passes none of its own (aiohttp then merges nothing into them)
+        self._plain_headers = request_headers(options.user_agent, None,
+                                              extra_defaults=DEFAULT_HEADERS)
 
     def new_session(
         self, *, public: bool = False, connector: aiohttp.BaseConnector | None = None
@@ -205,6 +215,9 @@ class AiohttpDriver:
                 resolver=PinnedResolver(guard) if guard is not None else None,
             )
         policy = self.options.policy
+        # the own sessions' defaults are what a plain call sends and waits (see _get); a
+        # public one keeps aiohttp's
+        defaults = {} if public else {"headers": self._plain_headers, "timeout": self._untimed}
         return aiohttp.ClientSession(
             connector=connector,
             connector_owner=owner,
@@ -213,6 +226,7 @@ class AiohttpDriver:
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
             trace_configs=[literal_check_trace(policy)] if public and policy.restricts else None,
+            **defaults,  # type: ignore[arg-type]
         )
 
     async def session(self) -> aiohttp.ClientSession:
@@ -242,10 +256,14 @@ class AiohttpDriver:
         await self._sessions.close_current()
 
     # -- one request, redirects followed by the core ------------------------------------------
-    async def _send(
+    def _start(
         self, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
         req: FetchRequest,
-    ) -> aiohttp.ClientResponse:
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        """The request for ``url`` as aiohttp's own awaitable: no coroutine of ours around it
+        when the environment's answer for the origin is known (one frame less, resumed at each
+        suspension). Its errors, raised here or when it is awaited, are the caller's to map
+        (:meth:`_send`)."""
         deadline = req.deadline
         if deadline.timeout is None:  # no deadline: the same timeouts for every attempt
             timeout = self._untimed
@@ -257,20 +275,50 @@ class AiohttpDriver:
             timeout = aiohttp.ClientTimeout(
                 total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
             )
-        try:
-            target = URL(url, encoded=True)
-            route = known_route(target, url) if self.options.trust_env else NO_ROUTE
-            if route is None:
-                route = await environment_route(target, url)
+        target = URL(url, encoded=True)
+        route = known_route(target, url) if self.options.trust_env else NO_ROUTE
+        if route is None:
+            return self._routed(session, target, url, headers, req, timeout)
+        return self._get(session, target, url, headers, req, timeout, route)
+
+    async def _routed(
+        self, session: aiohttp.ClientSession, target: URL, url: str, headers: dict[str, str],
+        req: FetchRequest, timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        """:meth:`_start` for an origin whose environment answer is not known yet."""
+        route = await environment_route(target, url)
+        return await self._get(session, target, url, headers, req, timeout, route)
+
+    def _get(
+        self, session: aiohttp.ClientSession, target: URL, url: str, headers: dict[str, str],
+        req: FetchRequest, timeout: aiohttp.ClientTimeout, route: Route,
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        context = ca_context() if url[:6].lower() == "https:" else None
+        if route is NO_ROUTE:  # no proxy, no netrc credentials: the usual answer
+            if (context is None and timeout is self._untimed and req.read_bufsize is None
+                    and headers == self._plain_headers):
+                # every argument is the own session's default (its headers and timeouts, no
+                # proxy, default TLS): each keyword costs aiohttp's 37-parameter _request a
+                # match
+                return session.get(target, allow_redirects=False)
             proxy_headers = None
-            if route.proxy is not None or route.auth is not None:
-                headers, proxy_headers = route.credentials(target, headers)
-            context = ca_context() if url[:6].lower() == "https:" else None
-            return await session.get(
-                target, headers=headers, allow_redirects=False, timeout=timeout,
-                read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
-                ssl=context if context is not None else True,
-            )
+        elif route.proxy is not None or route.auth is not None:
+            headers, proxy_headers = route.credentials(target, headers)
+        else:
+            proxy_headers = None
+        return session.get(
+            target, headers=headers, allow_redirects=False, timeout=timeout,
+            read_bufsize=req.read_bufsize, proxy=route.proxy, proxy_headers=proxy_headers,
+            ssl=context if context is not None else True,
+        )
+
+    async def _send(
+        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+        req: FetchRequest,
+    ) -> aiohttp.ClientResponse:
+        """One request (no redirect followed), its errors mapped."""
+        try:
+            return await self._start(session, url, headers, req)
         except Exception as exc:
             # not chained: aiohttp's own exceptions quote the full URL, query string included
             raise map_error(exc, url) from None
@@ -325,7 +373,10 @@ class AiohttpDriver:
         url, headers = req.send_url or req.url, req.headers
         chain = None  # made by the first redirect: most answers are final
         while True:
-            response = await self._send(session, url, headers, req)
+            try:
+                response = await self._start(session, url, headers, req)
+            except Exception as exc:  # as _send maps them (not chained: see there)
+                raise map_error(exc, url) from None
             if response.status not in REDIRECT_STATUSES:
                 break
             if chain is None:
@@ -334,12 +385,13 @@ class AiohttpDriver:
                 break
             url, headers = chain.url, chain.headers
         async with response:
-            url = str(response.url)
+            # the final URL stays aiohttp's object: made a string (and redacted) only when a
+            # message or the caller asks for it (a get_bytes caller never does)
+            final = response.url
             status, answer = response.status, response.headers
             if req.redirect_answers and reads_no_body(req, status, answer):
-                return Body(b"", status, answer, url)
-            safe = redact_url(url)
-            meter = response_meter(req, status, answer, safe, reason=response.reason or "")
+                return Body(b"", status, answer, final)
+            meter = response_meter(req, status, answer, final, response.reason or "", False)
             # the body read as iter_body accounts it, without an async generator per response
             # (each one costs a loop hook and a weak set entry) or a context manager
             check = req.deadline.check if req.deadline.timeout is not None else None
@@ -349,11 +401,11 @@ class AiohttpDriver:
                 while chunk := await readany():
                     meter.feed(chunk)
                     if check is not None:
-                        check(safe)
+                        check(meter.url)
                     parts.append(chunk)
             except FetchError:
                 raise
             except Exception as exc:  # as _MappedErrors maps them
-                raise map_error(exc, url) from exc
+                raise map_error(exc, str(final)) from exc
             meter.finish()
-            return Body(b"".join(parts), status, answer, url, meter.sha256)
+            return Body(b"".join(parts), status, answer, final, meter.sha256)

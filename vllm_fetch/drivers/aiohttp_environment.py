@@ -74,7 +74,8 @@ def _route(url: URL) -> Route:
         auth = basicauth_from_netrc(netrc_from_env(), url.host or "")
     except LookupError:
         auth = None
-    return Route(proxy, proxy_auth, auth)
+    route = Route(proxy, proxy_auth, auth)
+    return NO_ROUTE if route == NO_ROUTE else route  # the usual answer, told by identity
 
 
 def _key(url: URL, text: str) -> str:
