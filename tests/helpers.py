@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import signal
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,22 @@ ASYNC_NAMES = {
     "fetch_bytes": "async_fetch_bytes",
     "fetch_file": "async_fetch_file",
 }
+
+
+def default_sigint() -> None:
+    """A child's ``preexec_fn``: SIGINT back to its default before the exec, so the child's
+    Python turns Ctrl-C into KeyboardInterrupt even when this test run ignores SIGINT (started
+    in the background, or by a CI shell that ignores it: children inherit that), and
+    unblocked (a blocked signal mask is inherited too)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def terminal_child() -> None:
+    """A child's ``preexec_fn`` after ``start_new_session``: the pty on its stdin becomes its
+    controlling terminal (so ^C typed there is SIGINT), with SIGINT at its default."""
+    default_sigint()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def call(mode: str, conn: HTTPConnection, name: str, *args: Any, **kwargs: Any) -> Any:

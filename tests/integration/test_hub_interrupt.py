@@ -5,20 +5,19 @@ files at once with their partials kept; run again, each file continues from its 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import os
 import re
 import signal
 import subprocess
 import sys
-import termios
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import default_sigint, terminal_child
 from tests.hub_env import COMMIT1, REPO, HubSetup, hubs
 from vllm_fetch import HTTPConnection, hub
 
@@ -76,10 +75,6 @@ def _check_resumed(setup: HubSetup, path: Path, first_new: int, partials: dict[s
     assert _partials(setup) == {}
 
 
-def _controlling_tty() -> None:  # in the child, after setsid: the pty becomes its terminal
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 def test_ctrl_c_in_prefetch_hf_stops_at_once_and_the_next_run_resumes(hubs: HubSetup,
                                                                      tmp_path: Path) -> None:
     _slow_repo(hubs)
@@ -87,7 +82,7 @@ def test_ctrl_c_in_prefetch_hf_stops_at_once_and_the_next_run_resumes(hubs: HubS
     master, slave = os.openpty()
     proc = subprocess.Popen([str(SCRIPT), "prefetch", f"hf://{REPO}"], cwd=tmp_path,
                             stdin=slave, stdout=slave, stderr=slave, env=env,
-                            start_new_session=True, preexec_fn=_controlling_tty)
+                            start_new_session=True, preexec_fn=terminal_child)
     os.close(slave)
     seen = bytearray()
 
@@ -161,7 +156,7 @@ def test_ctrl_c_in_snapshot_stops_at_once_and_the_next_call_resumes(
     child = subprocess.Popen([sys.executable, "-c", _PYTHON, mode, REPO, str(tmp_path / "vf"),
                               str(connections)],
                              env=hubs.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, preexec_fn=default_sigint)
     try:
         _wait_until_all_under_way(hubs, time.monotonic() + 60)
         child.send_signal(signal.SIGINT)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
-import termios
 import threading
 import time
 from pathlib import Path
 
+from tests.helpers import terminal_child
 from tests.origin import Origin
 from tests.ranged import RangeFile
 
 SCRIPT = Path(sys.executable).parent / "vllm-fetch"
 BODY = os.urandom(2 * 1024 * 1024)
-
-
-def _controlling_tty() -> None:  # in the child, after setsid: the pty becomes its terminal
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def test_ctrl_c_stops_prefetch_at_once_keeping_partials(origin: Origin, tmp_path: Path) -> None:
@@ -31,7 +26,7 @@ def test_ctrl_c_stops_prefetch_at_once_keeping_partials(origin: Origin, tmp_path
     env = {**os.environ, "VLLM_FETCH_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.Popen([str(SCRIPT), "prefetch", str(manifest), "-j", "2", "-d",
                              str(out_dir)], stdin=slave, stdout=slave, stderr=slave, env=env,
-                            start_new_session=True, preexec_fn=_controlling_tty)
+                            start_new_session=True, preexec_fn=terminal_child)
     os.close(slave)
     seen = bytearray()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import leftovers
+from tests.helpers import default_sigint, leftovers
 from tests.origin import Origin, sha256
 from tests.ranged import RangeFile
 from vllm_fetch import HTTPConnection, RetryPolicy, global_http_connection
@@ -67,7 +67,8 @@ def test_d1_ctrl_c_mid_body_leaves_no_target_and_the_next_run_completes(
     target = out / "m.bin"
     child = subprocess.Popen([sys.executable, "-c", DOWNLOAD, mode, url, str(target),
                               str(connections)],
-                             env=strict_env(tmp_path), stderr=subprocess.PIPE, text=True)
+                             env=strict_env(tmp_path), stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
     try:
         give_up = time.monotonic() + 20
         while origin.bytes_sent < SIZE // 2 and time.monotonic() < give_up:
@@ -93,7 +94,7 @@ def test_d1_ctrl_c_in_the_console_script_is_one_line(origin: Origin, tmp_path: P
     url = RangeFile(DATA, stalls={0: SIZE // 2}, stall_seconds=20).mount(origin, "/cli.bin")
     child = subprocess.Popen([str(SCRIPT), "get", url, "-o", "cli.bin"], cwd=tmp_path,
                              env=strict_env(tmp_path), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         give_up = time.monotonic() + 20
         while origin.bytes_sent < SIZE // 2 and time.monotonic() < give_up:
