@@ -259,7 +259,7 @@ class _Runner:
                     await batches.salvage()  # the bytes that did arrive are good: keep them
                 raise
             finally:
-                await handle.close()
+                await _finished(handle.close())  # even when cancelled again meanwhile
 
     async def run_parts(self, effect: dm.RunParts) -> None:
         """``effect.workers`` tasks run part flows (one takes part 0 from the open probe when
