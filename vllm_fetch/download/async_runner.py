@@ -192,8 +192,11 @@ class _Batches:
             await _off_loop(self.partial.save, save.state)
         if self.partial.wrote(size):
             await _off_loop(self.partial.write_behind)
-        if self.machine.hash_due():  # off the loop: it may start the partial's hash thread
-            await _off_loop(self.partial.hash_behind, self.machine.hash_ahead)
+        if self.machine.hash_due():
+            if self.partial.hashes_behind:  # a poke: the stream never waits for it
+                self.partial.hash_behind(self.machine.hash_ahead)
+            else:  # off the loop: Thread.start waits until the new thread runs
+                await _off_loop(self.partial.hash_behind, self.machine.hash_ahead)
 
 
 def _claim(target: Path, url: str, resume: bool) -> Partial:

@@ -327,6 +327,11 @@ class Partial:
         the call nor the kernel's submission waits here)."""
         self._write_behind.poke(self.open())
 
+    @property
+    def hashes_behind(self) -> bool:
+        """Whether the helper thread of :meth:`hash_behind` exists (a poke starts none)."""
+        return self._hasher is not None
+
     def hash_behind(self, hash_ahead: Callable[[Reader], None]) -> None:
         """Run ``hash_ahead(self.read_into)`` on this partial's helper thread, unless a run is
         still going (it goes on as far as the writes got): neither the writer nor the event
