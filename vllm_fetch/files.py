@@ -133,22 +133,6 @@ def preallocate(fd: int, size: int, path: Path) -> None:
         raise disk_error(exc, path) from exc
 
 
-def pwritev_all(fd: int, buffers: list[bytes], offset: int, path: Path) -> None:
-    """Write several buffers at ``offset`` in one call, without joining them first."""
-    views = [memoryview(b) for b in buffers if b]
-    try:
-        while views:
-            written = os.pwritev(fd, views, offset)
-            offset += written
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if views and written:
-                views[0] = views[0][written:]
-    except OSError as exc:
-        raise disk_error(exc, path) from exc
-
-
 def publish_bytes(data: bytes, target: Path) -> Path:
     """Write ``data`` at ``target`` as every download is: a temp file beside it, fsynced, then
     renamed over it (``DiskError`` when it cannot be written; nothing is left half-written)."""

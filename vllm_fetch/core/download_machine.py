@@ -188,12 +188,6 @@ class Sink:
     def full(self) -> bool:
         return self.limit is not None and self.position >= self.limit
 
-    def buffers(self, size: int) -> Callable[[], bytearray]:
-        """Where a runner reads the next chunk of this body into: one reused buffer (each chunk
-        is written before the next read)."""
-        buffer = bytearray(size)
-        return lambda: buffer
-
 
 @dataclass(frozen=True)
 class Start:

@@ -47,7 +47,6 @@ from ..files import (
     fsync_dir,
     fsync_fd,
     pwrite_all,
-    pwritev_all,
     remove_quietly,
 )
 from . import registry
@@ -306,11 +305,6 @@ class Partial:
     def write(self, data: bytes | memoryview, offset: int) -> None:
         pwrite_all(self.open(), data, offset, self.path)
         if self.wrote(len(data)):
-            self.write_behind()
-
-    def write_chunks(self, chunks: list[bytes], offset: int) -> None:
-        pwritev_all(self.open(), chunks, offset, self.path)
-        if self.wrote(sum(len(chunk) for chunk in chunks)):
             self.write_behind()
 
     def wrote(self, nbytes: int) -> bool:

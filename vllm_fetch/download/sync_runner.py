@@ -111,9 +111,9 @@ class _Runner:
         assert self.response is not None
         (response, req), self.response = self.response, None
         machine, partial, stop = self.machine, self.partial, self.stop
-        take = sink.buffers(max(req.chunk_size, READ_SIZE))
+        buffer = bytearray(max(req.chunk_size, READ_SIZE))
         with response:
-            for chunk in self.driver.iter_body_into(response, sink.meter, req, take):
+            for chunk in self.driver.iter_body_into(response, sink.meter, req, buffer):
                 if stop is not None and stop.is_set():
                     raise _Stopped
                 data = sink.clip(chunk)

@@ -7,7 +7,7 @@ import http.client
 import http.cookiejar
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import requests
 import urllib3.exceptions as u3
@@ -218,11 +218,11 @@ class RequestsDriver:
 
     def iter_body_into(
         self, response: requests.Response, meter: BodyMeter, req: FetchRequest,
-        take: Callable[[], bytearray],
+        buffer: bytearray,
     ) -> Iterator[bytes | memoryview]:
-        """:meth:`iter_body` for downloads: a plain body is read into buffers from ``take()``
+        """:meth:`iter_body` for downloads: a plain body is read into ``buffer``, reused
         (``requests_readinto``: no new bytes object per chunk), any other the usual way."""
-        views = iter_into(response, meter, req, take, map_error)
+        views = iter_into(response, meter, req, buffer, map_error)
         return views if views is not None else self.iter_body(response, meter, req)
 
     def checked_response(self, session: requests.Session, req: FetchRequest) -> tuple[

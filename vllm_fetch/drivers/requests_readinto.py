@@ -41,20 +41,21 @@ def plain_body(response: requests.Response) -> tuple[http.client.HTTPResponse, A
 
 def iter_into(
     response: requests.Response, meter: BodyMeter, req: FetchRequest,
-    take: Callable[[], bytearray],
+    buffer: bytearray,
     map_error: Callable[[BaseException, str], FetchError],
 ) -> Iterator[memoryview] | None:
-    """Views of the body, each read into a buffer from ``take()`` and accounted by the meter;
-    None when the body is not plain (the caller reads it the usual way)."""
+    """Views of the body, each read into ``buffer`` (reused: each view is consumed before the
+    next read) and accounted by the meter; None when the body is not plain (the caller reads
+    it the usual way)."""
     found = plain_body(response)
     if found is None:
         return None
-    return _read(response, found[0], found[1], meter, req, take, map_error)
+    return _read(response, found[0], found[1], meter, req, buffer, map_error)
 
 
 def _read(
     response: requests.Response, inner: http.client.HTTPResponse, file: Any, meter: BodyMeter,
-    req: FetchRequest, take: Callable[[], bytearray],
+    req: FetchRequest, buffer: bytearray,
     map_error: Callable[[BaseException, str], FetchError],
 ) -> Iterator[memoryview]:
     url = response.url or req.url
@@ -62,7 +63,6 @@ def _read(
     remaining: int | None = inner.length  # None: the body ends when the connection closes
     try:
         while remaining is None or remaining > 0:
-            buffer = take()
             size = meter.read_size(len(buffer))
             if remaining is not None:
                 size = min(size, remaining)
