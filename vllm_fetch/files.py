@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import DiskError
@@ -133,24 +133,42 @@ def preallocate(fd: int, size: int, path: Path) -> None:
         raise disk_error(exc, path) from exc
 
 
-def publish_bytes(data: bytes, target: Path) -> Path:
-    """Write ``data`` at ``target`` as every download is: a temp file beside it, fsynced, then
-    renamed over it (``DiskError`` when it cannot be written; nothing is left half-written)."""
-    fd, temp = create_temp(target)
+class TempFile:
+    """A temp file beside a target (:func:`create_temp`), open for writing until closed."""
+
+    def __init__(self, target: Path) -> None:
+        self.fd, self.path = create_temp(target)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@contextlib.contextmanager
+def temp_beside(target: Path) -> Iterator[TempFile]:
+    """A :class:`TempFile` for ``target``, closed and removed on the way out unless it was
+    published meanwhile; an ``OSError`` inside is a ``DiskError`` naming the target."""
+    temp = TempFile(target)
     try:
-        write_all(fd, data, temp)
-        fsync_fd(fd, temp)
-        os.close(fd)
-        fd = -1
-        return publish(temp, target)
+        yield temp
     except DiskError:
         raise
     except OSError as exc:
         raise disk_error(exc, target) from exc
     finally:
-        if fd >= 0:
-            os.close(fd)
-        remove_quietly(temp)
+        temp.close()
+        remove_quietly(temp.path)
+
+
+def publish_bytes(data: bytes, target: Path) -> Path:
+    """Write ``data`` at ``target`` as every download is: a temp file beside it, fsynced, then
+    renamed over it (``DiskError`` when it cannot be written; nothing is left half-written)."""
+    with temp_beside(target) as temp:
+        write_all(temp.fd, data, temp.path)
+        fsync_fd(temp.fd, temp.path)
+        temp.close()
+        return publish(temp.path, target)
 
 
 #: ``sync_file_range(2)`` flag: start writing the range's dirty pages, do not wait for them.

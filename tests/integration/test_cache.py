@@ -545,8 +545,8 @@ def test_disk_full_while_copying_a_hit_is_a_disk_error(mode: str, origin: Origin
         temp.write_bytes(b"")
         return os.open("/dev/full", os.O_WRONLY), temp
 
-    monkeypatch.setattr("vllm_fetch.cache.blobs.create_temp", dev_full_temp)  # a blob file
-    monkeypatch.setattr("vllm_fetch.files.create_temp", dev_full_temp)  # a body in a segment
+    # the temp file beside the target, for a blob file's copy and a segment record's alike
+    monkeypatch.setattr("vllm_fetch.files.create_temp", dev_full_temp)
     with pytest.raises(DiskError):
         call(mode, conn, "download_file", url, out / "model.bin")
     assert leftovers(out) == []

@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.segment_record import HEADER_SIZE, SEGMENT_BODY_MAX, Location, body_seal
-from ..errors import DiskError
 from ..files import (
-    create_temp,
-    disk_error,
     fsync_fd,
     publish,
     publish_bytes,
     remove_quietly,
+    temp_beside,
     write_all,
 )
 from . import references
@@ -464,26 +462,15 @@ class BlobStore:
                 return False
             if opened is None:
                 return False
-            with open(opened[0], "rb") as src:
-                fd, temp = create_temp(target)
-                try:
-                    if not (self.link_files and _replace_with_link(path, temp)):
-                        copy_fileobj(src.fileno(), fd)
-                        fsync_fd(fd, temp)
-                    os.close(fd)
-                    fd = -1
-                    if seal is not None and not _file_matches(temp, sha256, seal):
-                        self.discard_damaged(sha256)
-                        return False
-                    publish(temp, target)
-                except DiskError:
-                    raise
-                except OSError as exc:
-                    raise disk_error(exc, target) from exc
-                finally:
-                    if fd >= 0:
-                        os.close(fd)
-                    remove_quietly(temp)
+            with open(opened[0], "rb") as src, temp_beside(target) as temp:
+                if not (self.link_files and _replace_with_link(path, temp.path)):
+                    copy_fileobj(src.fileno(), temp.fd)
+                    fsync_fd(temp.fd, temp.path)
+                temp.close()
+                if seal is not None and not _file_matches(temp.path, sha256, seal):
+                    self.discard_damaged(sha256)
+                    return False
+                publish(temp.path, target)
         return True
 
     def _copy_record_to(self, sha256: str, size: int, target: Path, seal: str | None) -> bool:
