@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import signal
+import subprocess
 import termios
+import threading
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from vllm_fetch import HTTPConnection
@@ -35,6 +39,48 @@ def terminal_child() -> None:
     controlling terminal (so ^C typed there is SIGINT), with SIGINT at its default."""
     default_sigint()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class TerminalChild:
+    """A command run with a pty as its controlling terminal (so ``ctrl_c`` is Ctrl-C as typed
+    there); everything it prints is collected in ``seen``. As a context manager, the child
+    is killed and reaped and the pty closed on the way out."""
+
+    def __init__(self, argv: list[str], **popen: Any) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True, preexec_fn=terminal_child, **popen)
+        os.close(slave)
+        self.seen = bytearray()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.seen.extend(chunk)
+
+    def ctrl_c(self) -> None:
+        os.write(self.master, b"\x03")
+
+    @property
+    def text(self) -> str:
+        return self.seen.decode(errors="replace")
+
+    def __enter__(self) -> TerminalChild:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)
+        os.close(self.master)
 
 
 def call(mode: str, conn: HTTPConnection, name: str, *args: Any, **kwargs: Any) -> Any:

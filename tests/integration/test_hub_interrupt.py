@@ -11,13 +11,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import default_sigint, terminal_child
+from tests.helpers import TerminalChild, default_sigint
 from tests.hub_env import COMMIT1, REPO, HubSetup, hubs
 from vllm_fetch import HTTPConnection, hub
 
@@ -79,37 +78,14 @@ def test_ctrl_c_in_prefetch_hf_stops_at_once_and_the_next_run_resumes(hubs: HubS
                                                                      tmp_path: Path) -> None:
     _slow_repo(hubs)
     env = hubs.env(VLLM_FETCH_CACHE_DIR=str(tmp_path / "vf-cache"))
-    master, slave = os.openpty()
-    proc = subprocess.Popen([str(SCRIPT), "prefetch", f"hf://{REPO}"], cwd=tmp_path,
-                            stdin=slave, stdout=slave, stderr=slave, env=env,
-                            start_new_session=True, preexec_fn=terminal_child)
-    os.close(slave)
-    seen = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            seen.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        _wait_until_all_under_way(hubs, time.monotonic() + 60, seen)
-        os.write(master, b"\x03")  # Ctrl-C, as typed
+    with TerminalChild([str(SCRIPT), "prefetch", f"hf://{REPO}"], cwd=tmp_path,
+                       env=env) as child:
+        _wait_until_all_under_way(hubs, time.monotonic() + 60, child.seen)
+        child.ctrl_c()
         started = time.monotonic()
-        code = proc.wait(timeout=60)
+        code = child.proc.wait(timeout=60)
         stopped_in = time.monotonic() - started
-    finally:
-        proc.kill()
-        proc.wait()
-        reader.join(5)
-        os.close(master)
-    text = seen.decode(errors="replace")
+    text = child.text
     assert code == 130, text
     assert stopped_in < 8, stopped_in  # not after the transfers (~20 s more each) end
     assert "Traceback" not in text, text

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from tests.helpers import terminal_child
+from tests.helpers import TerminalChild
 from tests.origin import Origin
 from tests.ranged import RangeFile
 
@@ -22,41 +20,18 @@ def test_ctrl_c_stops_prefetch_at_once_keeping_partials(origin: Origin, tmp_path
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("".join(f"{url}\n" for url in urls))
     out_dir = tmp_path / "out"
-    master, slave = os.openpty()
     env = {**os.environ, "VLLM_FETCH_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.Popen([str(SCRIPT), "prefetch", str(manifest), "-j", "2", "-d",
-                             str(out_dir)], stdin=slave, stdout=slave, stderr=slave, env=env,
-                            start_new_session=True, preexec_fn=terminal_child)
-    os.close(slave)
-    seen = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            seen.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
+    with TerminalChild([str(SCRIPT), "prefetch", str(manifest), "-j", "2", "-d",
+                        str(out_dir)], env=env) as child:
         deadline = time.monotonic() + 30
         while origin.bytes_sent < 2 * 64 * 1024 * 2:  # both running transfers under way
-            assert time.monotonic() < deadline, bytes(seen)
+            assert time.monotonic() < deadline, bytes(child.seen)
             time.sleep(0.02)
-        os.write(master, b"\x03")  # Ctrl-C, as typed
+        child.ctrl_c()  # Ctrl-C, as typed
         started = time.monotonic()
-        code = proc.wait(timeout=20)
+        code = child.proc.wait(timeout=20)
         stopped_in = time.monotonic() - started
-    finally:
-        proc.kill()
-        proc.wait()
-        reader.join(5)
-        os.close(master)
-    text = seen.decode(errors="replace")
+    text = child.text
     assert code == 130, text
     assert stopped_in < 5, stopped_in  # not after the transfers (~7 s each) finish
     assert "4 left" in text and "interrupted" in text, text
