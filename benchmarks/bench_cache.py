@@ -244,7 +244,7 @@ def bench_cold(base: str, count: int, concurrency: int, rounds: int,
               + (f"; CPU µs/fetch rounds: "
                  f"{', '.join(f'{t / count * 1e6:.0f}' for t in cpu[name])}"
                  if cpu[name] else ""))
-        if name == names[2] and on_loop:
+        if on_loop and name == names[2]:  # (--miss-only has no cold-cache row)
             loop_us = [t / count * 1e6 for t in on_loop]
             rest_us = [(c - t) / count * 1e6 for c, t in zip(cpu[name], on_loop, strict=True)]
             split = ", ".join(f"{a:.0f}+{b:.0f}"

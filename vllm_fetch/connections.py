@@ -40,7 +40,7 @@ from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
 from .core.responses import DEFAULT_HEADERS, decode_text, request_headers
 from .core.results import Body, DownloadResult, FetchResult
 from .core.retry import RetryPolicy, status_failure
-from .core.scrub import ascrubbed, scrubbed
+from .core.scrub import ascrubbed, scrub_error, scrubbed
 from .core.urls import quote_url, redact_url
 from .download import sync_runner
 from .download.options import DownloadOptions
@@ -195,6 +195,7 @@ class HTTPConnection:
         self._async_driver_lock = threading.Lock()
         self.mirrors = mirrors_from(mirrors, mirror_credentials)
         self._mirror_calls = MirrorCalls(self.mirrors, self.retry)
+        self._routed = bool(self.mirrors)  # some calls may go through a mirror
         # mirrors get drivers of their own: their hosts are trusted by the URL policy, and
         # their pooled connections are never reused for a URL a caller named
         self._mirror_options = dataclasses.replace(options, policy=dataclasses.replace(
@@ -438,13 +439,23 @@ class HTTPConnection:
     async def _afetch_origin(self, req: FetchRequest) -> Body:
         """One body from the origin under the retry policy: the first attempt made here, the
         retry loop built only after it failed."""
-        driver = self._async
         try:
-            return await driver.fetch_body(req)
+            return await self._async.fetch_body(req)
         except Exception as exc:
             first = exc  # retried outside the handler: the errors keep their context
-        return await aretry_failed(first, self._mirror_calls.retry, req.deadline, "GET",
-                                   req.url, driver.fetch_body, req)
+        return await self._aretry_origin(first, req)
+
+    async def _aretry_origin(self, first: Exception, req: FetchRequest) -> Body:
+        """The retries after a first attempt at the origin failed with ``first``; a FetchError
+        raised as the async side raises it (``_as_async``)."""
+        try:
+            return await aretry_failed(first, self._mirror_calls.retry, req.deadline, "GET",
+                                       req.url, self._async.fetch_body, req)
+        except FetchError as exc:
+            error = _as_async(exc)
+            if error is exc:
+                raise
+        raise error
 
     def _media_request(
         self, url: str, timeout: float | None, allow_redirects: bool, max_bytes: int | None,
@@ -582,7 +593,6 @@ class HTTPConnection:
                                   extra_headers)  # as fetch_bytes, one scrub wrapper less
         return _settled(req, self._body(req, use_cache)).content
 
-    @ascrubbed
     async def async_get_bytes(
         self,
         url: str,
@@ -595,9 +605,23 @@ class HTTPConnection:
         use_cache: bool = True,
     ) -> bytes:
         """Async twin of :meth:`get_bytes`."""
-        req = self._media_request(url, timeout, allow_redirects, max_bytes, request_budget,
-                                  extra_headers)  # as _async_fetch_bytes, one frame less
-        return _settled(req, await self._abody(req, use_cache)).content
+        # The hot call of an inference server: ``ascrubbed``'s handler is written out here,
+        # and an uncached call with no mirror awaits the driver itself (``_afetch_origin``
+        # inlined). Every frame between the caller and aiohttp is resumed at each suspension.
+        try:
+            req = self._request(url, timeout, extra_headers, allow_redirects, max_bytes, True,
+                                None if request_budget is None else CallBudget(request_budget))
+            if (use_cache and self._cache.get() is not None) or self._routed or self.offline:
+                return _settled(req, await self._abody(req, use_cache)).content
+            driver = self._async_driver or self._async
+            try:
+                return _settled(req, await driver.fetch_body(req)).content
+            except Exception as exc:
+                first = exc  # retried outside the handler: the errors keep their context
+            return _settled(req, await self._aretry_origin(first, req)).content
+        except BaseException as exc:
+            scrub_error(exc, url if isinstance(url, str) else None)
+            raise
 
     @scrubbed
     def get_text(

@@ -384,7 +384,7 @@ class AiohttpDriver:
             if chain.arrived(response.status, response.headers, response.release):
                 break
             url, headers = chain.url, chain.headers
-        async with response:
+        try:  # ``async with response`` without its two coroutines: release() is what they do
             # the final URL stays aiohttp's object: made a string (and redacted) only when a
             # message or the caller asks for it (a get_bytes caller never does)
             final = response.url
@@ -409,3 +409,5 @@ class AiohttpDriver:
                 raise map_error(exc, str(final)) from exc
             meter.finish()
             return Body(b"".join(parts), status, answer, final, meter.sha256)
+        finally:
+            response.release()  # the connection back to the pool once the request is written
