@@ -261,6 +261,8 @@ def test_verbose_logs_each_cache_decision_and_quiet_logs_none(
     first = get("get", "-v", url, "-o", "a.bin")
     assert first.returncode == 0, first.stderr
     assert "cache miss: " in first.stderr and "cache stored: " in first.stderr, first.stderr
+    # the lookup repeated under the transfer lock found the same: said once
+    assert first.stderr.count("cache miss: ") == 1, first.stderr
     second = get("-v", "get", url, "-o", "b.bin")
     assert second.returncode == 0, second.stderr
     assert "cache hit, age " in second.stderr, second.stderr

@@ -121,13 +121,17 @@ Effect = Fetch | Probe | Download | Disk | Wait | Refresh
 Flow = Generator[Effect, Any, Any]
 
 
-def begin(cache: FetchCache, req: FetchRequest, *, offline: bool) -> Start:
+def begin(cache: FetchCache, req: FetchRequest, *, offline: bool,
+          again: Start | None = None) -> Start:
+    """The lookup a cached call begins with. ``again``: the lookup this one repeats (under
+    the transfer lock): its decision is logged only when it changed."""
     now = time.time()
     key, decision = cache.lookup(req.url, req.headers, offline=offline, now=now,
                                  scope=req.cache_scope)
     if decision.action is LookupAction.OFFLINE_MISS:
         raise offline_error(req.url, decision.reason)
-    if logger.isEnabledFor(logging.INFO):  # ``-v``: every cache decision
+    if logger.isEnabledFor(logging.INFO) and (  # ``-v``: every cache decision, once
+            again is None or again.key != key or again.decision.action is not decision.action):
         _log_decision(req.url, decision)
     return Start(key, decision, now)
 
@@ -527,7 +531,7 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
         if held is not None:  # another caller may have stored it since the lookup
             served, req, start = yield from _file_from_cache(
                 cache, req, target, offline=offline, hops=hops, revalidate=held.waited,
-                shared=shared)
+                shared=shared, again=start)
             if served is not None:
                 return served
         if held is not None and held.orphan is not None:  # its holder died: resume its partial
@@ -543,9 +547,10 @@ def download_flow(cache: FetchCache, req: FetchRequest, target: Path, *, offline
 
 def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offline: bool,
                      hops: Hops | None, revalidate: bool = True,
-                     shared: SharedTier | None = None) -> Flow:
+                     shared: SharedTier | None = None, again: Start | None = None) -> Flow:
     """Serve the file from the cache when it can be: (result or None, request, lookup).
-    Without ``revalidate``, only a stored copy that needs no request is served."""
+    Without ``revalidate``, only a stored copy that needs no request is served. ``again``:
+    the lookup of the first try, when this is the second (its decision is not logged twice)."""
     wanted = req.expected_sha256.lower() if req.expected_sha256 else None
     # same bytes from any URL: only in the shared namespace (a restricting policy never gets
     # bytes that a connection allowed more fetched, not even by naming their sha256)
@@ -558,7 +563,7 @@ def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offl
         logger.info("cache hit by sha256 %s…: %s", wanted[:12], redact_url(req.url))
         return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True), req, None
     try:
-        start = begin(cache, req, offline=offline)
+        start = begin(cache, req, offline=offline, again=again)
     except OfflineError:
         if size is not None:  # the copy from another URL's blob failed its check
             raise damaged_error(req.url) from None
