@@ -208,6 +208,32 @@ def test_cache_bad_arguments(args: tuple[str, ...], tmp_path: Path) -> None:
     assert result.returncode != 0 and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ("get", "http://127.0.0.1:9/x", "--sha256", "abc"),
+    ("get",),
+    ("get", "http://127.0.0.1:9/x", "--connections", "0"),
+    ("get", "http://127.0.0.1:9/x", "--timeout", "soon"),
+    ("cache", "prune", "--max-size", "lots"),
+    ("cache", "prune", "--older-than", "3x"),
+    ("no-such-command",),
+])
+def test_a_usage_error_is_one_line(args: tuple[str, ...], tmp_path: Path) -> None:
+    """As every error of the command: one ``vllm-fetch: error: …`` line, exit 2, no usage
+    block."""
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("vllm-fetch: error: "), \
+        result.stderr
+
+
+def test_a_usage_error_quotes_no_secret_of_the_arguments(tmp_path: Path) -> None:
+    result = run("get", "http://127.0.0.1:9/x", "http://alice:PASSWORD@h/y?token=SECRET",
+                 cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("vllm-fetch: error: ")
+    assert "PASSWORD" not in result.stderr and "SECRET" not in result.stderr, result.stderr
+
+
 def test_get_sha256_is_checked_before_any_transfer(origin: Origin, tmp_path: Path) -> None:
     url = origin.serve_bytes("/m.bin", BODY)
     for bad in ("a" * 63, "sha256:" + "z" * 64, "abc"):

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from ..config import env_flag
@@ -51,14 +52,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line, as every error of the command is:
+    ``vllm-fetch: error: …`` (a query or userinfo quoted from the arguments removed), exit 2.
+    Its subcommands' parsers are of this class too (argparse makes them with the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("vllm-fetch").strip()
+        hint = f"vllm-fetch {command} --help" if command else "vllm-fetch --help"
+        sys.stderr.write(f"vllm-fetch: error: {command + ': ' if command else ''}"
+                         f"{scrub_text(message, None)} (see {hint})\n")
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vllm-fetch",
         description="Resilient downloads: retries, resume, verification, a shared cache.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every retry and hit")
     # -v also after the subcommand: SUPPRESS keeps a -v given before it
-    verbose = argparse.ArgumentParser(add_help=False)
+    verbose = _Parser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                          help="log every retry and hit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
