@@ -9,8 +9,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 from ..config import env_flag
 from ..connections import HTTPConnection

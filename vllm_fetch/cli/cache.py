@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from ..cache.fetch_cache import FetchCache, default_cache_dir
 from ..cache.housekeeping import PruneReport
@@ -43,7 +44,7 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+def add_cache_parser(sub: argparse._SubParsersAction[Any],
                      parents: list[argparse.ArgumentParser]) -> None:
     cache = sub.add_parser("cache", help="inspect and clean the shared download cache",
                            parents=parents)
