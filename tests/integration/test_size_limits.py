@@ -96,6 +96,8 @@ def test_f16_endless_body_stops_past_cap(
     assert no_length.bytes_sent < 64 << 20
     if mode == "sync":  # aiohttp has buffered ahead already; requests reads exactly what we ask
         assert f"({LIMIT + 1} bytes read)" in str(info.value)
+    # F16 on both sides: refused at the first byte past the cap, whatever was buffered
+    assert getattr(info.value, "received_bytes", None) == LIMIT + 1
     limited = HTTPConnection(retry=RetryPolicy.none(), max_bytes=LIMIT)
     with pytest.raises(SizeLimitExceededError):
         call(mode, limited, "download_file", no_length.url("/endless"), tmp_path / "t")

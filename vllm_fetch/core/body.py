@@ -185,6 +185,9 @@ class BodyMeter:
         """Account for one chunk; raise as soon as a limit is passed (stop at max_bytes + 1)."""
         self.received += len(chunk)
         if self.max_bytes is not None and self.received > self.max_bytes:
+            # F16: the body is refused at its first byte past the cap, however much of it the
+            # HTTP library had buffered into this chunk (aiohttp hands over up to ~64 KiB+)
+            self.received = self.max_bytes + 1
             raise size_exceeded(self.max_bytes, self.received, self.url, media=self.media_limit)
         if self.expected_size is not None and self.received > self.expected_size:
             raise ChecksumMismatchError(
