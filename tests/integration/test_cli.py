@@ -183,6 +183,10 @@ def test_cache_commands(origin: Origin, tmp_path: Path) -> None:
     assert "secret" not in listing.stdout
     # each body is the downloaded file itself (a hard link), shown as such
     assert listing.stdout.count(" shared ") == 2, listing.stdout
+    (tmp_path / "two").unlink()  # the cache's name is the only one left: its own copy now
+    listing = run("cache", "ls", cwd=tmp_path)
+    assert listing.stdout.count(" shared ") == 1 and listing.stdout.count(" copy ") == 1, \
+        listing.stdout
 
     blob = next(p for p in (tmp_path / ".cache" / "blobs").rglob("*")
                 if p.is_file() and p.name == sha256(BODY)[2:])

@@ -184,7 +184,9 @@ class BlobStore:
             if self._located(sha256) is not None:
                 return "copy"
             return "reference" if references.read_reference(path) is not None else "missing"
-        return "shared" if references.is_shared(st) else "copy"
+        # shared only while another name links it: a blob whose published file was deleted
+        # (or a warmed one, whose file was never kept) is the store's own copy, writable or not
+        return "shared" if st.st_nlink > 1 else "copy"
 
     def size(self, sha256: str) -> int | None:
         """The stored body's size (a referenced file's recorded size), None when there is none."""
