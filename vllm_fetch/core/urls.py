@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
@@ -50,6 +51,28 @@ def origin_prefix(url: str) -> str | None:
     if start < 0:
         return None
     return url[:_AUTHORITY.match(url, start + 3).end()]  # type: ignore[union-attr]
+
+
+def url_to_send(url: str, headers: Mapping[str, str]) -> str:
+    """The URL a driver sends for ``url`` with ``headers``: ``url`` itself, but without its
+    userinfo when the caller sent an ``Authorization`` header of its own (any case).
+
+    Both HTTP libraries turn URL userinfo into Basic credentials, and disagree when the caller
+    also sent Authorization: requests overwrites the caller's header, aiohttp refuses the
+    request (a ValueError). The caller's explicit header wins, on both sides alike. Only what is
+    sent changes: the URL with its userinfo stays the request's identity (cache key, tenancy,
+    partials, redaction). Everything after the authority is kept byte for byte (signed URLs).
+    """
+    if "@" not in url:
+        return url
+    origin = origin_prefix(url)
+    if origin is None or "@" not in origin:
+        return url  # an @ in the path or query is no userinfo
+    for name in headers:  # a plain loop: this runs for every request with userinfo
+        if name.lower() == "authorization":
+            scheme = origin.find("://") + 3
+            return origin[:scheme] + origin.rpartition("@")[2] + url[len(origin):]
+    return url
 
 
 def checked_split(url: str) -> tuple[SplitResult, str | None, int | None]:

@@ -26,7 +26,7 @@ from ..core.responses import (
     response_meter,
 )
 from ..core.results import Body
-from ..core.urls import redact_url
+from ..core.urls import redact_url, url_to_send
 from ..errors import (
     FetchConnectionError,
     FetchError,
@@ -76,7 +76,7 @@ def map_error(exc: BaseException, url: str) -> FetchError:
         return ResponseHeadersError(f"malformed response headers from {safe}", url=safe)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return FetchConnectionError(f"cannot fetch {safe}: {type(exc).__name__}", url=safe)
-    if isinstance(exc, ValueError):  # e.g. an Authorization header and userinfo in the URL
+    if isinstance(exc, ValueError):  # a request aiohttp refuses to make before sending it
         return InvalidURLError(f"cannot send {safe}: {type(exc).__name__}", url=safe)
     raise exc
 
@@ -275,6 +275,7 @@ class AiohttpDriver:
             timeout = aiohttp.ClientTimeout(
                 total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
             )
+        url = url_to_send(url, headers)  # aiohttp refuses userinfo with an Authorization
         target = URL(url, encoded=True)
         route = known_route(target, url) if self.options.trust_env else NO_ROUTE
         if route is None:

@@ -21,7 +21,7 @@ from ..core.proxy_refusal import proxy_refused, tunnel_status
 from ..core.request import FetchRequest, TransportOptions
 from ..core.responses import reads_no_body, response_meter
 from ..core.results import Body
-from ..core.urls import redact_url
+from ..core.urls import redact_url, url_to_send
 from ..errors import (
     FetchConnectionError,
     FetchError,
@@ -168,9 +168,12 @@ class RequestsDriver:
             idle=self.options.idle_timeout, connect=self.options.connect_timeout
         )
         try:
-            settings, auth = send_settings(session, url)
+            # prepared from the URL to send: requests makes Basic credentials of the userinfo
+            # of the URL it prepares, over the caller's own Authorization header
+            sent = url_to_send(url, headers)
+            settings, auth = send_settings(session, sent)
             prepared = session.prepare_request(
-                requests.Request("GET", url, headers=headers, auth=auth))
+                requests.Request("GET", sent, headers=headers, auth=auth))
             prepared.url = url  # requests re-quotes (%7e -> ~): signed URLs must go verbatim
             # The adapter, not Session.send: even with allow_redirects=False, Session.send reads
             # a redirect's whole body (to precompute response.next), and keeps cookies.
