@@ -130,13 +130,37 @@ def test_every_vllm_name_is_importable_from_connections_and_the_root(name: str) 
 def test_size_errors_carry_vllms_attributes() -> None:
     error = HTTPResponseSizeExceededError(100, 150)
     assert (error.max_bytes, error.received_bytes) == (100, 150)
-    assert "100 bytes" in str(error) and "150 bytes" in str(error)
+    assert (error.parameter, error.value) == ("audio_filesize_mb", 150 / MiB)
     media = MediaDownloadSizeExceededError(2 * MiB)
     assert (media.max_bytes, media.received_bytes) == (2 * MiB, None)
-    assert "VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=2" in str(media)
     for cls in (HTTPResponseSizeExceededError, MediaDownloadSizeExceededError,
                 MediaRequestDownloadSizeExceededError):
         assert issubclass(cls, FetchError) and issubclass(cls, ValueError)
+
+
+def test_size_error_messages_are_vllms_word_for_word() -> None:
+    """str() is what vLLM 0.33's own exception says (VLLMValidationError's parameter/value
+    suffix included), then `` from <url>`` when the URL is known, then the attempts."""
+    vllm_http = ("Maximum file size exceeded: HTTP response exceeded maximum size of 100 bytes "
+                 f"(received at least 150 bytes) (parameter=audio_filesize_mb, value={150 / MiB})")
+    assert str(HTTPResponseSizeExceededError(100, 150)) == vllm_http
+    error = HTTPResponseSizeExceededError(100, 150, url="http://h/a.png")
+    assert str(error) == vllm_http + " from http://h/a.png"
+    error.attempts = 3
+    assert str(error) == vllm_http + " from http://h/a.png (after 3 attempts)"
+    assert error.args == (vllm_http.rpartition(" (parameter=")[0],)  # vLLM's message, as args
+    assert str(MediaDownloadSizeExceededError(2 * MiB)) == (
+        "Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=2")
+    assert str(MediaDownloadSizeExceededError(MiB, MiB + 1, url="http://h/b.png")) == (
+        "Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=1 "
+        "(received at least 1048577 bytes) from http://h/b.png")
+    assert str(MediaDownloadSizeExceededError(MiB // 2)) == (
+        "Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=0.5")  # vLLM's :g
+    budget = MediaRequestDownloadSizeExceededError("Request media downloads exceed X=1 (2 bytes "
+                                                   "received, including retried attempts).",
+                                                   url="http://h/c.png")
+    assert str(budget) == ("Request media downloads exceed X=1 (2 bytes received, including "
+                           "retried attempts). from http://h/c.png")
 
 
 # -- the media download limit ------------------------------------------------------------------
@@ -167,9 +191,11 @@ def test_budget_refuses_past_the_limit_and_keeps_its_total(
     monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
     budget = MediaRequestDownloadBudget()
     budget.charge(MiB)
-    with pytest.raises(MediaRequestDownloadSizeExceededError,
-                       match=r"VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB=1 \(1048577 bytes"):
+    with pytest.raises(MediaRequestDownloadSizeExceededError) as info:
         budget.charge(1)
+    assert str(info.value) == ("Request media downloads exceed "  # vLLM's wording
+                               "VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB=1 (1048577 bytes "
+                               "received, including retried attempts).")
     assert budget.used == MiB
 
 
@@ -209,6 +235,7 @@ def test_a_vllm_budget_refusal_becomes_ours() -> None:
     with pytest.raises(MediaRequestDownloadSizeExceededError, match="exceed the limit") as info:
         charge(VllmBudget(), 10, "http://h/a.png")
     assert info.value.url == "http://h/a.png"
+    assert str(info.value) == "Request media downloads exceed the limit from http://h/a.png"
 
 
 def test_call_budget_charges_what_no_transfer_charged(monkeypatch: pytest.MonkeyPatch) -> None:
