@@ -4,6 +4,7 @@ the media download limit, the per-request budget, quoted spaces (issue 11)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
@@ -233,6 +234,8 @@ def test_the_media_limit_applies_to_cached_bodies_too(
     error = failure(mode, c, url)
     assert isinstance(error, MediaDownloadSizeExceededError)
     assert origin.count("/cached.png") == 1  # refused from the stored copy, as the network is
+    assert str(error) == ("Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=1 "
+                          f"(received at least {2 * MiB} bytes) from {url}")  # same words too
 
 
 # -- request budgets ---------------------------------------------------------------------------
@@ -284,6 +287,65 @@ def test_a_cache_hit_is_charged_like_a_download(
     assert len(call(mode, c, "get_bytes", url, request_budget=budget)) == 400_000
     assert origin.count("/hit.png") == 1  # served from the cache
     assert budget.used == 400_000
+
+
+# -- the size errors' messages: vLLM's words, then the redacted URL ---------------------------
+def shown(url: str) -> str:
+    """How messages name ``with_secrets(url)``: no userinfo, the query as ``?…``."""
+    return url + "?…"
+
+
+def vllm_http_message(max_bytes: int, received: int) -> str:
+    """str() of vLLM 0.33's HTTPResponseSizeExceededError (a VLLMValidationError)."""
+    return ("Maximum file size exceeded: HTTP response exceeded maximum size of "
+            f"{max_bytes} bytes (received at least {received} bytes) "
+            f"(parameter=audio_filesize_mb, value={received / MiB})")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_bytes_messages_are_vllms(origin: Origin, mode: str) -> None:
+    announced = origin.serve_bytes("/announced.bin", b"a" * 5000)
+    error = failure(mode, conn(), with_secrets(announced), max_bytes=1000)
+    assert isinstance(error, HTTPResponseSizeExceededError)
+    assert str(error) == vllm_http_message(1000, 5000) + f" from {shown(announced)}"
+    streamed = _streamed(origin, "/overrun.bin", 200_000)
+    error = failure(mode, conn(), with_secrets(streamed), max_bytes=10_000)
+    assert isinstance(error, HTTPResponseSizeExceededError)
+    received = error.received_bytes
+    assert received == 10_001 if mode == "sync" else 10_000 < received < 200_000
+    assert str(error) == vllm_http_message(10_000, received) + f" from {shown(streamed)}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_media_limit_messages_are_vllms(origin: Origin, mode: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", "1")
+    announced = origin.serve_bytes("/announced.png", b"a" * (2 * MiB))
+    streamed = _streamed(origin, "/streamed.png", 2 * MiB)
+    for url in (announced, streamed):
+        error = failure(mode, conn(), with_secrets(url))
+        assert isinstance(error, MediaDownloadSizeExceededError)
+        assert error.received_bytes is not None
+        assert str(error) == ("Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=1 "
+                              f"(received at least {error.received_bytes} bytes) from {shown(url)}")
+    assert error.received_bytes < 2 * MiB  # the streamed one: stopped past the limit
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_request_budget_messages_are_vllms(origin: Origin, mode: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
+    first = _streamed(origin, "/one.png", 600_000)
+    second = _streamed(origin, "/two.png", 600_000)
+    budget = MediaRequestDownloadBudget()
+    call(mode, conn(), "get_bytes", first, request_budget=budget)
+    error = failure(mode, conn(), with_secrets(second), request_budget=budget)
+    assert isinstance(error, MediaRequestDownloadSizeExceededError)
+    found = re.fullmatch(r"Request media downloads exceed VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB"
+                         r"=1 \((\d+) bytes received, including retried attempts\)\. from "
+                         + re.escape(shown(second)), str(error))
+    assert found is not None, str(error)
+    assert budget.used <= MiB < int(found[1]) <= budget.used + 600_000
 
 
 # -- URLs with literal spaces ------------------------------------------------------------------
