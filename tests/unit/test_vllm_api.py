@@ -14,6 +14,7 @@ import pytest
 
 import vllm_fetch
 import vllm_fetch.connections as connections
+from vllm_fetch._version import DEFAULT_USER_AGENT
 from vllm_fetch.core.media_limits import CallBudget, MediaRequestDownloadBudget, charge, media_cap
 from vllm_fetch.core.urls import quote_url, validate_url
 from vllm_fetch.errors import (
@@ -161,6 +162,59 @@ def test_size_error_messages_are_vllms_word_for_word() -> None:
                                                    url="http://h/c.png")
     assert str(budget) == ("Request media downloads exceed X=1 (2 bytes received, including "
                            "retried attempts). from http://h/c.png")
+
+
+# -- vLLM's private hooks: _validate_http_url and _headers -------------------------------------
+def test_private_hooks_have_vllms_signatures() -> None:
+    cls = connections.HTTPConnection
+    validate = list(inspect.signature(cls._validate_http_url).parameters.values())
+    assert [(p.name, p.kind) for p in validate] == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("url", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    headers = list(inspect.signature(cls._headers).parameters.values())
+    assert [(p.name, p.kind) for p in headers] == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("extras", inspect.Parameter.VAR_KEYWORD)]
+    assert not inspect.iscoroutinefunction(cls._validate_http_url)
+    assert not inspect.iscoroutinefunction(cls._headers)
+
+
+@pytest.mark.parametrize("url", ["http://h/a.png", "https://h:8443/a?b=c", "HTTP://h/",
+                                 "http://h/a b.png"])
+def test_validate_http_url_accepts_http_urls(url: str) -> None:
+    assert connections.HTTPConnection(cache=False)._validate_http_url(url) is None
+
+
+@pytest.mark.parametrize("url", ["ftp://h/a.png", "httpx://h/a.png", "file:///etc/passwd",
+                                 "h/a.png", "data:image/png;base64,AAAA"])
+def test_validate_http_url_refuses_other_schemes_as_vllm(url: str) -> None:
+    with pytest.raises(InvalidURLError) as info:
+        connections.HTTPConnection(cache=False)._validate_http_url(url)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value) == ("Invalid HTTP URL: A valid HTTP URL must have scheme 'http' or "
+                               "'https'.")  # vLLM's words
+
+
+def test_validate_http_url_refuses_what_no_call_would_send() -> None:
+    conn = connections.HTTPConnection(cache=False)
+    for url in ("http://", "http://h\\@evil/a", "http://h/\x00"):
+        with pytest.raises(InvalidURLError):
+            conn._validate_http_url(url)
+
+
+def test_headers_are_the_defaults_with_extras_on_top() -> None:
+    conn = connections.HTTPConnection(cache=False)
+    headers = conn._headers()
+    assert headers == {"User-Agent": DEFAULT_USER_AGENT, "Accept-Encoding": "identity"}
+    assert headers["User-Agent"].startswith("vLLM/")  # as vLLM's "vLLM/<version>"
+    headers["X-Mine"] = "1"  # a new mapping every time, as vLLM's
+    assert "X-Mine" not in conn._headers()
+    assert conn._headers(Authorization="Bearer t") == {**conn._headers(),
+                                                       "Authorization": "Bearer t"}
+    replaced = conn._headers(**{"user-agent": "me/1", "accept-encoding": "gzip"})
+    assert replaced == {"user-agent": "me/1", "accept-encoding": "gzip"}  # case-insensitive
+    custom = connections.HTTPConnection(cache=False, user_agent="bot/2")
+    assert custom._headers()["User-Agent"] == "bot/2"
 
 
 # -- the media download limit ------------------------------------------------------------------
