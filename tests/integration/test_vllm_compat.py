@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,82 @@ def test_request_budget_messages_are_vllms(origin: Origin, mode: str,
                          + re.escape(shown(second)), str(error))
     assert found is not None, str(error)
     assert budget.used <= MiB < int(found[1]) <= budget.used + 600_000
+
+
+# -- vLLM's private hooks: overrides written for vLLM are honoured -----------------------------
+class VllmStyleConnection(HTTPConnection):
+    """A subclass as one would write it for vLLM: its own header, its own URL rule."""
+
+    def _validate_http_url(self, url: str) -> None:
+        if "/forbidden" in url:
+            raise ValueError("forbidden by the subclass")
+        super()._validate_http_url(url)
+
+    def _headers(self, **extras: str) -> MutableMapping[str, str]:
+        return {**super()._headers(**extras), "X-Tenant": "t1"}
+
+
+def _sent(origin: Origin, path: str) -> dict[str, str]:
+    (seen,) = origin.seen(path)
+    return {k.lower(): v for k, v in seen.headers.items()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_subclass_overriding_the_hooks_is_honoured(origin: Origin, mode: str) -> None:
+    url = origin.serve_bytes(f"/{mode}/ok.png", b"ok")
+    c = VllmStyleConnection(cache=False, retry=FAST)
+    assert call(mode, c, "get_bytes", url, extra_headers={"X-Extra": "1"}) == b"ok"
+    sent = _sent(origin, f"/{mode}/ok.png")
+    assert sent["x-tenant"] == "t1" and sent["x-extra"] == "1"  # extras reach _headers
+    assert sent["user-agent"] == c.options.user_agent and sent["accept-encoding"] == "identity"
+    forbidden = origin.serve_bytes(f"/{mode}/forbidden.png", b"no")
+    with pytest.raises(ValueError, match="forbidden by the subclass"):
+        call(mode, c, "get_bytes", forbidden)
+    assert origin.count(f"/{mode}/forbidden.png") == 0  # refused before any request
+    with pytest.raises(InvalidURLError):  # super() is vllm_fetch's check
+        call(mode, c, "get_bytes", f"ftp://127.0.0.1:{origin.port}/{mode}/ok.png")
+
+
+def test_raw_responses_ask_the_hooks_too(origin: Origin) -> None:
+    url = origin.serve_bytes("/raw.png", b"raw")
+    c = VllmStyleConnection(cache=False, retry=FAST)
+    with c.get_response(url, extra_headers={"X-Extra": "2"}) as response:
+        assert response.content == b"raw"
+    assert _sent(origin, "/raw.png")["x-tenant"] == "t1"
+
+    async def run() -> bytes:
+        async with await c.get_async_response(url) as r:
+            return await r.read()
+
+    assert asyncio.run(run()) == b"raw"
+    assert [s.headers.get("X-Tenant") for s in origin.seen("/raw.png")] == ["t1", "t1"]
+    with pytest.raises(ValueError, match="forbidden by the subclass"):
+        c.get_response(origin.url("/forbidden"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_patched_hooks_are_honoured(origin: Origin, mode: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    url = origin.serve_bytes(f"/{mode}/p.png", b"p")
+    c = conn()
+    # an instance patch of _headers (vLLM style: keyword extras in, a mapping out)
+    monkeypatch.setattr(c, "_headers", lambda **extras: {"User-Agent": "patched/1", **extras})
+    assert call(mode, c, "get_bytes", url) == b"p"
+    assert _sent(origin, f"/{mode}/p.png")["user-agent"] == "patched/1"
+    # a class patch of _validate_http_url reaches every connection, the global one too
+    asked: list[str] = []
+    monkeypatch.setattr(HTTPConnection, "_validate_http_url",
+                        lambda self, u: asked.append(u))
+    assert call(mode, conn(), "get_bytes", url) == b"p"
+    assert asked == [url]
+
+
+def test_unpatched_connections_send_the_default_headers(origin: Origin) -> None:
+    url = origin.serve_bytes("/plain.png", b"d")
+    c = conn()
+    assert c.get_bytes(url) == b"d"
+    sent = _sent(origin, "/plain.png")
+    assert {k: sent[k.lower()] for k in c._headers()} == c._headers()
 
 
 # -- URLs with literal spaces ------------------------------------------------------------------
