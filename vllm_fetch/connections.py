@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import threading
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -41,7 +41,7 @@ from .core.responses import DEFAULT_HEADERS, decode_text, request_headers
 from .core.results import Body, DownloadResult, FetchResult
 from .core.retry import RetryPolicy, status_failure
 from .core.scrub import ascrubbed, scrub_error, scrubbed
-from .core.urls import quote_url, redact_url
+from .core.urls import quote_url, redact_url, validate_url
 from .download import sync_runner
 from .download.options import DownloadOptions
 from .download.progress import ProgressSpec
@@ -303,6 +303,19 @@ class HTTPConnection:
     ) -> None:
         await self.aclose()
 
+    # -- vLLM's private hooks ---------------------------------------------------------------------
+    def _validate_http_url(self, url: str) -> None:
+        """As vLLM's: None for an http(s) URL, else a ValueError (``InvalidURLError``). A URL
+        with literal spaces passes, as every call quotes them. Every call asks an override
+        first (vLLM's order), then checks the URL and the URL policy itself."""
+        validate_url(quote_url(url))
+
+    def _headers(self, **extras: str) -> MutableMapping[str, str]:
+        """As vLLM's: a new dict of the default headers (``User-Agent``, ``Accept-Encoding:
+        identity``) with ``extras`` on top (case-insensitively). Every call sends what an
+        override returns, given the call's ``extra_headers``."""
+        return request_headers(self.options.user_agent, extras, extra_defaults=DEFAULT_HEADERS)
+
     # -- requests -------------------------------------------------------------------------------
     def _request(
         self,
@@ -319,15 +332,24 @@ class HTTPConnection:
     ) -> FetchRequest:
         """The request for one call. ``media``: a get_bytes body, capped by vLLM's
         ``$VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`` too (the smaller limit wins)."""
+        # vLLM's hooks, asked only when overridden (by a subclass, or patched on the class or
+        # the instance): the defaults are what this method does inline
+        cls, patched = type(self), self.__dict__
+        if cls._validate_http_url is not _OWN_VALIDATE_HTTP_URL or "_validate_http_url" in patched:
+            self._validate_http_url(url)  # before our own checks, as vLLM asks it first
         url = quote_url(url)
         self.url_policy.check_url(url)
         cap = max_bytes if max_bytes is not None else self.max_bytes
         media_limit = False
         if media:
             cap, media_limit = media_cap(cap)
-        headers = (request_headers(self.options.user_agent, extra_headers,
-                                   extra_defaults=DEFAULT_HEADERS) if extra_headers
-                   else dict(self._default_headers))  # the same for every plain call
+        if cls._headers is not _OWN_HEADERS or "_headers" in patched:
+            headers = dict(self._headers(**(extra_headers or {})))
+        elif extra_headers:
+            headers = request_headers(self.options.user_agent, extra_headers,
+                                      extra_defaults=DEFAULT_HEADERS)
+        else:
+            headers = dict(self._default_headers)  # the same for every plain call
         return FetchRequest(  # positional, in FetchRequest's order (one request per call)
             url, headers, NO_DEADLINE if timeout is None else Deadline(timeout),
             allow_redirects, cap, expected_size, expected_sha256, chunk_size, False, False,
@@ -843,6 +865,10 @@ class HTTPConnection:
                 raise
         raise error
 
+
+#: The hooks as defined above: ``_request`` asks them only when something replaced them.
+_OWN_VALIDATE_HTTP_URL = HTTPConnection.__dict__["_validate_http_url"]
+_OWN_HEADERS = HTTPConnection.__dict__["_headers"]
 
 global_http_connection = HTTPConnection()
 """The shared connection, as ``vllm.connections.global_http_connection``."""

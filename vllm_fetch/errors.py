@@ -33,10 +33,10 @@ class FetchError(Exception):
         self.attempts: int | None = None
 
     def __str__(self) -> str:
-        base = super().__str__()
-        if self.attempts and self.attempts > 1:
-            return f"{base} (after {self.attempts} attempts)"
-        return base
+        return super().__str__() + self._attempts_note()
+
+    def _attempts_note(self) -> str:
+        return f" (after {self.attempts} attempts)" if self.attempts and self.attempts > 1 else ""
 
 
 class InvalidURLError(FetchError, rex.InvalidURL):  # a ValueError too
@@ -121,23 +121,52 @@ class ChecksumMismatchError(IntegrityError):
 
 class SizeLimitExceededError(FetchError):
     """The body is larger than a limit: ``max_bytes``, vLLM's media download limit, or the
-    byte budget of a request. Raised as one of the three subclasses below."""
+    byte budget of a request. Raised as one of the three subclasses below.
+
+    ``str()`` is vLLM 0.33's message for the same refusal, word for word (with the
+    ``(parameter=..., value=...)`` vLLM's ``VLLMValidationError`` appends, where vLLM's class is
+    one), then `` from <redacted URL>`` when the URL is known. ``args[0]`` is vLLM's message.
+    """
+
+    def __str__(self) -> str:
+        # BaseException's, not super()'s: after vllm_compat.install() the next __str__ in the
+        # MRO may be vLLM's VLLMValidationError's, which would add vLLM's suffix a second time
+        text = self._vllm_text()
+        if self.url:
+            text += f" from {self.url}"
+        return text + self._attempts_note()
+
+    def _vllm_text(self) -> str:
+        """What ``str()`` of vLLM's own exception says."""
+        return BaseException.__str__(self)
 
 
 class HTTPResponseSizeExceededError(SizeLimitExceededError, ValueError):
     """The body is larger than ``max_bytes`` (vLLM's class of that name; also a ValueError).
 
-    ``max_bytes`` and ``received_bytes`` (at least that many arrived, or were announced)."""
+    ``max_bytes`` and ``received_bytes`` (at least that many arrived, or were announced);
+    ``parameter`` and ``value`` as vLLM's (a ``VLLMValidationError`` there)."""
 
     def __init__(self, max_bytes: int, received_bytes: int, *, url: str | None = None,
                  message: str | None = None) -> None:
         self.max_bytes = max_bytes
         self.received_bytes = received_bytes
-        self.parameter = "audio_filesize_mb"  # as vLLM's (a VLLMValidationError there)
-        self.value = received_bytes / MiB
+        self.parameter: str | None = "audio_filesize_mb"
+        self.value: Any = received_bytes / MiB
         super().__init__(message or (
             "Maximum file size exceeded: HTTP response exceeded maximum size of "
             f"{max_bytes} bytes (received at least {received_bytes} bytes)"), url=url)
+
+    def _vllm_text(self) -> str:
+        """vLLM's ``VLLMValidationError.__str__``: the message, then its parameter and value."""
+        base = BaseException.__str__(self)
+        extras = []
+        parameter, value = getattr(self, "parameter", None), getattr(self, "value", None)
+        if parameter is not None:
+            extras.append(f"parameter={parameter}")
+        if value is not None:
+            extras.append(f"value={value}")
+        return f"{base} ({', '.join(extras)})" if extras else base
 
 
 class MediaDownloadSizeExceededError(SizeLimitExceededError, ValueError):
@@ -151,7 +180,7 @@ class MediaDownloadSizeExceededError(SizeLimitExceededError, ValueError):
                    f"VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB={max_bytes / MiB:g}")
         if received_bytes is not None:
             message += f" (received at least {received_bytes} bytes)"
-        super().__init__(message + (f" from {url}" if url else ""), url=url)
+        super().__init__(message, url=url)
 
 
 class MediaRequestDownloadSizeExceededError(SizeLimitExceededError, ValueError):
@@ -217,16 +246,15 @@ def adopted(error: _E) -> _E:
     return error if cls is None else retype(error, cls)
 
 
-def size_exceeded(max_bytes: int, received: int, url: str, *, media: bool = False,
-                  announced: bool = False) -> SizeLimitExceededError:
+def size_exceeded(max_bytes: int, received: int, url: str, *,
+                  media: bool = False) -> SizeLimitExceededError:
     """The error for a body over ``max_bytes``: ``MediaDownloadSizeExceededError`` when that
     limit is vLLM's media download limit (``media``), else ``HTTPResponseSizeExceededError``.
-    ``announced``: ``received`` is a known size (Content-Length, a stored body), not a count."""
+    ``received``: the announced size (Content-Length, a stored body) or the count so far; vLLM
+    words both alike ("received at least")."""
     if media:
         return adopted(MediaDownloadSizeExceededError(max_bytes, received, url=url))
-    detail = (f"{url} is {received} bytes, more than max_bytes={max_bytes}" if announced
-              else f"body of {url} is larger than max_bytes={max_bytes} ({received} bytes read)")
-    return adopted(HTTPResponseSizeExceededError(max_bytes, received, url=url, message=detail))
+    return adopted(HTTPResponseSizeExceededError(max_bytes, received, url=url))
 
 
 def budget_exceeded(message: str, url: str | None = None) -> MediaRequestDownloadSizeExceededError:

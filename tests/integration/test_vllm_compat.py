@@ -4,9 +4,11 @@ the media download limit, the per-request budget, quoted spaces (issue 11)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,8 @@ def test_the_media_limit_applies_to_cached_bodies_too(
     error = failure(mode, c, url)
     assert isinstance(error, MediaDownloadSizeExceededError)
     assert origin.count("/cached.png") == 1  # refused from the stored copy, as the network is
+    assert str(error) == ("Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=1 "
+                          f"(received at least {2 * MiB} bytes) from {url}")  # same words too
 
 
 # -- request budgets ---------------------------------------------------------------------------
@@ -284,6 +288,141 @@ def test_a_cache_hit_is_charged_like_a_download(
     assert len(call(mode, c, "get_bytes", url, request_budget=budget)) == 400_000
     assert origin.count("/hit.png") == 1  # served from the cache
     assert budget.used == 400_000
+
+
+# -- the size errors' messages: vLLM's words, then the redacted URL ---------------------------
+def shown(url: str) -> str:
+    """How messages name ``with_secrets(url)``: no userinfo, the query as ``?…``."""
+    return url + "?…"
+
+
+def vllm_http_message(max_bytes: int, received: int) -> str:
+    """str() of vLLM 0.33's HTTPResponseSizeExceededError (a VLLMValidationError)."""
+    return ("Maximum file size exceeded: HTTP response exceeded maximum size of "
+            f"{max_bytes} bytes (received at least {received} bytes) "
+            f"(parameter=audio_filesize_mb, value={received / MiB})")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_bytes_messages_are_vllms(origin: Origin, mode: str) -> None:
+    announced = origin.serve_bytes("/announced.bin", b"a" * 5000)
+    error = failure(mode, conn(), with_secrets(announced), max_bytes=1000)
+    assert isinstance(error, HTTPResponseSizeExceededError)
+    assert str(error) == vllm_http_message(1000, 5000) + f" from {shown(announced)}"
+    streamed = _streamed(origin, "/overrun.bin", 200_000)
+    error = failure(mode, conn(), with_secrets(streamed), max_bytes=10_000)
+    assert isinstance(error, HTTPResponseSizeExceededError)
+    received = error.received_bytes
+    assert received == 10_001 if mode == "sync" else 10_000 < received < 200_000
+    assert str(error) == vllm_http_message(10_000, received) + f" from {shown(streamed)}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_media_limit_messages_are_vllms(origin: Origin, mode: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB", "1")
+    announced = origin.serve_bytes("/announced.png", b"a" * (2 * MiB))
+    streamed = _streamed(origin, "/streamed.png", 2 * MiB)
+    for url in (announced, streamed):
+        error = failure(mode, conn(), with_secrets(url))
+        assert isinstance(error, MediaDownloadSizeExceededError)
+        assert error.received_bytes is not None
+        assert str(error) == ("Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=1 "
+                              f"(received at least {error.received_bytes} bytes) from {shown(url)}")
+    assert error.received_bytes < 2 * MiB  # the streamed one: stopped past the limit
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_request_budget_messages_are_vllms(origin: Origin, mode: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
+    first = _streamed(origin, "/one.png", 600_000)
+    second = _streamed(origin, "/two.png", 600_000)
+    budget = MediaRequestDownloadBudget()
+    call(mode, conn(), "get_bytes", first, request_budget=budget)
+    error = failure(mode, conn(), with_secrets(second), request_budget=budget)
+    assert isinstance(error, MediaRequestDownloadSizeExceededError)
+    found = re.fullmatch(r"Request media downloads exceed VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB"
+                         r"=1 \((\d+) bytes received, including retried attempts\)\. from "
+                         + re.escape(shown(second)), str(error))
+    assert found is not None, str(error)
+    assert budget.used <= MiB < int(found[1]) <= budget.used + 600_000
+
+
+# -- vLLM's private hooks: overrides written for vLLM are honoured -----------------------------
+class VllmStyleConnection(HTTPConnection):
+    """A subclass as one would write it for vLLM: its own header, its own URL rule."""
+
+    def _validate_http_url(self, url: str) -> None:
+        if "/forbidden" in url:
+            raise ValueError("forbidden by the subclass")
+        super()._validate_http_url(url)
+
+    def _headers(self, **extras: str) -> MutableMapping[str, str]:
+        return {**super()._headers(**extras), "X-Tenant": "t1"}
+
+
+def _sent(origin: Origin, path: str) -> dict[str, str]:
+    (seen,) = origin.seen(path)
+    return {k.lower(): v for k, v in seen.headers.items()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_subclass_overriding_the_hooks_is_honoured(origin: Origin, mode: str) -> None:
+    url = origin.serve_bytes(f"/{mode}/ok.png", b"ok")
+    c = VllmStyleConnection(cache=False, retry=FAST)
+    assert call(mode, c, "get_bytes", url, extra_headers={"X-Extra": "1"}) == b"ok"
+    sent = _sent(origin, f"/{mode}/ok.png")
+    assert sent["x-tenant"] == "t1" and sent["x-extra"] == "1"  # extras reach _headers
+    assert sent["user-agent"] == c.options.user_agent and sent["accept-encoding"] == "identity"
+    forbidden = origin.serve_bytes(f"/{mode}/forbidden.png", b"no")
+    with pytest.raises(ValueError, match="forbidden by the subclass"):
+        call(mode, c, "get_bytes", forbidden)
+    assert origin.count(f"/{mode}/forbidden.png") == 0  # refused before any request
+    with pytest.raises(InvalidURLError):  # super() is vllm_fetch's check
+        call(mode, c, "get_bytes", f"ftp://127.0.0.1:{origin.port}/{mode}/ok.png")
+
+
+def test_raw_responses_ask_the_hooks_too(origin: Origin) -> None:
+    url = origin.serve_bytes("/raw.png", b"raw")
+    c = VllmStyleConnection(cache=False, retry=FAST)
+    with c.get_response(url, extra_headers={"X-Extra": "2"}) as response:
+        assert response.content == b"raw"
+    assert _sent(origin, "/raw.png")["x-tenant"] == "t1"
+
+    async def run() -> bytes:
+        async with await c.get_async_response(url) as r:
+            return await r.read()
+
+    assert asyncio.run(run()) == b"raw"
+    assert [s.headers.get("X-Tenant") for s in origin.seen("/raw.png")] == ["t1", "t1"]
+    with pytest.raises(ValueError, match="forbidden by the subclass"):
+        c.get_response(origin.url("/forbidden"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_patched_hooks_are_honoured(origin: Origin, mode: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    url = origin.serve_bytes(f"/{mode}/p.png", b"p")
+    c = conn()
+    # an instance patch of _headers (vLLM style: keyword extras in, a mapping out)
+    monkeypatch.setattr(c, "_headers", lambda **extras: {"User-Agent": "patched/1", **extras})
+    assert call(mode, c, "get_bytes", url) == b"p"
+    assert _sent(origin, f"/{mode}/p.png")["user-agent"] == "patched/1"
+    # a class patch of _validate_http_url reaches every connection, the global one too
+    asked: list[str] = []
+    monkeypatch.setattr(HTTPConnection, "_validate_http_url",
+                        lambda self, u: asked.append(u))
+    assert call(mode, conn(), "get_bytes", url) == b"p"
+    assert asked == [url]
+
+
+def test_unpatched_connections_send_the_default_headers(origin: Origin) -> None:
+    url = origin.serve_bytes("/plain.png", b"d")
+    c = conn()
+    assert c.get_bytes(url) == b"d"
+    sent = _sent(origin, "/plain.png")
+    assert {k: sent[k.lower()] for k in c._headers()} == c._headers()
 
 
 # -- URLs with literal spaces ------------------------------------------------------------------

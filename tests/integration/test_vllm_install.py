@@ -10,6 +10,7 @@ description in issue 11, not copied from vLLM.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -32,6 +33,11 @@ class VLLMValidationError(Exception):
         super().__init__(message)
         self.parameter, self.value = parameter, value
 
+    def __str__(self):  # as vLLM's: the message, then the parameter and value that are set
+        named = [f"{k}={v}" for k, v in (("parameter", self.parameter), ("value", self.value))
+                 if v is not None]
+        return f"{super().__str__()} ({', '.join(named)})" if named else super().__str__()
+
 class VLLMUnprocessableEntityError(Exception):
     pass
 '''
@@ -44,7 +50,8 @@ from standin_vllm.exceptions import VLLMValidationError
 class HTTPResponseSizeExceededError(VLLMValidationError):
     def __init__(self, max_bytes, received_bytes):
         self.max_bytes, self.received_bytes = max_bytes, received_bytes
-        super().__init__("too big", parameter="audio_filesize_mb")
+        super().__init__("too big", parameter="audio_filesize_mb",
+                         value=received_bytes / (1 << 20))
 
 class MediaDownloadSizeExceededError(ValueError):
     def __init__(self, max_bytes, received_bytes=None):
@@ -205,9 +212,13 @@ def test_size_errors_are_vllms_classes_after_install(
         origin: Origin, standin: dict[str, ModuleType]) -> None:
     connections = standin["connections"]
     url = origin.serve_bytes("/big.bin", b"b" * 5000)
+    vllm_text = ("Maximum file size exceeded: HTTP response exceeded maximum size of 1000 "
+                 f"bytes (received at least 5000 bytes) (parameter=audio_filesize_mb, "
+                 f"value={5000 / MiB}) from {url}")
     with pytest.raises(errors.HTTPResponseSizeExceededError) as before:
         vllm_fetch.global_http_connection.get_bytes(url, max_bytes=1000)
     assert not isinstance(before.value, connections.HTTPResponseSizeExceededError)
+    assert str(before.value) == vllm_text
     vllm_compat.install(connections)
     # as run_batch does it: catch vLLM's class, read .received_bytes
     try:
@@ -216,7 +227,9 @@ def test_size_errors_are_vllms_classes_after_install(
         assert isinstance(exc, errors.HTTPResponseSizeExceededError)
         assert isinstance(exc, standin["exceptions"].VLLMValidationError)
         assert (exc.max_bytes, exc.received_bytes) == (1000, 5000)
-        assert "announces" not in str(exc) and "5000 bytes" in str(exc)
+        # vLLM's wording still, its VLLMValidationError's suffix once (not again from its
+        # __str__, now in the MRO)
+        assert str(exc) == vllm_text
     else:
         pytest.fail("not caught as vLLM's HTTPResponseSizeExceededError")
 
@@ -246,12 +259,17 @@ def test_media_connector_maps_what_vllm_fetch_raises(
     status, exc = api_status(mode, connector, origin.url(f"/{mode}/broken.png"))
     assert status == 500 and isinstance(exc, errors.HTTPStatusError) and exc.status == 500
     status, exc = api_status(mode, connector, origin.url(f"/{mode}/huge.png"))
-    assert status == 422 and str(exc).startswith("size: Remote media download exceeds")
+    huge = origin.url(f"/{mode}/huge.png")
+    assert status == 422 and str(exc) == ("size: Remote media download exceeds VLLM_MAX_MEDIA_"
+                                          f"DOWNLOAD_SIZE_MB=1 (received at least {2 * MiB} "
+                                          f"bytes) from {huge}")
     assert isinstance(exc.__cause__, standin["connections"].MediaDownloadSizeExceededError)
     status, exc = api_status(mode, connector, origin.url(f"/{mode}/a.png"))
     assert status == 200  # within the request's budget
     status, exc = api_status(mode, connector, origin.url(f"/{mode}/b.png"))
-    assert status == 422 and str(exc).startswith("size: Request media downloads exceed")
+    assert status == 422 and re.fullmatch(  # the stand-in budget's own words, then the URL
+        r"size: Request media downloads exceed the budget \((\d+) bytes\) from "
+        + re.escape(origin.url(f"/{mode}/b.png")), str(exc))
     assert isinstance(exc.__cause__, standin["connections"].MediaRequestDownloadSizeExceededError)
     assert isinstance(exc.__cause__, errors.FetchError)
     status, exc = api_status(mode, connector, f"httpx://127.0.0.1:{origin.port}/{mode}/a.png")

@@ -21,11 +21,17 @@ def test_exactly_max_bytes_is_fine_one_more_is_not() -> None:
     meter = BodyMeter("u", max_bytes=10)
     meter.feed(b"x" * 10)
     meter.finish()
-    with pytest.raises(SizeLimitExceededError, match=r"max_bytes=10 \(11 bytes read\)"):
+    with pytest.raises(SizeLimitExceededError) as info:
         meter.feed(b"x")
+    assert str(info.value) == (  # vLLM's wording, then the URL
+        "Maximum file size exceeded: HTTP response exceeded maximum size of 10 bytes "
+        f"(received at least 11 bytes) (parameter=audio_filesize_mb, value={11 / (1 << 20)}) "
+        "from u")
 
 
 def test_content_length_over_cap_refused_up_front() -> None:
-    with pytest.raises(SizeLimitExceededError):
+    with pytest.raises(SizeLimitExceededError) as info:
         BodyMeter("u", expected_length=11, max_bytes=10)
+    assert str(info.value).startswith("Maximum file size exceeded: HTTP response exceeded "
+                                      "maximum size of 10 bytes (received at least 11 bytes)")
     BodyMeter("u", expected_length=10, max_bytes=10)

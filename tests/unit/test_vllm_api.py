@@ -14,6 +14,7 @@ import pytest
 
 import vllm_fetch
 import vllm_fetch.connections as connections
+from vllm_fetch._version import DEFAULT_USER_AGENT
 from vllm_fetch.core.media_limits import CallBudget, MediaRequestDownloadBudget, charge, media_cap
 from vllm_fetch.core.urls import quote_url, validate_url
 from vllm_fetch.errors import (
@@ -130,13 +131,90 @@ def test_every_vllm_name_is_importable_from_connections_and_the_root(name: str) 
 def test_size_errors_carry_vllms_attributes() -> None:
     error = HTTPResponseSizeExceededError(100, 150)
     assert (error.max_bytes, error.received_bytes) == (100, 150)
-    assert "100 bytes" in str(error) and "150 bytes" in str(error)
+    assert (error.parameter, error.value) == ("audio_filesize_mb", 150 / MiB)
     media = MediaDownloadSizeExceededError(2 * MiB)
     assert (media.max_bytes, media.received_bytes) == (2 * MiB, None)
-    assert "VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=2" in str(media)
     for cls in (HTTPResponseSizeExceededError, MediaDownloadSizeExceededError,
                 MediaRequestDownloadSizeExceededError):
         assert issubclass(cls, FetchError) and issubclass(cls, ValueError)
+
+
+def test_size_error_messages_are_vllms_word_for_word() -> None:
+    """str() is what vLLM 0.33's own exception says (VLLMValidationError's parameter/value
+    suffix included), then `` from <url>`` when the URL is known, then the attempts."""
+    vllm_http = ("Maximum file size exceeded: HTTP response exceeded maximum size of 100 bytes "
+                 f"(received at least 150 bytes) (parameter=audio_filesize_mb, value={150 / MiB})")
+    assert str(HTTPResponseSizeExceededError(100, 150)) == vllm_http
+    error = HTTPResponseSizeExceededError(100, 150, url="http://h/a.png")
+    assert str(error) == vllm_http + " from http://h/a.png"
+    error.attempts = 3
+    assert str(error) == vllm_http + " from http://h/a.png (after 3 attempts)"
+    assert error.args == (vllm_http.rpartition(" (parameter=")[0],)  # vLLM's message, as args
+    assert str(MediaDownloadSizeExceededError(2 * MiB)) == (
+        "Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=2")
+    assert str(MediaDownloadSizeExceededError(MiB, MiB + 1, url="http://h/b.png")) == (
+        "Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=1 "
+        "(received at least 1048577 bytes) from http://h/b.png")
+    assert str(MediaDownloadSizeExceededError(MiB // 2)) == (
+        "Remote media download exceeds VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB=0.5")  # vLLM's :g
+    budget = MediaRequestDownloadSizeExceededError("Request media downloads exceed X=1 (2 bytes "
+                                                   "received, including retried attempts).",
+                                                   url="http://h/c.png")
+    assert str(budget) == ("Request media downloads exceed X=1 (2 bytes received, including "
+                           "retried attempts). from http://h/c.png")
+
+
+# -- vLLM's private hooks: _validate_http_url and _headers -------------------------------------
+def test_private_hooks_have_vllms_signatures() -> None:
+    cls = connections.HTTPConnection
+    validate = list(inspect.signature(cls._validate_http_url).parameters.values())
+    assert [(p.name, p.kind) for p in validate] == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("url", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    headers = list(inspect.signature(cls._headers).parameters.values())
+    assert [(p.name, p.kind) for p in headers] == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("extras", inspect.Parameter.VAR_KEYWORD)]
+    assert not inspect.iscoroutinefunction(cls._validate_http_url)
+    assert not inspect.iscoroutinefunction(cls._headers)
+
+
+@pytest.mark.parametrize("url", ["http://h/a.png", "https://h:8443/a?b=c", "HTTP://h/",
+                                 "http://h/a b.png"])
+def test_validate_http_url_accepts_http_urls(url: str) -> None:
+    assert connections.HTTPConnection(cache=False)._validate_http_url(url) is None
+
+
+@pytest.mark.parametrize("url", ["ftp://h/a.png", "httpx://h/a.png", "file:///etc/passwd",
+                                 "h/a.png", "data:image/png;base64,AAAA"])
+def test_validate_http_url_refuses_other_schemes_as_vllm(url: str) -> None:
+    with pytest.raises(InvalidURLError) as info:
+        connections.HTTPConnection(cache=False)._validate_http_url(url)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value) == ("Invalid HTTP URL: A valid HTTP URL must have scheme 'http' or "
+                               "'https'.")  # vLLM's words
+
+
+def test_validate_http_url_refuses_what_no_call_would_send() -> None:
+    conn = connections.HTTPConnection(cache=False)
+    for url in ("http://", "http://h\\@evil/a", "http://h/\x00"):
+        with pytest.raises(InvalidURLError):
+            conn._validate_http_url(url)
+
+
+def test_headers_are_the_defaults_with_extras_on_top() -> None:
+    conn = connections.HTTPConnection(cache=False)
+    headers = conn._headers()
+    assert headers == {"User-Agent": DEFAULT_USER_AGENT, "Accept-Encoding": "identity"}
+    assert headers["User-Agent"].startswith("vLLM/")  # as vLLM's "vLLM/<version>"
+    headers["X-Mine"] = "1"  # a new mapping every time, as vLLM's
+    assert "X-Mine" not in conn._headers()
+    assert conn._headers(Authorization="Bearer t") == {**conn._headers(),
+                                                       "Authorization": "Bearer t"}
+    replaced = conn._headers(**{"user-agent": "me/1", "accept-encoding": "gzip"})
+    assert replaced == {"user-agent": "me/1", "accept-encoding": "gzip"}  # case-insensitive
+    custom = connections.HTTPConnection(cache=False, user_agent="bot/2")
+    assert custom._headers()["User-Agent"] == "bot/2"
 
 
 # -- the media download limit ------------------------------------------------------------------
@@ -167,9 +245,11 @@ def test_budget_refuses_past_the_limit_and_keeps_its_total(
     monkeypatch.setenv("VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB", "1")
     budget = MediaRequestDownloadBudget()
     budget.charge(MiB)
-    with pytest.raises(MediaRequestDownloadSizeExceededError,
-                       match=r"VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB=1 \(1048577 bytes"):
+    with pytest.raises(MediaRequestDownloadSizeExceededError) as info:
         budget.charge(1)
+    assert str(info.value) == ("Request media downloads exceed "  # vLLM's wording
+                               "VLLM_MAX_MEDIA_REQUEST_DOWNLOAD_SIZE_MB=1 (1048577 bytes "
+                               "received, including retried attempts).")
     assert budget.used == MiB
 
 
@@ -209,6 +289,7 @@ def test_a_vllm_budget_refusal_becomes_ours() -> None:
     with pytest.raises(MediaRequestDownloadSizeExceededError, match="exceed the limit") as info:
         charge(VllmBudget(), 10, "http://h/a.png")
     assert info.value.url == "http://h/a.png"
+    assert str(info.value) == "Request media downloads exceed the limit from http://h/a.png"
 
 
 def test_call_budget_charges_what_no_transfer_charged(monkeypatch: pytest.MonkeyPatch) -> None:

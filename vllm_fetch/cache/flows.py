@@ -231,8 +231,7 @@ def _check_cap(entry: CacheEntry, req: FetchRequest) -> None:
 def check_size(size: int, req: FetchRequest) -> None:
     """A stored body over the caller's max_bytes is refused as the network path would be."""
     if req.max_bytes is not None and size > req.max_bytes:
-        raise size_exceeded(req.max_bytes, size, redact_url(req.url), media=req.media_limit,
-                            announced=True)
+        raise size_exceeded(req.max_bytes, size, redact_url(req.url), media=req.media_limit)
 
 
 def _conditional(req: FetchRequest, decision: LookupDecision) -> FetchRequest:

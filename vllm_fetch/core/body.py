@@ -114,7 +114,7 @@ def refuse_oversized(length: int | None, max_bytes: int | None, url: str, *,
                      media: bool = False) -> None:
     """Refuse before reading when the announced length is already over the cap (fault F15)."""
     if max_bytes is not None and length is not None and length > max_bytes:
-        raise size_exceeded(max_bytes, length, url, media=media, announced=True)
+        raise size_exceeded(max_bytes, length, url, media=media)
 
 
 class BodyMeter:
