@@ -3,6 +3,7 @@ bodies, Content-Disposition (S9), proxies and the guard, redaction in errors and
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 import traceback
@@ -280,6 +281,25 @@ def test_netrc_credentials_are_sent_and_reread(mode: str, origin: Origin, tmp_pa
     url_credentials = f"http://bob:pw@127.0.0.1:{origin.port}/w"
     assert call(mode, conn, "get_bytes", url_credentials, use_cache=False) == b"ok"
     assert origin.seen("/w")[-1].headers["Authorization"].startswith("Basic ")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_callers_own_authorization_wins_over_netrc(mode: str, origin: Origin, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password from-netrc\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    origin.serve_bytes("/own", b"ok")
+    conn = HTTPConnection(retry=RetryPolicy.none())
+    for name in ("Authorization", "authorization"):
+        assert call(mode, conn, "get_bytes", origin.url("/own"), use_cache=False,
+                    extra_headers={name: "Bearer mine"}) == b"ok"
+    assert call(mode, conn, "get_bytes", origin.url("/own"), use_cache=False) == b"ok"
+    seen = [[v for k, v in r.headers.items() if k.lower() == "authorization"]
+            for r in origin.seen("/own")]
+    netrc_basic = "Basic " + base64.b64encode(b"alice:from-netrc").decode()
+    assert seen == [["Bearer mine"], ["Bearer mine"], [netrc_basic]]
 
 
 @pytest.mark.parametrize("mode", MODES)

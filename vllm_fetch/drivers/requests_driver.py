@@ -171,7 +171,7 @@ class RequestsDriver:
             # prepared from the URL to send: requests makes Basic credentials of the userinfo
             # of the URL it prepares, over the caller's own Authorization header
             sent = url_to_send(url, headers)
-            settings, auth = send_settings(session, sent)
+            settings, auth = send_settings(session, sent, headers)
             prepared = session.prepare_request(
                 requests.Request("GET", sent, headers=headers, auth=auth))
             prepared.url = url  # requests re-quotes (%7e -> ~): signed URLs must go verbatim

@@ -15,6 +15,7 @@ import requests
 from requests.utils import NETRC_FILES, get_environ_proxies, get_netrc_auth
 
 from ..config import ca_bundle
+from ..core.body import header
 from .environment import EnvironmentMemo, home_netrc
 
 
@@ -49,20 +50,23 @@ def environment_route(url: str) -> Route:
     return route
 
 
-def send_settings(session: requests.Session, url: str) -> tuple[dict[str, Any], Any]:
+def send_settings(session: requests.Session, url: str,
+                  headers: Mapping[str, str]) -> tuple[dict[str, Any], Any]:
     """``session.merge_environment_settings(url, {}, True, None, None)`` with the environment's
     part remembered, and the ``auth`` that ``session.prepare_request`` would look up in .netrc
-    (None: let it). Returns (settings, auth)."""
+    (None: let it). Returns (settings, auth). A caller's own ``Authorization`` in ``headers``
+    wins over a .netrc entry, as on the async side (requests would overwrite it)."""
     proxies: Mapping[str, str] = {}
     bundle = None
     auth: Any = None
     if session.trust_env:
         route = environment_route(url)
         proxies, bundle = route.proxies, route.ca_bundle
-        if not session.auth and route.netrc is not None:
+        own = header(headers, "Authorization") is not None
+        if not session.auth and route.netrc is not None and not own:
             auth = route.netrc
         elif not session.auth and urlsplit(url).username is None:
-            auth = _no_auth  # no netrc entry and no URL credentials: nothing to look up
+            auth = _no_auth  # no netrc entry to use and no URL credentials: nothing to look up
     merged = {**session.proxies, **proxies}  # requests' merge_setting: the environment wins
     settings = {
         "proxies": {k: v for k, v in merged.items() if v is not None},
