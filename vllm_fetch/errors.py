@@ -11,6 +11,7 @@ so their ``except`` clauses keep working; the async side raises twins that are a
 
 from __future__ import annotations
 
+import http
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -51,6 +52,14 @@ class TooManyRedirectsError(FetchError, rex.TooManyRedirects):
     """A redirect chain went past ``max_redirects``."""
 
 
+def _standard_reason(status: int) -> str:
+    """The reason phrase RFC 9110 §15 gives ``status`` ("" for a status it does not name)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 class HTTPStatusError(FetchError, rex.HTTPError):
     """The origin answered a status the call does not accept (4xx, 5xx, an unfollowed 3xx).
 
@@ -66,6 +75,7 @@ class HTTPStatusError(FetchError, rex.HTTPError):
         reason: str = "",
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        reason = reason or _standard_reason(status)  # a stored or retried answer has none
         text = f"HTTP {status}{' ' + reason if reason else ''} for {url}"
         super().__init__(text, url=url)
         self.status = status

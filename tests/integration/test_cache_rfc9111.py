@@ -307,10 +307,14 @@ def test_a_cached_404_raises_with_zero_requests_while_fresh(mode: str, origin: O
                                                             cache: FetchCache) -> None:
     url = serve(origin, "/gone", b"nope", [("Cache-Control", "max-age=600")], status=404)
     conn = connect(cache)
+    messages = []
     for _ in range(2):
         with pytest.raises(HTTPStatusError) as info:
             call(mode, conn, "get_bytes", url)
         assert info.value.status == 404
+        messages.append(str(info.value).split(" (after")[0])
+    # the stored answer says what the origin's said (its reason phrase included)
+    assert messages[0] == messages[1] and "HTTP 404 Not Found for " in messages[1], messages
     with pytest.raises(HTTPStatusError):
         fetch(mode, conn, url)
     assert origin.count("/gone") == 1

@@ -302,6 +302,16 @@ def test_verbose_logs_each_cache_decision_and_quiet_logs_none(
     assert sha256((tmp_path / "c.bin").read_bytes()) == sha256(BODY)
 
 
+@pytest.mark.parametrize("command", ["info", "ls", "verify", "prune", "clear"])
+def test_cache_dir_that_is_a_file_is_one_error_line(command: str, tmp_path: Path) -> None:
+    where = tmp_path / "a-file"
+    where.write_bytes(b"not a cache")
+    result = run("cache", "--dir", where, command, cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == "", result
+    assert result.stderr == f"vllm-fetch: error: {where} is not a directory, so it is no cache\n"
+    assert where.read_bytes() == b"not a cache"
+
+
 def test_cache_info_of_a_missing_dir_does_not_create_it(tmp_path: Path) -> None:
     where = tmp_path / "nothing-here"
     result = run("cache", "--dir", where, "info", cwd=tmp_path)

@@ -79,6 +79,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else default_cache_dir()
     if args.cache_command == "ls" and args.partials:
         return _ls_partials()
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory, so it is no cache")
     if not directory.is_dir():  # looking never creates it
         if args.cache_command in ("info", "ls", "verify"):
             return _nothing(directory, args)
