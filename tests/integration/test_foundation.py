@@ -57,6 +57,17 @@ def test_download_file(mode: str, origin: Origin, conn: HTTPConnection, tmp_path
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_fetch_file_headers_are_case_insensitive_as_fetch_bytes_are(
+        mode: str, origin: Origin, conn: HTTPConnection, tmp_path: Path) -> None:
+    url = origin.serve_bytes("/h.bin", BODY, headers={"X-Model-Rev": "abc"})
+    result = call(mode, conn, "fetch_file", url, tmp_path / "h.bin")
+    body = call(mode, conn, "fetch_bytes", url)
+    for headers in (result.headers, body.headers):
+        assert headers["x-model-rev"] == headers["X-MODEL-REV"] == "abc"
+        assert headers.get("content-length") == str(len(BODY))
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "file:///etc/passwd", "http://", "",
                                  "127.0.0.1/x", "http:///path", "gopher://127.0.0.1/"])
 def test_invalid_urls(mode: str, url: str, conn: HTTPConnection, origin: Origin) -> None:

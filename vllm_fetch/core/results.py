@@ -139,17 +139,18 @@ class DownloadResult:
     """A file published at ``path``: its size, sha256 (when hashed) and the final response;
     ``from_cache`` when the bytes came from the disk cache rather than a body transfer;
     ``source``: ``"cache"``, ``"mirror"`` or ``"origin"`` (always ``"cache"`` with
-    ``from_cache``)."""
+    ``from_cache``). ``headers`` is case-insensitive, as ``FetchResult.headers`` is."""
 
     path: Path
     size: int
     sha256: str | None
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     url: str
     from_cache: bool = False
     source: Source = "origin"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", as_headers(self.headers))
         if self.from_cache:
             object.__setattr__(self, "source", "cache")
