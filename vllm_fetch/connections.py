@@ -687,10 +687,16 @@ class HTTPConnection:
         max_bytes: int | None = None,
         use_cache: bool = True,
     ) -> Any:
-        """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
+        """The body parsed as JSON; a body that is not JSON raises requests'
+        ``JSONDecodeError`` (a ``json.JSONDecodeError``, so a ``ValueError``), as vLLM's
+        ``r.json()`` does."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             max_bytes=max_bytes)
-        return json.loads(self._body(req, use_cache).content)
+        content = self._body(req, use_cache).content
+        try:
+            return json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise requests.exceptions.JSONDecodeError(exc.msg, exc.doc, exc.pos) from None
 
     @ascrubbed
     async def async_get_json(

@@ -47,6 +47,16 @@ def test_get_bytes_text_json(mode: str, origin: Origin, conn: HTTPConnection) ->
     assert call(mode, conn, "get_json", doc) == {"a": [1, 2]}
 
 
+def test_sync_get_json_of_a_body_that_is_not_json_raises_as_requests_does(
+        origin: Origin, conn: HTTPConnection) -> None:
+    import requests
+
+    url = origin.serve_bytes("/not-json", b"<html>", headers={"Content-Type": "text/html"})
+    with pytest.raises(requests.exceptions.JSONDecodeError) as info:
+        conn.get_json(url)
+    assert isinstance(info.value, json.JSONDecodeError) and isinstance(info.value, ValueError)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_download_file(mode: str, origin: Origin, conn: HTTPConnection, tmp_path: Path) -> None:
     url = origin.serve_bytes("/weights.bin", BODY)
