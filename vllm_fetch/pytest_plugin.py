@@ -61,6 +61,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["VLLM_FETCH_CACHE_DIR"] = str(_cache_dir(config))
     os.environ.pop("VLLM_FETCH_DISABLE_CACHE", None)
     os.environ["VLLM_FETCH_OFFLINE"] = "1" if mode == "replay" else "0"
+    if mode == "record":  # the recording holds the bytes: a downloaded file is copied in,
+        os.environ["VLLM_FETCH_SHARE_FILES"] = "0"  # never linked to or referred to
 
 
 _MODE_KEY = pytest.StashKey[str]()
@@ -107,7 +109,8 @@ def vllm_fetch_connection(pytestconfig: pytest.Config) -> Iterator[Any]:
 
 @pytest.fixture
 def vllm_fetch_empty_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """An HTTPConnection on a fresh, empty cache of its own (online)."""
+    """An HTTPConnection on a fresh, empty cache of its own, online in every mode (an empty
+    cache has nothing to replay)."""
     from .connections import HTTPConnection
 
     with HTTPConnection(cache=tmp_path_factory.mktemp("vllm_fetch_cache"), offline=False) as conn:

@@ -17,6 +17,7 @@ def test_asset_through_fixture(vllm_fetch_connection):  # type: ignore[no-untype
 
 
 def test_asset_through_global_connection(tmp_path):  # type: ignore[no-untyped-def]
+    where = os.environ.get("EXAMPLE_DOWNLOAD_DIR") or tmp_path  # e.g. another filesystem
     target = global_http_connection.download_file(os.environ["EXAMPLE_ASSET_URL"],
-                                                  tmp_path / "asset.bin")
+                                                  os.path.join(where, "asset.bin"))
     assert hashlib.sha256(target.read_bytes()).hexdigest() == os.environ["EXAMPLE_ASSET_SHA256"]

@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import call
 from tests.origin import Origin, sha256
 from tests.ranged import RangeFile
-from vllm_fetch import FetchCache, HTTPConnection, RetryPolicy
+from vllm_fetch import CachedBodyDamagedError, FetchCache, HTTPConnection, OfflineError, RetryPolicy
 
 MODES = ["sync", "async"]
 SIZE = 16 * 1024 * 1024 + 5
@@ -148,6 +148,23 @@ def test_a_target_on_another_filesystem_is_kept_by_reference(
     assert sha256((tmp_path / "c.bin").read_bytes()) == sha256(BODY)
 
 
+@pytest.mark.parametrize("method", ["download_file", "get_bytes"])
+@pytest.mark.parametrize("mode", MODES)
+def test_offline_a_reference_to_a_deleted_file_is_a_plain_miss(
+        mode: str, method: str, origin: Origin, cache: FetchCache, tmp_path: Path,
+        other_fs: Path) -> None:
+    url = origin.serve_bytes("/r.bin", BODY, headers={"Cache-Control": "max-age=600"})
+    call(mode, connect(cache), "download_file", url, other_fs / "r.bin")
+    (other_fs / "r.bin").unlink()
+    offline = HTTPConnection(cache=cache, offline=True)
+    args = (tmp_path / "d.bin",) if method == "download_file" else ()
+    with pytest.raises(OfflineError) as info:
+        call(mode, offline, method, url, *args)
+    assert not isinstance(info.value, CachedBodyDamagedError), info.value
+    assert "not in the cache" in str(info.value)
+    assert not (tmp_path / "d.bin").exists()
+
+
 def test_cache_ls_shows_references(origin: Origin, tmp_path: Path, other_fs: Path) -> None:
     url = origin.serve_bytes("/weights.bin", b"w" * 50_000)
     env = {**os.environ, "VLLM_FETCH_CACHE_DIR": str(tmp_path / "c"),
@@ -162,3 +179,27 @@ def test_cache_ls_shows_references(origin: Origin, tmp_path: Path, other_fs: Pat
     info = subprocess.run([*cli, "cache", "info"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert "1 by reference" in info.stdout, info.stdout
+
+
+@pytest.mark.parametrize("where", ["same", "other"])
+@pytest.mark.parametrize("mode", MODES)
+def test_without_share_files_the_cache_holds_its_own_copy(
+        mode: str, where: str, origin: Origin, tmp_path: Path, other_fs: Path) -> None:
+    """``share_files=False``: neither a link nor a reference, so deleting or editing the
+    downloaded file leaves the cache whole, with zero requests for the next copy."""
+    url = RangeFile(BODY).mount(origin, "/own.bin")
+    store = FetchCache(tmp_path / "cache", share_files=False)
+    try:
+        target = (tmp_path if where == "same" else other_fs) / "own.bin"
+        call(mode, connect(store), "download_file", url, target)
+        [item] = store.entries()
+        assert item.stored_as == "copy"
+        assert os.stat(target).st_nlink == 1
+        target.write_bytes(b"edited")  # the user's file is the user's
+        requests_made = origin.count("/own.bin")
+        again = tmp_path / "again.bin"
+        call(mode, connect(store), "download_file", url, again)
+        assert origin.count("/own.bin") == requests_made
+        assert sha256(again.read_bytes()) == sha256(BODY)
+    finally:
+        store.close()

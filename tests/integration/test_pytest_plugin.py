@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.helpers import flip_stored_byte
@@ -16,9 +17,11 @@ EXAMPLE = Path(__file__).parent.parent / "example_suite"
 ASSET = os.urandom(50_000)
 
 
-def run_suite(suite: Path, mode: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_suite(suite: Path, mode: str, url: str, *extra: str,
+              download_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EXAMPLE_ASSET_URL": url, "EXAMPLE_ASSET_SHA256": sha256(ASSET),
-           "EXAMPLE_CONNECT_LOG": str(suite / f"connects-{mode}.log")}
+           "EXAMPLE_CONNECT_LOG": str(suite / f"connects-{mode}.log"),
+           "EXAMPLE_DOWNLOAD_DIR": str(download_dir or "")}
     env.pop("VLLM_FETCH_CACHE_DIR", None)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -46,6 +49,33 @@ def test_record_then_replay_with_the_origin_stopped(tmp_path: Path) -> None:
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "2 passed" in replayed.stdout
     assert not (suite / "connects-replay.log").exists()  # nothing reached for the network
+
+
+def test_a_recorded_download_holds_its_bytes_wherever_the_test_put_its_file(
+        tmp_path: Path) -> None:
+    """The recording is committed and replayed elsewhere: a file the test downloaded (here on
+    another filesystem when /dev/shm is one) is copied into it, never linked or referred to,
+    so deleting that file breaks nothing."""
+    suite = tmp_path / "suite"
+    shutil.copytree(EXAMPLE, suite)
+    shm = Path("/dev/shm")
+    elsewhere = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() else tmp_path))
+    origin = Origin().start()
+    url = origin.serve_bytes("/assets/image.png", ASSET,
+                             headers={"Cache-Control": "max-age=600"})
+    try:
+        recorded = run_suite(suite, "record", url, "-k", "global", download_dir=elsewhere)
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        assert sha256((elsewhere / "asset.bin").read_bytes()) == sha256(ASSET)
+    finally:
+        origin.stop()
+        shutil.rmtree(elsewhere)
+    recording = FetchCache(suite / "recorded_assets")
+    assert [item.stored_as for item in recording.entries()] == ["copy"]
+    recording.close()
+    replayed = run_suite(suite, "replay", url, "-k", "global")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert not (suite / "connects-replay.log").exists()
 
 
 def test_replay_miss_names_the_url_and_how_to_record(tmp_path: Path) -> None:

@@ -90,8 +90,9 @@ class BlobStore:
     on it)."""
 
     def __init__(self, root: Path, *, link_files: bool = False, index: Index | None = None,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, share_files: bool = True) -> None:
         self.root = root
+        self.share_files = share_files  # False: put_file copies, never links nor refers
         self._root = os.fspath(root)  # plain strings on the hit path: pathlib costs µs
         self.link_files = link_files
         self.read_only = read_only
@@ -172,6 +173,10 @@ class BlobStore:
         path = self.path(sha256)
         return (path.exists() or self._located(sha256) is not None
                 or references.read_reference(path) is not None)
+
+    def by_reference(self, sha256: str) -> bool:
+        """Whether the body is held by reference to a published file (one ``open`` to tell)."""
+        return references.read_reference(self.path(sha256)) is not None
 
     def kind(self, sha256: str) -> str:
         """How the body is held: ``copy`` (the store's own file, or its record in a segment),
@@ -312,12 +317,14 @@ class BlobStore:
 
         The blob shares the file's storage: a hard link on the same filesystem (sealed, so an
         edit of the file in place is caught), a sealed reference on another one
-        (``references``). Only where neither works is it copied in the kernel
-        (``copy_file_range``: a reflink on copy-on-write filesystems).
+        (``references``). Only where neither works, or without ``share_files``, is it copied
+        in the kernel (``copy_file_range``: a reflink on copy-on-write filesystems).
         """
         final = self.path(sha256)
         if self.present(sha256):
             return sha256, False
+        if not self.share_files:
+            return self._copy_in(source, sha256, size)
         with open(source, "rb") as src:
             st = os.fstat(src.fileno())
             if st.st_size != size:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import platformdirs
 
-from ..config import env_size, env_str, parse_size
+from ..config import env_flag, env_size, env_str, parse_size
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
 from ..core.filesystems import shared_filesystem
 from ..core.generations import Stamp
@@ -108,8 +108,11 @@ class FetchCache:
     ``private``: only for a cache that one caller owns. Even then such a response is served
     only to a request with the same credentials. A downloaded file shares its storage with the
     cache (a sealed hard link, or a sealed reference across filesystems: no second copy; an
-    edited file is a miss, never served). ``link_files`` also hard-links cache hits out to
-    their targets instead of copying them (every such target then shares one inode).
+    edited file is a miss, never served). ``share_files=False`` (default
+    ``$VLLM_FETCH_SHARE_FILES``, on) stores a copy instead (a reflink where the filesystem has
+    them): a cache that must hold the bytes itself, e.g. a recording to commit. ``link_files``
+    also hard-links cache hits out to their targets instead of copying them (every such target
+    then shares one inode).
 
     ``memory_size`` (bytes; default ``$VLLM_FETCH_MEMORY_CACHE_SIZE`` or 64 MiB; 0: off)
     bounds this process's memory tier: bodies up to 1 MiB read from this cache (and checked)
@@ -126,6 +129,7 @@ class FetchCache:
         allow_private: bool = False,
         link_files: bool = False,
         memory_size: int | str | None = None,
+        share_files: bool | None = None,
     ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -146,7 +150,10 @@ class FetchCache:
                                self.directory, exc)
                 self.memory = None
         self.index = Index(self.directory / "index", self._generations)
-        self.blobs = BlobStore(self.directory / "blobs", link_files=link_files, index=self.index)
+        if share_files is None:
+            share_files = env_flag("VLLM_FETCH_SHARE_FILES", default=True)
+        self.blobs = BlobStore(self.directory / "blobs", link_files=link_files, index=self.index,
+                               share_files=share_files)
         self._tenants = TenantKeys(self.directory)
         self._pending: dict[str, StoreJob] = {}
         self._guard = threading.Lock()

@@ -149,6 +149,15 @@ def offline_error(url: str, reason: str = "not in the cache") -> OfflineError:
     return OfflineError(f"offline mode: {safe} is {reason or 'not in the cache'}", url=safe)
 
 
+def unservable_error(url: str, referred: bool) -> OfflineError:
+    """Offline, and the stored body could not be served: a reference whose file was deleted,
+    replaced or edited is a miss like any other; anything else failed its check."""
+    if referred:
+        return offline_error(url, "not in the cache (the downloaded file its entry referred "
+                                  "to was deleted or changed)")
+    return damaged_error(url)
+
+
 def damaged_error(url: str) -> CachedBodyDamagedError:
     """Offline, and the stored body failed its seal (or vanished): never served; dropped."""
     safe = redact_url(url)
@@ -178,9 +187,11 @@ def serve_body(cache: FetchCache, start: Start, req: FetchRequest) -> Body | Non
         return None
     byte_range = decision.byte_range
     check_size(entry.size if byte_range is None else byte_range.length, req)
+    offline = decision.action is LookupAction.OFFLINE_HIT
+    referred = offline and cache.blobs.by_reference(entry.sha256)  # the read drops a stale one
     data = cache.read(start.key, entry, start.now)
-    if data is None and decision.action is LookupAction.OFFLINE_HIT:
-        raise damaged_error(req.url)
+    if data is None and offline:
+        raise unservable_error(req.url, referred)
     if data is not None and decision.stale:
         if decision.action is LookupAction.OFFLINE_HIT:
             logger.warning("offline: serving a stale cached copy of %s", redact_url(req.url))
@@ -571,10 +582,11 @@ def _file_from_cache(cache: FetchCache, req: FetchRequest, target: Path, *, offl
         req, start = _through_stored_redirects(cache, req, start, offline=offline, hops=hops)
     entry = start.decision.entry
     if _fits(entry, req) and entry is not None and start.decision.action in HITS:
+        referred = offline and cache.blobs.by_reference(entry.sha256)
         if (yield from _copy(cache, start, entry, target, req)):
             return _published(target, entry, req.url), req, start
         if offline:
-            raise damaged_error(req.url)
+            raise unservable_error(req.url, referred)
     if shared is not None and not offline:
         taken = yield from _file_from_shared(cache, shared, start, req, target, wanted)
         if taken is not None:
