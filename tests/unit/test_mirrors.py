@@ -30,7 +30,23 @@ def test_rewrite_keeps_path_and_query_under_the_mirror_prefix() -> None:
 
 
 def test_the_longest_origin_prefix_wins() -> None:
-    assert HF.rewrite("https://huggingface.co/big/w.bin") == "http://10.0.0.9:8080/big-mirror//w.bin"
+    assert HF.rewrite("https://huggingface.co/big/w.bin") == "http://10.0.0.9:8080/big-mirror/w.bin"
+
+
+@pytest.mark.parametrize(("origin", "mirror"), [
+    ("https://h.example/", "https://m.example/mir"),
+    ("https://h.example", "https://m.example/mir/"),
+    ("https://h.example/", "https://m.example/mir/"),
+    ("https://h.example/hf/", "https://m.example/mir"),
+])
+def test_a_trailing_slash_on_either_prefix_still_joins_at_one_slash(origin: str,
+                                                                    mirror: str) -> None:
+    mirrors = Mirrors.build({origin: mirror})
+    path = "/hf/f" if "/hf" in origin else "/f"
+    sent = mirrors.rewrite("https://h.example" + path)
+    assert sent == "https://m.example/mir" + path.removeprefix("/hf"), sent
+    route = mirrors.route("https://h.example" + path)
+    assert route is not None and mirrors.restore(sent, route) == "https://h.example" + path
 
 
 @pytest.mark.parametrize("url", [

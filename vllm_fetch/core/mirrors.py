@@ -43,7 +43,9 @@ def _normalized(url: str) -> str:
 
 
 def _prefix(url: str, what: str) -> str:
-    """A configured prefix: an http(s) URL with a host, no userinfo, query or fragment."""
+    """A configured prefix: an http(s) URL with a host, no userinfo, query or fragment; kept
+    without a trailing ``/``, so an origin and a mirror written one with and one without
+    still join at a path boundary (``/mir`` + ``/f``, never ``/mirf`` or ``/mir//f``)."""
     try:
         validate_url(url)
     except InvalidURLError:
@@ -52,7 +54,7 @@ def _prefix(url: str, what: str) -> str:
     if "@" in parts.netloc or parts.query or parts.fragment or url.endswith(("?", "#")):
         raise ValueError(f"mirror {what} {redact_url(url)!r} must be scheme://host[/path] "
                          "(no userinfo, query or fragment)")
-    return _normalized(url)
+    return _normalized(url).rstrip("/")
 
 
 def _matches(url: str, prefix: str) -> bool:
