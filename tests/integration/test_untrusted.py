@@ -159,6 +159,19 @@ def test_no_proxy_honoured(mode: str, proxy: RawServer, origin: Origin,
     assert proxy.heads == []
 
 
+@pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "127.0.0.1", "10.0.0.0/8,127.0.0.0/24"])
+@pytest.mark.parametrize("mode", MODES)
+def test_no_proxy_cidr_ranges_count_on_both_sides(mode: str, no_proxy: str, proxy: RawServer,
+                                                  origin: Origin,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, no_proxy)
+    origin.serve_bytes("/w", b"direct")
+    conn = HTTPConnection(retry=RetryPolicy.none())
+    assert call(mode, conn, "get_bytes", origin.url("/w")) == b"direct"
+    assert proxy.heads == []
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_proxy_off_when_the_policy_restricts(mode: str, proxy: RawServer,
                                              origin: Origin) -> None:

@@ -17,6 +17,7 @@ from aiohttp.helpers import (
     get_env_proxy_for_url,
     netrc_from_env,
 )
+from requests.utils import should_bypass_proxies
 from yarl import URL
 
 from ..core.urls import origin_prefix
@@ -65,8 +66,12 @@ _ENVIRONMENT = EnvironmentMemo(home_netrc(("_netrc",) if IS_WINDOWS else (".netr
 
 
 def _route(url: URL) -> Route:
-    """aiohttp's own answers, as ``ClientSession(trust_env=True)`` computes them per request."""
+    """aiohttp's own answers, as ``ClientSession(trust_env=True)`` computes them per request,
+    except that ``NO_PROXY`` is read as the sync side (requests) reads it: CIDR ranges
+    (``10.0.0.0/8``) included, which aiohttp's ``proxy_bypass`` ignores."""
     try:
+        if should_bypass_proxies(str(url), None):
+            raise LookupError("NO_PROXY")
         proxy, proxy_auth = get_env_proxy_for_url(url)
     except LookupError:
         proxy, proxy_auth = None, None
