@@ -402,6 +402,28 @@ def test_disk_full_while_caching_is_a_warning(mode: str, origin: Origin, cache: 
     assert [item.stored_as for item in cache.entries()] == ["shared"]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cache_that_fails_every_store_alike_warns_once(mode: str, origin: Origin,
+                                                         cache: FetchCache,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    def full_segment() -> _Active:  # every small body's segment write: a real ENOSPC
+        return _Active("full.seg", os.open("/dev/full", os.O_WRONLY), 0, os.getpid())
+
+    assert cache.blobs.segments is not None
+    monkeypatch.setattr(cache.blobs.segments, "_create", full_segment)
+    urls = [serve_resource(origin, f"/small{i}", Resource(b"s%d" % i, cache_control="max-age=600"))
+            for i in range(3)]
+    conn = connect(cache)
+    with caplog.at_level(logging.DEBUG, logger="vllm_fetch"):
+        for url in urls:
+            assert fetch(mode, conn, url).startswith(b"s")
+            cache.flush()  # one write (and one failure) each
+    told = [r for r in caplog.records if "cannot cache" in r.getMessage()]
+    assert [r.levelno for r in told] == [logging.WARNING, logging.DEBUG, logging.DEBUG], told
+    assert cache.info().entries == 0
+
+
 # --- single flight ------------------------------------------------------------------------------
 
 

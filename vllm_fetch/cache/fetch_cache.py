@@ -39,7 +39,7 @@ from .index import Index
 from .memory_tier import DEFAULT_MEMORY_SIZE, Held, MemoryTier
 from .seal import seal_file
 from .tenants import TenantKeys
-from .writer import StoreJob, StoreWriter
+from .writer import StoreJob, StoreWriter, warn_store_failure
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -339,7 +339,7 @@ class FetchCache:
             seal = known_seal(sha256) or seal_file(path)
             digest, created = self.blobs.put_file(path, sha256, size)
         except OSError as exc:
-            logger.warning("cannot cache %s: %s", entry.url, exc)
+            warn_store_failure(self.directory / "blobs", entry.url, exc)
             return False
         with self._guard:
             self._pending.pop(key, None)

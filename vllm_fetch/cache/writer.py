@@ -84,6 +84,18 @@ class StoreJob:
 
 
 _Item = StoreJob | threading.Event | None  # a job, a flush barrier, or "stop"
+_store_failures_told: set[tuple[str, int | None]] = set()
+
+
+def warn_store_failure(directory: object, url: str, exc: OSError) -> None:
+    """A body that could not be cached: one WARNING per cache and kind of failure (a read-only
+    or full cache fails every store the same way), the repeats at DEBUG."""
+    kind = (str(directory), exc.errno)
+    if kind in _store_failures_told:
+        logger.debug("cannot cache %s: %s", url, exc)
+        return
+    _store_failures_told.add(kind)
+    logger.warning("cannot cache %s: %s (the same failure again is logged at DEBUG)", url, exc)
 _live: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 
 
@@ -234,7 +246,7 @@ class StoreWriter:
         written: list[tuple[StoreJob, int]] = []
         for job, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, OSError):
-                logger.warning("cannot cache %s: %s", job.entry.url, outcome)
+                warn_store_failure(self._blobs.root, job.entry.url, outcome)
                 if job.done is not None:
                     job.done.set_exception(outcome)
             else:
