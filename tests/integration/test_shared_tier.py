@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -170,23 +171,27 @@ def test_a_stale_shared_entry_is_not_served_the_origin_answers(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_damaged_shared_blob_is_never_served_and_never_repaired(
-    mode: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mode: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     for data in (IMAGE, WEIGHTS):  # one byte flipped, same size, wherever the body is held
         path, offset = held_at(store.root, data)
-        mode = path.stat().st_mode
+        permissions = path.stat().st_mode
         path.chmod(0o644)
         with open(path, "r+b") as f:
             f.seek(offset + len(data) // 2)
             byte = f.read(1)
             f.seek(offset + len(data) // 2)
             f.write(bytes([byte[0] ^ 0x10]))
-        path.chmod(mode & 0o777)
+        path.chmod(permissions & 0o777)
     before = snapshot(store.root)
     node = store.node(monkeypatch, tmp_path / "local")
-    body = call(mode, node, "fetch_bytes", store.image)
-    assert (sha256(body.content), body.source) == (sha256(IMAGE), "origin")
-    result = call(mode, node, "fetch_file", store.weights, tmp_path / "w.bin")
+    with caplog.at_level(logging.WARNING, logger="vllm_fetch"):
+        body = call(mode, node, "fetch_bytes", store.image)
+        assert (sha256(body.content), body.source) == (sha256(IMAGE), "origin")
+        assert sum("shared cache tier" in r.getMessage() for r in caplog.records) == 1
+        result = call(mode, node, "fetch_file", store.weights, tmp_path / "w.bin")
+        assert sum("shared cache tier" in r.getMessage() for r in caplog.records) == 2, [r.getMessage() for r in caplog.records]
     assert (result.source, result.sha256) == ("origin", sha256(WEIGHTS))
     assert (tmp_path / "w.bin").read_bytes() == WEIGHTS
     assert store.counts() == [2, 2, 1, 1]
@@ -195,13 +200,16 @@ def test_a_damaged_shared_blob_is_never_served_and_never_repaired(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_blob_from_the_shared_tier_is_used_by_sha256_from_any_url(
-    mode: str, origin: Origin, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mode: str, origin: Origin, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     before = snapshot(store.root)
     url = origin.serve_bytes("/other/name.bin", b"never served")
     node = store.node(monkeypatch, tmp_path / "local")
-    result = call(mode, node, "fetch_file", url, tmp_path / "out.bin",
-                  expected_sha256=sha256(WEIGHTS))
+    with caplog.at_level(logging.INFO, logger="vllm_fetch"):
+        result = call(mode, node, "fetch_file", url, tmp_path / "out.bin",
+                      expected_sha256=sha256(WEIGHTS))
+    assert any("from the shared cache tier" in r.getMessage() for r in caplog.records)
     assert (result.source, result.from_cache, result.sha256) == ("cache", True, sha256(WEIGHTS))
     assert (tmp_path / "out.bin").read_bytes() == WEIGHTS
     assert origin.count("/other/name.bin") == 0

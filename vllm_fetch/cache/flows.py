@@ -393,6 +393,8 @@ def _file_from_shared(cache: FetchCache, shared: SharedTier, start: Start, req: 
         if size is not None and req.expected_size in (None, size):
             check_size(size, req)
             if (yield Disk(lambda: shared.copy_to(wanted, shared.seal_of(wanted), target))):
+                logger.info("copied %s from the shared cache tier by sha256 %s…",
+                            redact_url(req.url), wanted[:12])
                 return DownloadResult(target, size, wanted, 200, {}, req.url, from_cache=True)
     return None
 

@@ -54,6 +54,7 @@ class SharedTier:
         self._disk = JSONDisk(str(self._index))
         self._local = _ClosingLocal()  # one connection per thread (its first query costs ~1 ms)
         self._warned = False
+        self._damaged: set[str] = set()  # bodies found damaged, told once each
         self._lock = threading.Lock()
 
     @classmethod
@@ -163,9 +164,15 @@ class SharedTier:
             os.close(fd)
         if accepts(parse_header(head), body, sha256, size, seal or row[3]):
             return body
-        logger.warning("shared cache tier %s: the segment record of %s is damaged; not used",
-                       self.root, sha256)
+        self._tell_damaged("the segment record of", sha256)
         return None
+
+    def _tell_damaged(self, what: str, sha256: str) -> None:
+        """One WARNING per damaged body (a download looks twice: before and under its lock)."""
+        if sha256 not in self._damaged:
+            self._damaged.add(sha256)
+            logger.warning("shared cache tier %s: %s %s is damaged; not used", self.root, what,
+                           sha256)
 
     def blob_size(self, sha256: str) -> int | None:
         """The size of the blob named ``sha256`` there, or None."""
@@ -183,6 +190,9 @@ class SharedTier:
         A ``DiskError`` when the target cannot be written."""
         if self.blobs.copy_to(sha256, target, seal):
             return True
+        if self.blobs.path(sha256).exists():  # there, but its copy failed the check
+            self._tell_damaged("the blob", sha256)
+            return False
         row = self._segment_row(sha256)
         packed = self._packed(sha256, int(row[2]), seal) if row is not None else None
         if packed is None:
