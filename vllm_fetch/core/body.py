@@ -212,12 +212,10 @@ class BodyMeter:
                 received=self.received,
             )
         if self.expected_size is not None and self.received != self.expected_size:
-            # no Content-Length said otherwise (it would have been checked above, and against
-            # expected_size when the response began): the body ended where its framing says,
-            # so the caller's size is what disagrees, as a sha256 would: not retried
-            raise ChecksumMismatchError(
+            raise TruncatedBodyError(
                 f"body of {self.url} has {self.received} bytes, expected {self.expected_size}",
                 url=self.url,
+                received=self.received,
             )
         if self.expected_sha256 is not None and (digest := self.sha256) != self.expected_sha256:
             raise ChecksumMismatchError(
