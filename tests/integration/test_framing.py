@@ -134,6 +134,29 @@ def test_f3_with_a_known_size_or_sha256_a_short_body_is_refused(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_f3_a_short_body_against_a_known_size_is_resumed_from_where_it_ended(
+    mode: str, serve: Callable[[Serve], RawServer], tmp_path: Path
+) -> None:
+    """No length on the wire: a clean close short of ``expected_size`` may be a dropped
+    connection, so it is a truncation, and the retry asks for the rest with ``Range``."""
+    def short_then_rest(sock: socket.socket, head: bytes) -> None:
+        if b"range: bytes=" in head.lower():  # If-Range "v1" matches: the rest
+            sock.sendall(b"HTTP/1.1 206 Partial Content\r\nETag: \"v1\"\r\n"
+                         b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
+                         % (HALF, len(BODY) - 1, len(BODY), len(BODY) - HALF) + BODY[HALF:])
+        else:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n"
+                         + BODY[:HALF])
+
+    server = serve(short_then_rest)
+    got = fetch(mode, HTTPConnection(retry=FAST, cache=False), "download_file",
+                server.url("/n"), tmp_path, expected_size=len(BODY))
+    assert sha256(got) == sha256(BODY)
+    assert len(server.heads) == 2 and b"bytes=%d-" % HALF in server.heads[1].lower()
+    assert leftovers(tmp_path) == ["out.bin"]
+
+
 # --- F5: conflicting or garbage Content-Length ---------------------------------------------------
 
 BAD_LENGTHS = {
