@@ -697,6 +697,9 @@ class HTTPConnection:
             return json.loads(content)
         except json.JSONDecodeError as exc:
             raise requests.exceptions.JSONDecodeError(exc.msg, exc.doc, exc.pos) from None
+        except UnicodeDecodeError as exc:  # not even text (an image where JSON was expected)
+            raise requests.exceptions.JSONDecodeError(
+                f"not JSON: {exc.reason} at byte {exc.start}", "", 0) from None
 
     @ascrubbed
     async def async_get_json(

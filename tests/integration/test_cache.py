@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -407,21 +408,36 @@ def test_a_cache_that_fails_every_store_alike_warns_once(mode: str, origin: Orig
                                                          cache: FetchCache,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    def full_segment() -> _Active:  # every small body's segment write: a real ENOSPC
-        return _Active("full.seg", os.open("/dev/full", os.O_WRONLY), 0, os.getpid())
+    def disk_full(items: object) -> object:  # every small body's append: a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    assert cache.blobs.segments is not None
-    monkeypatch.setattr(cache.blobs.segments, "_create", full_segment)
+    segments = cache.blobs.segments
+    assert segments is not None
     urls = [serve_resource(origin, f"/small{i}", Resource(b"s%d" % i, cache_control="max-age=600"))
             for i in range(3)]
     conn = connect(cache)
-    with caplog.at_level(logging.DEBUG, logger="vllm_fetch"):
-        for url in urls:
-            assert fetch(mode, conn, url).startswith(b"s")
-            cache.flush()  # one write (and one failure) each
-    told = [r for r in caplog.records if "cannot cache" in r.getMessage()]
+
+    def fetch_each() -> list[logging.LogRecord]:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="vllm_fetch"):
+            for url in urls:
+                assert fetch(mode, conn, url).startswith(b"s")
+                cache.flush()  # one write (and one failure) each
+        return [r for r in caplog.records if "cannot cache" in r.getMessage()]
+
+    monkeypatch.setattr(segments, "append", disk_full)
+    told = fetch_each()
     assert [r.levelno for r in told] == [logging.WARNING, logging.DEBUG, logging.DEBUG], told
     assert cache.info().entries == 0
+    # space comes back and a store works; when the disk fills again, that is news again
+    monkeypatch.undo()
+    again = serve_resource(origin, "/fits", Resource(b"fits", cache_control="max-age=600"))
+    assert fetch(mode, conn, again) == b"fits"
+    cache.flush()
+    assert cache.info().entries == 1
+    monkeypatch.setattr(segments, "append", disk_full)
+    told = fetch_each()
+    assert [r.levelno for r in told] == [logging.WARNING, logging.DEBUG, logging.DEBUG], told
 
 
 # --- single flight ------------------------------------------------------------------------------

@@ -203,3 +203,27 @@ def test_without_share_files_the_cache_holds_its_own_copy(
         assert sha256(again.read_bytes()) == sha256(BODY)
     finally:
         store.close()
+
+
+def test_without_share_files_a_reference_made_before_becomes_a_copy(
+        origin: Origin, tmp_path: Path, other_fs: Path) -> None:
+    """A recording made by an earlier version (or with sharing on) holds a reference: the same
+    bytes stored again without sharing move into the store."""
+    fresh = {"Cache-Control": "max-age=600"}
+    first = origin.serve_bytes("/first.bin", BODY, headers=fresh)
+    second = origin.serve_bytes("/second.bin", BODY, headers=fresh)  # the same bytes again
+    sharing = FetchCache(tmp_path / "cache")
+    connect(sharing).download_file(first, other_fs / "first.bin")
+    assert [item.stored_as for item in sharing.entries()] == ["reference"]
+    sharing.close()
+    own = FetchCache(tmp_path / "cache", share_files=False)
+    try:
+        connect(own).download_file(second, other_fs / "second.bin")
+        assert [item.stored_as for item in own.entries()] == ["copy", "copy"]
+        for name in ("first.bin", "second.bin"):
+            (other_fs / name).unlink()
+        connect(own).download_file(first, tmp_path / "again.bin")
+        assert sha256((tmp_path / "again.bin").read_bytes()) == sha256(BODY)
+        assert (origin.count("/first.bin"), origin.count("/second.bin")) == (1, 1)
+    finally:
+        own.close()

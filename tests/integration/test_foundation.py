@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import json
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,10 +54,11 @@ def test_sync_get_json_of_a_body_that_is_not_json_raises_as_requests_does(
         origin: Origin, conn: HTTPConnection) -> None:
     import requests
 
-    url = origin.serve_bytes("/not-json", b"<html>", headers={"Content-Type": "text/html"})
-    with pytest.raises(requests.exceptions.JSONDecodeError) as info:
-        conn.get_json(url)
-    assert isinstance(info.value, json.JSONDecodeError) and isinstance(info.value, ValueError)
+    for path, body in (("/not-json", b"<html>"), ("/png", b"\x89PNG\r\n\x1a\n\xff\xfe\xfd")):
+        url = origin.serve_bytes(path, body, headers={"Content-Type": "text/html"})
+        with pytest.raises(requests.exceptions.JSONDecodeError) as info:
+            conn.get_json(url)
+        assert isinstance(info.value, json.JSONDecodeError) and isinstance(info.value, ValueError)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -75,6 +79,10 @@ def test_fetch_file_headers_are_case_insensitive_as_fetch_bytes_are(
     for headers in (result.headers, body.headers):
         assert headers["x-model-rev"] == headers["X-MODEL-REV"] == "abc"
         assert headers.get("content-length") == str(len(BODY))
+    # a result crosses a process pool, and copies, as it did with a plain dict
+    for same in (pickle.loads(pickle.dumps(result)), copy.deepcopy(result)):
+        assert same == result and same.headers["x-model-rev"] == "abc"
+    assert dataclasses.asdict(result)["headers"]["X-Model-Rev"] == "abc"
 
 
 @pytest.mark.parametrize("mode", MODES)

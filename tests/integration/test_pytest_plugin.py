@@ -67,12 +67,14 @@ def test_a_recorded_download_holds_its_bytes_wherever_the_test_put_its_file(
         recorded = run_suite(suite, "record", url, "-k", "global", download_dir=elsewhere)
         assert recorded.returncode == 0, recorded.stdout + recorded.stderr
         assert sha256((elsewhere / "asset.bin").read_bytes()) == sha256(ASSET)
+        # while the test's file is still there: neither a link to it nor a reference
+        assert os.stat(elsewhere / "asset.bin").st_nlink == 1
+        recording = FetchCache(suite / "recorded_assets")
+        assert [item.stored_as for item in recording.entries()] == ["copy"]
+        recording.close()
     finally:
         origin.stop()
         shutil.rmtree(elsewhere)
-    recording = FetchCache(suite / "recorded_assets")
-    assert [item.stored_as for item in recording.entries()] == ["copy"]
-    recording.close()
     replayed = run_suite(suite, "replay", url, "-k", "global")
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert not (suite / "connects-replay.log").exists()

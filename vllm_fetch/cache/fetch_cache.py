@@ -39,7 +39,7 @@ from .index import Index
 from .memory_tier import DEFAULT_MEMORY_SIZE, Held, MemoryTier
 from .seal import seal_file
 from .tenants import TenantKeys
-from .writer import StoreJob, StoreWriter, warn_store_failure
+from .writer import StoreJob, StoreWriter, store_succeeded, warn_store_failure
 
 logger = logging.getLogger("vllm_fetch.cache")
 
@@ -339,8 +339,9 @@ class FetchCache:
             seal = known_seal(sha256) or seal_file(path)
             digest, created = self.blobs.put_file(path, sha256, size)
         except OSError as exc:
-            warn_store_failure(self.directory / "blobs", entry.url, exc)
+            warn_store_failure(self.blobs.root, entry.url, exc)
             return False
+        store_succeeded(self.blobs.root)
         with self._guard:
             self._pending.pop(key, None)
             self._drop_memory(key)

@@ -167,12 +167,12 @@ class SharedTier:
         self._tell_damaged("the segment record of", sha256)
         return None
 
-    def _tell_damaged(self, what: str, sha256: str) -> None:
+    def _tell_damaged(self, what: str, sha256: str, how: str = "is damaged") -> None:
         """One WARNING per damaged body (a download looks twice: before and under its lock)."""
         if sha256 not in self._damaged:
             self._damaged.add(sha256)
-            logger.warning("shared cache tier %s: %s %s is damaged; not used", self.root, what,
-                           sha256)
+            logger.warning("shared cache tier %s: %s %s %s; not used", self.root, what, sha256,
+                           how)
 
     def blob_size(self, sha256: str) -> int | None:
         """The size of the blob named ``sha256`` there, or None."""
@@ -190,8 +190,8 @@ class SharedTier:
         A ``DiskError`` when the target cannot be written."""
         if self.blobs.copy_to(sha256, target, seal):
             return True
-        if self.blobs.path(sha256).exists():  # there, but its copy failed the check
-            self._tell_damaged("the blob", sha256)
+        if self.blobs.path(sha256).exists():  # there, but unreadable or failing its check
+            self._tell_damaged("the blob", sha256, "is damaged or cannot be read")
             return False
         row = self._segment_row(sha256)
         packed = self._packed(sha256, int(row[2]), seal) if row is not None else None

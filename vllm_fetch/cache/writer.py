@@ -89,13 +89,22 @@ _store_failures_told: set[tuple[str, int | None]] = set()
 
 def warn_store_failure(directory: object, url: str, exc: OSError) -> None:
     """A body that could not be cached: one WARNING per cache and kind of failure (a read-only
-    or full cache fails every store the same way), the repeats at DEBUG."""
+    or full cache fails every store the same way), the repeats at DEBUG until a store into
+    that cache succeeds again (``store_succeeded``)."""
     kind = (str(directory), exc.errno)
     if kind in _store_failures_told:
         logger.debug("cannot cache %s: %s", url, exc)
         return
     _store_failures_told.add(kind)
     logger.warning("cannot cache %s: %s (the same failure again is logged at DEBUG)", url, exc)
+
+
+def store_succeeded(directory: object) -> None:
+    """A store into ``directory`` worked: its next failure is news again."""
+    if _store_failures_told:
+        where = str(directory)
+        _store_failures_told.difference_update(
+            {kind for kind in _store_failures_told if kind[0] == where})
 _live: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 
 
@@ -263,6 +272,8 @@ class StoreWriter:
                                  if not added and job.entry.size <= SEGMENT_BODY_MAX))
         if total is not None and self._blobs.segments is not None:
             self._blobs.segments.placed(placed)
+        if written and total is not None:
+            store_succeeded(self._blobs.root)
         for job, _ in written:
             job.committed = total is not None
             if job.done is not None:

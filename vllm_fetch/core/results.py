@@ -151,6 +151,8 @@ class DownloadResult:
     source: Source = "origin"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", as_headers(self.headers))
+        # a CIMultiDict, not a proxy: a result pickles (a process pool's), copies and asdict()s
+        object.__setattr__(self, "headers", CIMultiDict(
+            self.headers.items() if isinstance(self.headers, Mapping) else self.headers))
         if self.from_cache:
             object.__setattr__(self, "source", "cache")
