@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import subprocess
@@ -215,8 +216,8 @@ def bench_cold(base: str, count: int, concurrency: int, rounds: int,
         urls = [f"{base}/obj/{r}-{i}" for i in range(count)]
         # which of the two goes first alternates: the one that follows pays for the garbage
         # the other left (a collection that falls into its run), and for its closed sockets
-        pair = [(names[0], lambda: _raw(urls, concurrency)),
-                (names[1], lambda: _ours(urls, concurrency, False))]
+        pair = [(names[0], functools.partial(_raw, urls, concurrency)),
+                (names[1], functools.partial(_ours, urls, concurrency, False))]
         for name, run in pair if r % 2 == 0 else pair[::-1]:
             w, c = asyncio.run(run())
             wall[name].append(w)

@@ -84,6 +84,8 @@ class StoreJob:
 
 
 _Item = StoreJob | threading.Event | None  # a job, a flush barrier, or "stop"
+_live: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
+#: (blob directory, errno) of the store failures already told at WARNING
 _store_failures_told: set[tuple[str, int | None]] = set()
 
 
@@ -105,7 +107,6 @@ def store_succeeded(directory: object) -> None:
         where = str(directory)
         _store_failures_told.difference_update(
             {kind for kind in _store_failures_told if kind[0] == where})
-_live: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 
 
 @atexit.register

@@ -62,8 +62,8 @@ def send_settings(session: requests.Session, url: str,
     if session.trust_env:
         route = environment_route(url)
         proxies, bundle = route.proxies, route.ca_bundle
-        own = header(headers, "Authorization") is not None
-        if not session.auth and route.netrc is not None and not own:
+        if (not session.auth and route.netrc is not None  # the header looked up only then
+                and header(headers, "Authorization") is None):
             auth = route.netrc
         elif not session.auth and urlsplit(url).username is None:
             auth = _no_auth  # no netrc entry to use and no URL credentials: nothing to look up
