@@ -256,7 +256,10 @@ def test_an_idle_stall_is_retried(mode: str, method: str, first: Callable[[], St
     conn = HTTPConnection(retry=FAST, idle_timeout=0.3)
     got = fetched(mode, conn, method, url, tmp_path, timeout=10)
     assert sha256(got) == sha256(BODY)
-    assert len(stalls.arrived) == 2 and stalls.gap() >= 0.3
+    # the origin clocks an arrival when its handler runs, which under load can be later than
+    # the client's send that started the 0.3 s idle timer; a retry without that timer would
+    # follow within the 0.04 s backoff
+    assert len(stalls.arrived) == 2 and stalls.gap() >= 0.2
     assert leftovers(tmp_path) == (["out.json"] if method == "download_file" else [])
 
 
