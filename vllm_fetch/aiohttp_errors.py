@@ -97,3 +97,17 @@ def as_async(error: _E) -> _E:
         state["request_info"] = _request_info(error.url)
         state["history"] = ()
     return twin
+
+
+class NotJSONContentTypeError(aiohttp.ContentTypeError, ValueError):
+    """``async_get_json`` of a body whose Content-Type is not JSON: aiohttp's
+    ``ContentTypeError`` (what vLLM's ``await r.json()`` raises), and a ``ValueError`` as every
+    other not-JSON answer is. ``request_info`` names only the redacted URL."""
+
+
+def not_json_error(url: str, status: int, content_type: str,
+                   headers: CIMultiDictProxy[str]) -> NotJSONContentTypeError:
+    """The error aiohttp's ``json()`` raises for ``content_type``, with its message."""
+    return NotJSONContentTypeError(
+        _request_info(url), (), status=status, headers=headers,
+        message=f"Attempt to decode JSON with unexpected mimetype: {content_type}")

@@ -37,7 +37,13 @@ from .core.deadline import (
 from .core.media_limits import ByteBudget, CallBudget, MediaRequestDownloadBudget, media_cap
 from .core.mirrors import Mirrors, Route, parse_mirrors
 from .core.request import DEFAULT_CHUNK_SIZE, FetchRequest, TransportOptions
-from .core.responses import DEFAULT_HEADERS, decode_text, request_headers
+from .core.responses import (
+    DEFAULT_HEADERS,
+    decode_json_as_aiohttp,
+    decode_text,
+    request_headers,
+    unexpected_json_type,
+)
 from .core.results import Body, DownloadResult, FetchResult
 from .core.retry import RetryPolicy, status_failure
 from .core.scrub import ascrubbed, scrub_error, scrubbed
@@ -711,10 +717,19 @@ class HTTPConnection:
         max_bytes: int | None = None,
         use_cache: bool = True,
     ) -> Any:
-        """The body parsed as JSON (a ``ValueError`` if it is not JSON)."""
+        """The body parsed as JSON, as vLLM's ``await r.json()`` (aiohttp) parses it: a
+        Content-Type that is not JSON raises ``aiohttp.ContentTypeError``, an empty body is
+        None, the text is decoded by its charset (UTF-8 by default). Every not-JSON answer is
+        a ``ValueError``."""
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             max_bytes=max_bytes)
-        return json.loads((await self._abody(req, use_cache)).content)
+        body = await self._abody(req, use_cache)
+        content_type = unexpected_json_type(body.headers)
+        if content_type is not None:
+            from .aiohttp_errors import not_json_error
+
+            raise not_json_error(redact_url(body.url), body.status, content_type, body.headers)
+        return decode_json_as_aiohttp(body.content, body.headers)
 
     # -- files ----------------------------------------------------------------------------------
     def _plan_download(

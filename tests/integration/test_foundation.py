@@ -61,6 +61,35 @@ def test_sync_get_json_of_a_body_that_is_not_json_raises_as_requests_does(
         assert isinstance(info.value, json.JSONDecodeError) and isinstance(info.value, ValueError)
 
 
+def test_async_get_json_decodes_as_aiohttp_does(origin: Origin, conn: HTTPConnection) -> None:
+    """vLLM's ``async_get_json`` is ``await r.json()``: a Content-Type that is not JSON is
+    aiohttp's ``ContentTypeError``; an empty body is None; the charset is honoured."""
+    import aiohttp
+
+    url = "http://u:SECRET@" + origin.url("/page?token=TOKEN").split("://", 1)[1]
+    origin.serve_bytes("/page", b'{"a": 1}', headers={"Content-Type": "text/html"})
+    with pytest.raises(aiohttp.ContentTypeError) as info:
+        asyncio.run(conn.async_get_json(url))
+    error = info.value
+    assert isinstance(error, ValueError)
+    assert error.status == 200 and error.headers is not None
+    assert "unexpected mimetype: text/html" in error.message
+    assert "SECRET" not in str(error) and "TOKEN" not in str(error)
+    assert "SECRET" not in str(error.request_info) and "TOKEN" not in str(error.request_info)
+
+    empty = origin.serve_bytes("/empty", b" \n", headers={"Content-Type": "application/json"})
+    assert asyncio.run(conn.async_get_json(empty)) is None
+    latin = origin.serve_bytes("/latin", '"café"'.encode("latin-1"),
+                               headers={"Content-Type": "application/json; charset=latin-1"})
+    assert asyncio.run(conn.async_get_json(latin)) == "café"
+    problem = origin.serve_bytes("/problem", b'{"title": "x"}',
+                                 headers={"Content-Type": "application/problem+json"})
+    assert asyncio.run(conn.async_get_json(problem)) == {"title": "x"}
+    broken = origin.serve_bytes("/broken", b"{", headers={"Content-Type": "application/json"})
+    with pytest.raises(json.JSONDecodeError):
+        asyncio.run(conn.async_get_json(broken))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_download_file(mode: str, origin: Origin, conn: HTTPConnection, tmp_path: Path) -> None:
     url = origin.serve_bytes("/weights.bin", BODY)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import json
+import re
 from collections.abc import Mapping
+from typing import Any
 
 from ..errors import HTTPStatusError
 from .body import AnyURL, BodyMeter, header, safe_url, wire_length
@@ -89,6 +92,26 @@ def decode_text(body: bytes, headers: Mapping[str, str]) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         return body.decode("latin-1")
+
+
+#: What aiohttp's ``ClientResponse.json()`` accepts as a JSON Content-Type (its ``json_re``).
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+?\+)?json")
+
+
+def unexpected_json_type(headers: Mapping[str, str]) -> str | None:
+    """The lowercased Content-Type when aiohttp's ``json()`` would refuse it, else None."""
+    content_type = (header(headers, "Content-Type") or "").lower()
+    return None if _JSON_TYPE.match(content_type) else content_type
+
+
+def decode_json_as_aiohttp(body: bytes, headers: Mapping[str, str]) -> Any:
+    """A JSON body decoded as aiohttp's ``json()`` does once the type is checked: None for an
+    empty (or all-whitespace) body, else the text by its charset (UTF-8 by default, strict)
+    parsed with ``json.loads`` (``UnicodeDecodeError`` / ``json.JSONDecodeError``)."""
+    stripped = body.strip()
+    if not stripped:
+        return None
+    return json.loads(stripped.decode(charset_of(header(headers, "Content-Type")) or "utf-8"))
 
 
 def request_headers(
