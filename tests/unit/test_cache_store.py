@@ -103,7 +103,7 @@ def test_blob_store_records_a_file_on_another_filesystem_by_reference(tmp_path: 
         assert (tmp_path / "copy.bin").read_bytes() == data
         stat = source.stat()
         with open(source, "r+b") as f:  # edited, size and mtime put back: the seal sees it
-            f.write(b"X")
+            f.write(bytes([data[0] ^ 0xFF]))  # a byte it did not hold (b"X" was, 1 in 256)
         os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         assert blobs.read(sha(data), len(data)) is None
         assert blobs.kind(sha(data)) == "missing"  # the record went with the miss
