@@ -58,6 +58,7 @@ from .errors import (
     MediaDownloadSizeExceededError,
     MediaRequestDownloadSizeExceededError,
 )
+from .files import check_target
 from .mirroring import MirrorCalls, mark_body, mark_download
 from .retry_loop import ResultRetry, aretry_failed, async_retrying, sync_retrying
 
@@ -744,8 +745,10 @@ class HTTPConnection:
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             chunk_size=chunk_size, expected_sha256=expected_sha256,
                             expected_size=expected_size)
+        target = Path(save_path)
+        check_target(target)  # a directory or a device is refused before any request
         offline = self.offline
-        return _DownloadPlan(req, Path(save_path),
+        return _DownloadPlan(req, target,
                              DownloadOptions(self.retry, resume, connections, progress),
                              self._cache_for(req, use_cache, offline), offline)
 

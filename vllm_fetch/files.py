@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .core.targets import target_refusal
 from .errors import DiskError
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,22 @@ def disk_error(exc: OSError, path: Path) -> DiskError:
     err = DiskError(f"cannot write {path}: {exc.strerror or exc}")
     err.errno = exc.errno
     return err
+
+
+def check_target(target: Path) -> None:
+    """Refuse, before anything is fetched, a target a download must not rename over: a
+    directory (``EISDIR``), or a device, FIFO or socket (``core.targets``)."""
+    try:
+        mode: int | None = os.lstat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise disk_error(exc, target) from exc
+    refusal = target_refusal(mode)
+    if refusal is not None:
+        err = DiskError(f"cannot write {target}: it {refusal[1]}")
+        err.errno = refusal[0]
+        raise err
 
 
 def create_temp(target: Path) -> tuple[int, Path]:

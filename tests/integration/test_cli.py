@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -339,3 +340,17 @@ def test_cache_info_on_a_read_only_cache_is_one_clean_line(origin: Origin,
         subprocess.run([*freeze[1], *map(str, everything)], check=True)
     assert_one_line_error(result)
     assert result.stderr.count("\n") == 1 and "read-only" in result.stderr, result.stderr
+
+
+def test_get_to_a_fifo_is_one_line_and_leaves_it_a_fifo(origin: Origin, tmp_path: Path) -> None:
+    """`vllm-fetch get URL -o /dev/null` (here a FIFO, which needs no root) never replaces the
+    node with a regular file: one error line, nothing fetched."""
+    url = origin.serve_bytes("/model.bin", BODY)
+    fifo = tmp_path / "null"
+    os.mkfifo(fifo)
+    result = run("get", url, "-o", fifo, cwd=tmp_path)
+    assert_one_line_error(result)
+    assert result.returncode == 1
+    assert "not a regular file" in result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert origin.count("/model.bin") == 0

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import io
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,47 @@ def test_short_writes_of_the_async_side_are_written_again(
     assert (tmp_path / "short.bin").read_bytes() == body
     assert origin.count("/short") == 1
     assert leftovers(tmp_path) == ["short.bin"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_directory_target_is_refused_before_any_request(
+        mode: str, cached: bool, origin: Origin, tmp_path: Path) -> None:
+    """A rename cannot replace a directory: the call fails before the transfer, not after it
+    (a 5 GB file fetched, then thrown away), with the directory as it was."""
+    url = RangeFile(BODY).mount(origin, "/dir")
+    conn = HTTPConnection(cache=tmp_path / "cache" if cached else False)
+    if cached:
+        call(mode, conn, "download_file", url, tmp_path / "first.bin")
+    before = origin.count("/dir")
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "kept").write_bytes(b"mine")
+    with pytest.raises(DiskError) as info:
+        call(mode, conn, "download_file", url, target)
+    assert info.value.errno == errno.EISDIR
+    assert origin.count("/dir") == before
+    assert target.is_dir() and (target / "kept").read_bytes() == b"mine"
+    assert leftovers(tmp_path) == sorted(["target", *(["cache", "first.bin"] if cached else [])])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_fifo_or_device_target_is_never_replaced(
+        mode: str, cached: bool, origin: Origin, tmp_path: Path) -> None:
+    """`-o /dev/null` must not swap the device node for a regular file (a rename would): a
+    target that is a FIFO, device or socket is refused, before any request, and left as it is."""
+    url = RangeFile(BODY).mount(origin, "/node")
+    conn = HTTPConnection(cache=tmp_path / "cache" if cached else False)
+    if cached:
+        call(mode, conn, "download_file", url, tmp_path / "first.bin")
+    before = origin.count("/node")
+    fifo = tmp_path / "null"
+    os.mkfifo(fifo)
+    with pytest.raises(DiskError) as info:
+        call(mode, conn, "download_file", url, fifo)
+    assert info.value.errno == errno.EEXIST
+    assert "not a regular file" in str(info.value)
+    assert origin.count("/node") == before
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert leftovers(tmp_path) == sorted(["null", *(["cache", "first.bin"] if cached else [])])
