@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .core.partial_names import TEMP_NAME_BYTES, clip_name
 from .core.targets import target_refusal
 from .errors import DiskError
 
@@ -47,7 +48,8 @@ def create_temp(target: Path) -> tuple[int, Path]:
     with the mode a file created there would get (0666 less the umask), not mkstemp's 0600."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=target.parent, suffix=".tmp",
+                                    prefix=f".{clip_name(target.name, TEMP_NAME_BYTES)}.")
     except OSError as exc:
         raise disk_error(exc, target) from exc
     try:

@@ -256,3 +256,32 @@ def test_a_torn_checkpoint_of_a_dead_writer_is_removed_when_its_partial_is_taken
     assert sha256(target.read_bytes()) == sha256(BODY)
     assert ranges_asked(origin, "/torn") == [f"bytes={half}-"]
     assert leftovers(tmp_path) == ["torn.bin"]
+
+
+#: Valid names NAME_MAX (255 bytes) allows: partial and temp names beside them must fit too.
+LONG_NAMES = ["a" * 250, "模" * 80]  # 250 bytes; 80 characters of 3 bytes each
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", LONG_NAMES, ids=["ascii250", "cjk240"])
+def test_a_long_target_name_downloads_resumes_and_copies_from_the_cache(
+        mode: str, name: str, origin: Origin, tmp_path: Path) -> None:
+    """A partial's or temp file's name adds up to 73 bytes to the target's: it is clipped in
+    bytes (NAME_MAX counts bytes, not characters), so no valid target fails with
+    ENAMETOOLONG, or with an untyped OSError, and a cut download still resumes."""
+    served = RangeFile(BODY, cuts={0: SIZE // 4})
+    url = served.mount(origin, "/long")
+    once = HTTPConnection(retry=RetryPolicy.none(), cache=False)
+    with pytest.raises(TruncatedBodyError):
+        call(mode, once, "download_file", url, tmp_path / name)
+    assert len(leftovers(tmp_path)) == 2  # the partial and its sidecar
+    call(mode, once, "download_file", url, tmp_path / name, expected_sha256=sha256(BODY))
+    assert origin.seen("/long")[1].headers["Range"] == f"bytes={SIZE // 4}-"
+    assert sha256((tmp_path / name).read_bytes()) == sha256(BODY)
+    cached = HTTPConnection(retry=RetryPolicy.none(), cache=tmp_path / "cache")
+    other = name[:-1] + "b"
+    for target in (tmp_path / other, tmp_path / "copy" / name):  # fetched, then from the cache
+        call(mode, cached, "download_file", url, target, expected_sha256=sha256(BODY))
+        assert sha256(target.read_bytes()) == sha256(BODY)
+    assert leftovers(tmp_path) == sorted([name, other, "cache", "copy"])
+    assert leftovers(tmp_path / "copy") == [name]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from vllm_fetch.core.partial_names import (
     FOREIGN_PARTIAL_IDLE,
     Owner,
+    clip_name,
     is_partial_of,
     may_take_over,
     owned_partial_name,
@@ -91,3 +93,16 @@ def test_bad_parts_are_refused(parts: object) -> None:
     data = {"offset": 0, "url": URL, "total": 100, "parts": parts}
     with pytest.raises(ValueError):
         PartialState.from_dict(data)
+
+
+def test_partial_names_fit_name_max_in_bytes() -> None:
+    """NAME_MAX (255) counts bytes: a partial's sidecar checkpoint of any valid target name
+    (here 85 three-byte characters, 255 bytes) stays within it, cut at a character."""
+    owner = Owner("h" * 20, 4194304, "f" * 8)
+    for name in ("a" * 255, "模" * 85, "é" * 127 + "a"):
+        partial = owned_partial_name(name, "http://example.invalid/x", owner)
+        assert len(os.fsencode(partial + ".json.tmp")) <= 255
+        assert partial_owner(partial, name, "http://example.invalid/x") == owner
+        assert is_partial_of(partial, name) and is_partial_of(partial + ".json", name)
+    assert clip_name("模" * 85, 150) == "模" * 50
+    assert clip_name("short", 150) == "short"

@@ -8,13 +8,29 @@ here say when an abandoned partial may be taken over or is too old to resume.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 
 #: Partials older than this are deleted instead of resumed (seconds; 7 days).
 STALE_PARTIAL_AGE: float = 7 * 24 * 3600.0
-# Keep partial names under NAME_MAX (255) however long the target name is.
+# Keep partial names under NAME_MAX (255 bytes) however long the target name is.
 _MAX_TARGET_IN_NAME = 200
+
+
+def clip_name(name: str, max_bytes: int) -> str:
+    """The longest prefix of ``name`` whose file-system encoding (UTF-8 on Linux) takes at most
+    ``max_bytes``: NAME_MAX counts bytes, and a name of 85 CJK characters is 255 of them."""
+    if len(os.fsencode(name)) <= max_bytes:
+        return name
+    low, high = 0, min(len(name), max_bytes)
+    while low < high:  # the longest prefix that fits (encoded length grows with the prefix)
+        middle = (low + high + 1) // 2
+        if len(os.fsencode(name[:middle])) <= max_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return name[:low]
 
 
 def should_discard_stale(mtime: float, now: float, max_age: float = STALE_PARTIAL_AGE) -> bool:
@@ -31,7 +47,7 @@ def partial_name(target_name: str, url: str) -> str:
     if not target_name or "/" in target_name or "\\" in target_name:
         raise ValueError(f"partial_name needs a base name, got {target_name!r}")
     digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f".{target_name[:_MAX_TARGET_IN_NAME]}.{digest}.part"
+    return f".{clip_name(target_name, _MAX_TARGET_IN_NAME)}.{digest}.part"
 
 
 def sidecar_name(partial: str) -> str:
@@ -70,14 +86,18 @@ def safe_host(hostname: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", hostname)[:20] or "host"
 
 
-# Owned names add an owner tag: keep the target's share short enough for NAME_MAX with ".json".
+# Owned names add an owner tag (up to 40 bytes), the URL hash and ".part.json.tmp" (the
+# sidecar's checkpoint): 73 bytes besides the target's share, which NAME_MAX leaves 182 of.
 _MAX_TARGET_IN_OWNED = 150
+#: The target's share of a temp file's name beside it (``files.create_temp``: NAME_MAX less
+#: the dots, mkstemp's 8 random characters and ".tmp", with room to spare).
+TEMP_NAME_BYTES = _MAX_TARGET_IN_OWNED
 _URL_HASH = re.compile(r"[0-9a-f]{16}")
 
 
 def _owned_prefix(target_name: str, url: str) -> str:
     digest = partial_name(target_name, url)[-len("0123456789abcdef.part"):-len(".part")]
-    return f".{target_name[:_MAX_TARGET_IN_OWNED]}.{digest}."
+    return f".{clip_name(target_name, _MAX_TARGET_IN_OWNED)}.{digest}."
 
 
 def owned_partial_name(target_name: str, url: str, owner: Owner) -> str:
@@ -97,7 +117,7 @@ def is_partial_of(name: str, target_name: str) -> bool:
     """Whether ``name`` is a partial (or its sidecar) of ``target_name`` from any URL."""
     if name.endswith(".part.json"):
         name = name[:-len(".json")]
-    prefix = f".{target_name[:_MAX_TARGET_IN_OWNED]}."
+    prefix = f".{clip_name(target_name, _MAX_TARGET_IN_OWNED)}."
     if not (name.startswith(prefix) and name.endswith(".part")):
         return False
     digest, _, owner = name[len(prefix):-len(".part")].partition(".")
@@ -122,7 +142,9 @@ def may_take_over(
 __all__ = [
     "FOREIGN_PARTIAL_IDLE",
     "STALE_PARTIAL_AGE",
+    "TEMP_NAME_BYTES",
     "Owner",
+    "clip_name",
     "is_partial_of",
     "may_take_over",
     "owned_partial_name",
