@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import requests
 
 from ._version import DEFAULT_USER_AGENT
+from .cache.blobs import is_sha256
 from .cache.fetch_cache import FetchCache
 from .cache.flows import Hops, Probed, offline_error
 from .cache.memory_hits import memory_body
@@ -742,6 +743,11 @@ class HTTPConnection:
         """Everything a download needs, sync or async, before the first byte moves."""
         if expected_size is not None and expected_size < 0:
             raise ValueError(f"expected_size must be >= 0, got {expected_size}")
+        if expected_sha256 is not None and not (
+                isinstance(expected_sha256, str) and is_sha256(expected_sha256.lower())):
+            # checked before any byte moves, not found "mismatched" after the whole file
+            raise ValueError("expected_sha256 must be exactly 64 hex digits, got "
+                             f"{expected_sha256!r:.80}")
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
                             chunk_size=chunk_size, expected_sha256=expected_sha256,
                             expected_size=expected_size)

@@ -285,3 +285,21 @@ def test_a_long_target_name_downloads_resumes_and_copies_from_the_cache(
         assert sha256(target.read_bytes()) == sha256(BODY)
     assert leftovers(tmp_path) == sorted([name, other, "cache", "copy"])
     assert leftovers(tmp_path / "copy") == [name]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", ["xyz", "sha256:" + sha256(BODY), sha256(BODY)[:-1],
+                                 sha256(BODY) + "0", "g" * 64, " " + sha256(BODY)[1:]],
+                         ids=["short", "prefixed", "63", "65", "not-hex", "space"])
+def test_a_malformed_expected_sha256_is_a_value_error_before_any_request(
+        mode: str, bad: str, origin: Origin, conn: HTTPConnection, tmp_path: Path) -> None:
+    """No body can ever match a value that is not a sha256: it is a ValueError up front (as a
+    negative expected_size is), not a ChecksumMismatchError after the whole file arrived."""
+    url = RangeFile(BODY).mount(origin, "/badsha")
+    with pytest.raises(ValueError, match="expected_sha256 must be exactly 64 hex digits"):
+        call(mode, conn, "download_file", url, tmp_path / "x.bin", expected_sha256=bad)
+    assert origin.count("/badsha") == 0
+    assert leftovers(tmp_path) == []
+    upper = call(mode, conn, "download_file", url, tmp_path / "x.bin",
+                 expected_sha256=sha256(BODY).upper())
+    assert sha256(upper.read_bytes()) == sha256(BODY)
