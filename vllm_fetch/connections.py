@@ -752,7 +752,7 @@ class HTTPConnection:
                             chunk_size=chunk_size, expected_sha256=expected_sha256,
                             expected_size=expected_size)
         target = Path(save_path)
-        check_target(target)  # a directory or a device is refused before any request
+        check_target(target, save_path)  # a directory or a device: refused before any request
         offline = self.offline
         return _DownloadPlan(req, target,
                              DownloadOptions(self.retry, resume, connections, progress),

@@ -27,9 +27,14 @@ def disk_error(exc: OSError, path: Path) -> DiskError:
     return err
 
 
-def check_target(target: Path) -> None:
+def check_target(target: Path, given: str | os.PathLike[str] | None = None) -> None:
     """Refuse, before anything is fetched, a target a download must not rename over: a
-    directory (``EISDIR``), or a device, FIFO or socket (``core.targets``)."""
+    directory (``EISDIR``; also a ``given`` path that ends in a separator, which names one), or
+    a device, FIFO or socket (``core.targets``)."""
+    if given is not None and os.fspath(given).endswith(("/", os.sep)):
+        err = DiskError(f"cannot write {os.fspath(given)}: it names a directory, not a file")
+        err.errno = errno.EISDIR
+        raise err
     try:
         mode: int | None = os.lstat(target).st_mode
     except FileNotFoundError:

@@ -211,6 +211,19 @@ def test_a_directory_target_is_refused_before_any_request(
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_target_ending_in_a_slash_names_a_directory_and_is_refused(
+        mode: str, origin: Origin, tmp_path: Path) -> None:
+    """``download_file(url, "models/")`` must not write a file named ``models``."""
+    url = RangeFile(BODY).mount(origin, "/slash")
+    conn = HTTPConnection(cache=False)
+    with pytest.raises(DiskError) as info:
+        call(mode, conn, "download_file", url, f"{tmp_path}/models/")
+    assert info.value.errno == errno.EISDIR
+    assert origin.count("/slash") == 0
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cached", [False, True])
 def test_a_fifo_or_device_target_is_never_replaced(
         mode: str, cached: bool, origin: Origin, tmp_path: Path) -> None:
