@@ -20,6 +20,7 @@ from tests.origin import Origin
 from vllm_fetch import (
     BlockedURLError,
     FetchConnectionError,
+    FetchError,
     HTTPConnection,
     InvalidURLError,
     RetryPolicy,
@@ -299,6 +300,24 @@ def test_f19_redirect_to_other_schemes_refused(mode: str, location: str, origin:
     with pytest.raises(InvalidURLError) as info:
         call(mode, HTTPConnection(retry=RetryPolicy.none()), "get_bytes", url)
     assert isinstance(info.value, ValueError)
+    assert len(origin.requests) == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
+@pytest.mark.parametrize("location", ["http://[::1/x?sig=secret", "//[::1/x", "http://[zz]/x",
+                                      "http://]/x", "http://[/x"])
+def test_f19_unparseable_redirect_is_an_invalid_url(mode: str, cached: bool, location: str,
+                                                    origin: Origin) -> None:
+    """A Location urllib cannot parse (an unclosed bracket, a bracketed host that is no IPv6
+    address) is a refused hop like any other: InvalidURLError, so a FetchError and a
+    ValueError, never the bare ValueError of urljoin, and nothing else is dialed."""
+    url = origin.serve_bytes("/s", b"", status=302, headers={"Location": location})
+    conn = HTTPConnection(retry=RetryPolicy.none(), cache=None if cached else False)
+    with pytest.raises(InvalidURLError) as info:
+        call(mode, conn, "get_bytes", url + "?sig=secret")
+    assert isinstance(info.value, FetchError) and isinstance(info.value, ValueError)
+    assert "secret" not in str(info.value)
     assert len(origin.requests) == 1
 
 

@@ -26,6 +26,7 @@ from .urls import (
     URL_CACHE_SIZE,
     origin_of,
     origin_prefix,
+    parse_problem,
     quote_url,
     redact_url,
     split_url,
@@ -302,8 +303,20 @@ class URLPolicy:
 
 def redirect_target(url: str, location: str) -> str:
     """The absolute URL a Location header points to, validated as an http(s) URL (a literal
-    space or non-ASCII in its path quoted, as requests and aiohttp quote one)."""
-    return validate_url(quote_url(urljoin(url, location.strip())))
+    space or non-ASCII in its path quoted, as requests and aiohttp quote one).
+
+    A Location urllib cannot even join (an unclosed ``[`` or a bracketed host that is no IPv6
+    address: the origin's doing) is an ``InvalidURLError`` like any other bad hop, never the
+    bare ValueError ``urljoin`` raises; the message names the redirecting URL, redacted.
+    """
+    try:
+        joined = urljoin(url, location.strip())
+    except ValueError as exc:
+        safe = redact_url(url)
+        raise InvalidURLError(
+            f"Invalid HTTP URL: a redirect from {safe} to a URL that cannot be parsed "
+            f"({parse_problem(exc)})", url=safe) from None
+    return validate_url(quote_url(joined))
 
 
 def headers_for_hop(
