@@ -435,6 +435,9 @@ class HTTPConnection:
             except BaseException as exc:
                 if not self.reuse_client:
                     await session.close()
+                # raised when the caller awaits the context, past this method's ascrubbed:
+                # aiohttp's errors in the chain quote the URL and the request's headers
+                scrub_error(exc, url)
                 if not isinstance(exc, FetchError):
                     raise
                 error = _as_async(exc)

@@ -9,6 +9,7 @@ aiohttp and urllib3 in ``__cause__`` / ``__context__`` are replaced by ``Redacte
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ import pytest
 
 from tests.helpers import call
 from tests.origin import Origin
+from tests.rawserver import RawServer
 from vllm_fetch import FetchError, HTTPConnection, RetryPolicy
 from vllm_fetch.core.scrub import RedactedError
 
@@ -117,6 +119,40 @@ def test_status_errors_and_their_chain_carry_no_query(
     assert_no_secret(info.value, caplog)
     assert origin.count("/gone") == 1
     conn.close()
+
+
+def garbage_status_line(conn: socket.socket, head: bytes) -> None:
+    conn.sendall(b"\x00\x01 not HTTP\r\n\r\n")
+
+
+async def open_async_response(conn: HTTPConnection, url: str, headers: dict[str, str]) -> int:
+    async with await conn.get_async_response(url, extra_headers=headers, timeout=5) as response:
+        return response.status
+
+
+@pytest.mark.parametrize("server", ["garbage", "closed"])
+def test_raw_async_response_errors_carry_no_secret(server: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """``get_async_response``'s errors come when the context is awaited, after the method
+    returned: they are scrubbed too (aiohttp's ClientResponseError quotes the URL and every
+    request header in its ``request_info``), as ``get_response``'s are on the sync side."""
+    raw = RawServer(garbage_status_line) if server == "garbage" else None
+    port = raw.port if raw is not None else closed_port()
+    url = f"http://u:{SECRETS[0]}@127.0.0.1:{port}/x?sig={SECRETS[1]}"
+    headers = {"X-Api-Key": SECRETS[1]}
+    conn = HTTPConnection(cache=False, retry=RetryPolicy.none())
+    try:
+        with caplog.at_level(logging.DEBUG, logger="vllm_fetch"), \
+                pytest.raises(FetchError) as info:
+            asyncio.run(open_async_response(conn, url, headers))
+        assert_no_secret(info.value, caplog)
+        with pytest.raises(FetchError) as sync_info:
+            conn.get_response(url, extra_headers=headers, timeout=5)
+        assert_no_secret(sync_info.value, caplog)
+    finally:
+        conn.close()
+        if raw is not None:
+            raw.close()
 
 
 @pytest.mark.parametrize("verbose", [[], ["-v"]])
