@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .body import CASE_INSENSITIVE_TYPES, AnyURL
+from .urls import redact_url
 
 if TYPE_CHECKING:
     from .mirrors import Source
@@ -126,7 +127,8 @@ class FetchResult:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return (f"FetchResult(status={self.status}, url={self.url!r}, "
+        # redacted: a result logged with %r must not quote a signed URL's query or a password
+        return (f"FetchResult(status={self.status}, url={redact_url(self.url)!r}, "
                 f"{len(self.content)} bytes, from_cache={self.from_cache}, age={self.age})")
 
 
@@ -156,3 +158,9 @@ class DownloadResult:
             self.headers.items() if isinstance(self.headers, Mapping) else self.headers))
         if self.from_cache:
             object.__setattr__(self, "source", "cache")
+
+    def __repr__(self) -> str:
+        # the URL redacted (no userinfo, query or fragment), as in FetchResult's
+        return (f"DownloadResult(path={self.path!r}, size={self.size}, sha256={self.sha256!r}, "
+                f"status={self.status}, url={redact_url(self.url)!r}, "
+                f"from_cache={self.from_cache}, source={self.source!r})")
