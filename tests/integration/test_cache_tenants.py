@@ -1,8 +1,9 @@
 """Faults S8/S10: one tenant's response never reaches another, sync and async (issue 13, item 2).
 
-A response to a request carrying Authorization, Proxy-Authorization, Cookie, X-Api-Key or URL
-userinfo is served only to a request with the same credentials, whatever its Cache-Control says;
-where it is stored at all (``allow_private=True``), its key holds a keyed hash of them.
+A response to a request carrying Authorization, Proxy-Authorization, Cookie, X-Api-Key, a field
+named like a key or token, or URL userinfo is served only to a request with the same
+credentials, whatever its Cache-Control says; where it is stored at all
+(``allow_private=True``), its key holds a keyed hash of them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ CREDENTIALS = [
     {"Proxy-Authorization": f"Basic {SECRET}"},
     {"Cookie": f"sid={SECRET}"},
     {"X-Api-Key": SECRET},
+    # keys and tokens under other services' names (Azure, OpenStack, GitLab, Google, AWS)
+    {"Api-Key": SECRET},
+    {"X-Auth-Token": SECRET},
+    {"Private-Token": SECRET},
+    {"X-Goog-Api-Key": SECRET},
+    {"X-Amz-Security-Token": SECRET},
 ]
 
 

@@ -110,7 +110,8 @@ def test_parse_mirrors_env() -> None:
 
 def _req(url: str, **kw: object) -> FetchRequest:
     headers = {"User-Agent": "t", "Authorization": "Bearer s3cret", "Cookie": "a=b",
-               "X-Api-Key": "k", "If-None-Match": '"v1"', "Range": "bytes=0-9"}
+               "X-Api-Key": "k", "X-Auth-Token": "t0k", "Api-Key": "az",
+               "If-None-Match": '"v1"', "Range": "bytes=0-9"}
     return FetchRequest(url=url, headers=headers, deadline=Deadline(None), **kw)  # type: ignore[arg-type]
 
 

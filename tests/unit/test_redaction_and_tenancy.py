@@ -8,7 +8,12 @@ import pytest
 from vllm_fetch.cache.costs import BLOCK, blob_cost
 from vllm_fetch.cache.seal import matches, seal_of
 from vllm_fetch.core.scrub import RedactedError, scrub_error, scrub_text, secret_fragments
-from vllm_fetch.core.tenancy import credential_material, policy_headers, url_userinfo
+from vllm_fetch.core.tenancy import (
+    credential_material,
+    is_credential_field,
+    policy_headers,
+    url_userinfo,
+)
 from vllm_fetch.core.urls import redact_url, validate_url
 from vllm_fetch.errors import FetchConnectionError, InvalidURLError
 
@@ -76,6 +81,22 @@ def test_credential_material() -> None:
     assert both == credential_material("http://u:p@h/", {"X-Api-Key": "k", "Cookie": "c"})
     assert credential_material("http://u:p@h/", {}) != credential_material("http://u:q@h/", {})
     assert url_userinfo("http://h/a@b") == ""  # an @ in the path is no userinfo
+
+
+@pytest.mark.parametrize("name", [
+    "authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token",
+    "private-token", "x-goog-api-key", "ocp-apim-subscription-key", "x-amz-security-token",
+    "x-session-id", "x-client-secret", "x-signature", "x-csrf-token", "x-password"])
+def test_fields_named_like_credentials_are_credentials(name: str) -> None:
+    assert is_credential_field(name)
+    assert credential_material("http://h/", {name.title(): "v"}) != b""
+
+
+@pytest.mark.parametrize("name", [
+    "user-agent", "accept", "accept-encoding", "accept-language", "range", "if-none-match",
+    "if-modified-since", "cache-control", "x-request-id", "content-type"])
+def test_ordinary_fields_are_not_credentials(name: str) -> None:
+    assert not is_credential_field(name)
 
 
 def test_policy_headers_mark_url_credentials() -> None:

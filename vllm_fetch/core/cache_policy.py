@@ -45,7 +45,7 @@ from .body import header
 from .cache_range import ByteRange, if_range_holds, parse_range
 from .header_fields import HOP_BY_HOP, Fields, replace_lines
 from .http_dates import parse_http_date
-from .tenancy import CREDENTIAL_FIELDS
+from .tenancy import is_credential_field
 from .urls import FORBIDDEN_CHARACTERS, URL_CACHE_SIZE, checked_split, origin_prefix
 
 #: RFC 9110 §15.1: statuses a cache may store with heuristic freshness (§4.2.2).
@@ -173,7 +173,7 @@ def vary_values(
         return None
     # Credential fields are never recorded: the key already binds an entry to them.
     return {name: _normalize_field(header(request_headers, name) or "") for name in names
-            if name not in CREDENTIAL_FIELDS}
+            if not is_credential_field(name)}
 
 
 def vary_matches(entry: CacheEntry, request_headers: Mapping[str, str]) -> bool:
@@ -459,7 +459,7 @@ def _is_private(request_headers: Mapping[str, str], response_cc: Mapping[str, st
     # must-revalidate (§3.5) do not make one tenant's response another's here.
     if "private" in response_cc:
         return True
-    return any(name.lower() in CREDENTIAL_FIELDS for name in request_headers)
+    return any(is_credential_field(name.lower()) for name in request_headers)
 
 
 def is_storable(

@@ -20,6 +20,7 @@ from ..errors import (
     InvalidURLError,
 )
 from .address_policy import normalize_host
+from .tenancy import is_credential_field
 from .urls import redact_url, validate_url
 
 if TYPE_CHECKING:
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 #: Where the bytes of a result came from.
 Source: TypeAlias = Literal["cache", "mirror", "origin"]
 
-#: Headers that carry the caller's credentials for the origin: a mirror gets them only when
-#: the operator says so (``mirror_credentials=True``).
-CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
 
 _BOUNDARIES = ("/", "?", "#")
 
@@ -130,10 +128,11 @@ class Mirrors:
         return url
 
     def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """The headers a mirror is sent: all, less the credentials unless ``credentials``."""
+        """The headers a mirror is sent: all, less the caller's credentials for the origin
+        (``tenancy.is_credential_field``) unless the operator says so (``credentials``)."""
         if self.credentials:
             return dict(headers)
-        return {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+        return {k: v for k, v in headers.items() if not is_credential_field(k.lower())}
 
 
 def mirror_request(req: FetchRequest, mirrors: Mirrors) -> tuple[FetchRequest, Route] | None:

@@ -2,7 +2,8 @@
 
 The cache is shared by every caller of a process and every process of a machine, so a response
 to a request with credentials — ``Authorization``, ``Proxy-Authorization``, ``Cookie``,
-``X-Api-Key`` or userinfo in the URL — belongs to those credentials alone, whatever its
+``X-Api-Key``, a field named like a key or token (``is_credential_field``) or userinfo in
+the URL — belongs to those credentials alone, whatever its
 Cache-Control says (stricter than RFC 9111 §3.5, which lets a shared cache reuse a response to
 an authorized request marked ``public``, ``s-maxage`` or ``must-revalidate``). Where such a
 response is stored at all, its key includes a keyed hash of ``credential_material`` (the
@@ -11,12 +12,26 @@ cache does the hashing with its own secret; see ``cache/tenants.py``).
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 
 from .urls import split_url
 
-#: Request fields that carry credentials (lowercase).
+#: Request fields that carry credentials (lowercase)...
 CREDENTIAL_FIELDS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+#: ...and the names of other fields taken as credentials: API keys and tokens under the names
+#: services give them (``Api-Key``, ``X-Auth-Token``, ``Private-Token``, ``X-Goog-Api-Key``,
+#: ``Ocp-Apim-Subscription-Key``, ``X-Amz-Security-Token``, a session id). Taking a harmless
+#: field for one costs only cache hits; missing one would serve a tenant's answer to another.
+_CREDENTIAL_NAME = re.compile(
+    r"auth|token|secret|passw|api-?key|subscription-key|session|cookie|signature|credential")
+
+
+@functools.lru_cache(maxsize=1024)
+def is_credential_field(lower_name: str) -> bool:
+    """Whether a request field (its lowercase name) carries credentials."""
+    return lower_name in CREDENTIAL_FIELDS or _CREDENTIAL_NAME.search(lower_name) is not None
 #: What stands in for URL userinfo among the request fields the cache policy looks at.
 URL_CREDENTIALS_FIELD = "authorization"
 
@@ -38,7 +53,7 @@ def credential_material(url: str, headers: Mapping[str, str]) -> bytes:
     found: list[tuple[str, str]] = []
     for name, value in headers.items():  # a plain loop: this runs on every cache lookup
         lower = name.lower()
-        if lower in CREDENTIAL_FIELDS:
+        if is_credential_field(lower):
             found.append((lower, value))
     if "@" in url:
         userinfo = url_userinfo(url)
