@@ -69,7 +69,20 @@ _MODE_KEY = pytest.StashKey[str]()
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    # A fixture that fetches an asset (the common way to share one between tests) fails in
+    # setup: the same message as a fetch in the test body.
+    return (yield from _replay_failures(item))
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _replay_failures(item))
+
+
+def _replay_failures(item: pytest.Item) -> Iterator[None]:
+    """In replay, an OfflineError (a URL not recorded, or a damaged recording) fails the test
+    with the (redacted) URL and the command that records it, instead of a traceback."""
     from .errors import CachedBodyDamagedError, OfflineError
 
     try:

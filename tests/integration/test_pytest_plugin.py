@@ -113,3 +113,38 @@ def test_a_damaged_recording_is_never_replayed(tmp_path: Path) -> None:
     assert "is damaged" in replayed.stdout and "--vllm-fetch-mode=record" in replayed.stdout
     assert "AssertionError" not in replayed.stdout  # no test ever saw the damaged bytes
     assert not (suite / "connects-replay.log").exists()
+
+
+FIXTURE_TEST = '''
+import hashlib
+import os
+
+import pytest
+
+from vllm_fetch import global_http_connection
+
+
+@pytest.fixture
+def asset():  # type: ignore[no-untyped-def]
+    return global_http_connection.get_bytes(os.environ["EXAMPLE_ASSET_URL"])
+
+
+def test_asset_from_a_fixture(asset):  # type: ignore[no-untyped-def]
+    assert hashlib.sha256(asset).hexdigest() == os.environ["EXAMPLE_ASSET_SHA256"]
+'''
+
+
+def test_a_replay_miss_in_a_fixture_names_the_url_and_how_to_record(tmp_path: Path) -> None:
+    """Assets are often fetched by fixtures: a miss there (the setup phase) gets the same
+    message as one in the test body, not an OfflineError traceback."""
+    suite = tmp_path / "suite"
+    shutil.copytree(EXAMPLE, suite)
+    (suite / "test_fixture_asset.py").write_text(FIXTURE_TEST)
+    unrecorded = "http://127.0.0.1:9/assets/never-recorded.png?sig=secret"
+    result = run_suite(suite, "replay", unrecorded, "test_fixture_asset.py")
+    assert result.returncode == 1, result.stdout
+    assert "never-recorded.png?… was not recorded" in result.stdout, result.stdout
+    assert ("--vllm-fetch-mode=record test_fixture_asset.py::test_asset_from_a_fixture"
+            in result.stdout), result.stdout
+    assert "secret" not in result.stdout
+    assert not (suite / "connects-replay.log").exists()
