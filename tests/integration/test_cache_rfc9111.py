@@ -19,6 +19,7 @@ from tests.helpers import call
 from tests.origin import Origin, sha256
 from vllm_fetch import (
     FetchCache,
+    FetchError,
     FetchResult,
     HTTPConnection,
     HTTPStatusError,
@@ -534,6 +535,26 @@ def test_stale_if_error_serves_the_stored_copy_within_its_bound(
     with pytest.raises(HTTPStatusError):  # RFC 5861 §4: the request's own bound
         fetch(mode, conn, url, extra_headers={"Cache-Control": "stale-if-error=1"})
     assert origin.count("/sie") == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_download_honours_the_request_stale_if_error_when_the_origin_is_down(
+        mode: str, cache: FetchCache, tmp_path: Path) -> None:
+    """RFC 5861 §4: the request's ``stale-if-error`` bounds the stale copy a download falls
+    back to when the origin is unreachable, as it does for a body and for a 5xx."""
+    server = Origin().start()
+    url = serve(server, "/gone.bin", BODY, [("Cache-Control", "max-age=1, stale-if-error=600"),
+                                            ("Age", "5")])
+    conn = connect(cache)
+    call(mode, conn, "download_file", url, tmp_path / "first.bin")
+    server.stop()  # unreachable from now on: connection refused
+    fallback = call(mode, conn, "download_file", url, tmp_path / "stale.bin")
+    assert sha256(Path(fallback).read_bytes()) == sha256(BODY)  # within the response's bound
+    with pytest.raises(FetchError):  # stale by ~4 s, the request allows 1
+        call(mode, conn, "download_file", url, tmp_path / "bounded.bin",
+             extra_headers={"Cache-Control": "stale-if-error=1"})
+    assert not (tmp_path / "bounded.bin").exists()
+    assert server.count("/gone.bin") == 1
 
 
 @pytest.mark.parametrize("mode", MODES)

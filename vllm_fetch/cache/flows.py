@@ -487,7 +487,7 @@ def _may_serve_stale(cache: FetchCache, start: Start, req: FetchRequest, exc: Fe
             cache.invalidate(start.key)
         return bool(verdict.action is ResponseAction.SERVE_STALE)
     unreachable = isinstance(exc, (FetchConnectionError, FetchTimeoutError))
-    return unreachable and stale_if_error_allowed(entry, time.time())
+    return unreachable and stale_if_error_allowed(entry, time.time(), req.headers)
 
 
 # --- files --------------------------------------------------------------------------------------
