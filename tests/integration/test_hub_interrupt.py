@@ -34,11 +34,21 @@ def _slow_repo(setup: HubSetup) -> None:
         blob.delay = 0.2  # a 64 KiB block every 0.2 s: ~320 KiB/s per connection
 
 
-def _wait_until_all_under_way(setup: HubSetup, deadline: float, why: object = "") -> None:
-    """Each LFS file has been asked for and about 1 MiB of the repo is on its way."""
-    while len(setup.cdn.requests) < len(LFS) or setup.cdn.bytes_sent < 1 << 20:
+def _wait_until_all_under_way(setup: HubSetup, deadline: float, why: object = "",
+                              *, connections: int = 1) -> None:
+    """Every stream of every LFS file (``connections`` each) has been asked for, each file has
+    a partial on disk with bytes in it, and about 1 MiB of the repo is on its way; then three
+    more blocks' time (0.6 s at the slow CDN's pace), so each stream has written some of its
+    bytes. (Counting requests and bytes sent alone let Ctrl-C land before a slow machine had
+    created a file's partial, or written a part's first block: then nothing was there to
+    resume, and the file rightly started again from 0.)"""
+    while (len(setup.cdn.requests) < len(LFS) * connections
+           or setup.cdn.bytes_sent < 1 << 20
+           or len(partials := _partials(setup)) < len(LFS)
+           or 0 in partials.values()):
         assert time.monotonic() < deadline, why
         time.sleep(0.02)
+    time.sleep(0.6)
 
 
 def _partials(setup: HubSetup) -> dict[str, int]:
@@ -134,7 +144,7 @@ def test_ctrl_c_in_snapshot_stops_at_once_and_the_next_call_resumes(
                              env=hubs.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, preexec_fn=default_sigint)
     try:
-        _wait_until_all_under_way(hubs, time.monotonic() + 60)
+        _wait_until_all_under_way(hubs, time.monotonic() + 60, connections=connections)
         child.send_signal(signal.SIGINT)
         started = time.monotonic()
         out, err = child.communicate(timeout=60)
