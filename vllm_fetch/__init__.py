@@ -15,6 +15,7 @@ from .core.retry import RetryPolicy
 from .errors import (
     BlockedURLError,
     CachedBodyDamagedError,
+    CacheUnreadableError,
     ChecksumMismatchError,
     DiskError,
     FetchConnectionError,
@@ -36,6 +37,7 @@ from .errors import (
 
 __all__ = [
     "BlockedURLError",
+    "CacheUnreadableError",
     "CachedBodyDamagedError",
     "ChecksumMismatchError",
     "DiskError",

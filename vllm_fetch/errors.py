@@ -206,6 +206,11 @@ class OfflineError(FetchError):
     """Offline mode is on and the URL is not in the cache."""
 
 
+class CacheUnreadableError(OfflineError):
+    """Offline, and the cache index cannot be opened (read-only for SQLite's write-ahead log,
+    locked, unreadable): not a miss, an unknown."""
+
+
 class CachedBodyDamagedError(IntegrityError, OfflineError):
     """Offline, the only copy is the cached one, and its stored bytes are damaged or gone (the
     entry has been dropped; online it would have been fetched again)."""
@@ -274,6 +279,7 @@ def budget_exceeded(message: str, url: str | None = None) -> MediaRequestDownloa
 
 __all__ = [
     "BlockedURLError",
+    "CacheUnreadableError",
     "CachedBodyDamagedError",
     "ChecksumMismatchError",
     "DiskError",

@@ -83,7 +83,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def _replay_failures(item: pytest.Item) -> Iterator[None]:
     """In replay, an OfflineError (a URL not recorded, or a damaged recording) fails the test
     with the (redacted) URL and the command that records it, instead of a traceback."""
-    from .errors import CachedBodyDamagedError, OfflineError
+    from .errors import CachedBodyDamagedError, CacheUnreadableError, OfflineError
 
     try:
         return (yield)
@@ -96,6 +96,14 @@ def _replay_failures(item: pytest.Item) -> Iterator[None]:
                 f"bytes fail their check) and was dropped. Record it again with "
                 f"`pytest --vllm-fetch-mode=record {item.nodeid}`, then commit "
                 f"{_cache_dir(item.config)}.",
+                pytrace=False,
+            )
+        if isinstance(exc, CacheUnreadableError):  # not a miss: nothing could be read
+            pytest.fail(
+                f"vllm_fetch replay: the recording in {_cache_dir(item.config)} cannot be "
+                f"opened, so {exc.url or 'a URL'} cannot be looked up. SQLite writes beside "
+                "its index even to read it: replay from a writable copy (a read-only "
+                "checkout cannot be read in place). See the warning logged.",
                 pytrace=False,
             )
         pytest.fail(

@@ -20,6 +20,7 @@ from tests.cache_origin import Resource, serve_resource
 from tests.helpers import call, leftovers, stored_bytes
 from tests.origin import Origin, sha256
 from vllm_fetch import (
+    CacheUnreadableError,
     DiskError,
     FetchCache,
     FetchConnectionError,
@@ -204,6 +205,35 @@ def test_origin_stopped_offline(mode: str, origin: Origin, cache: FetchCache,
     with pytest.raises(OfflineError):
         call(mode, conn, "download_file", uncached, tmp_path / "g")
     assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_offline_with_an_index_that_cannot_be_opened_says_so(
+        mode: str, origin: Origin, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Not "not in the cache": what the cache holds is unknown (here its database file is a
+    directory; a read-only recording does the same to SQLite's write-ahead log)."""
+    url = serve_resource(origin, "/x", Resource(BODY, cache_control="max-age=600"))
+    (tmp_path / "cache" / "index" / "cache.db").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="vllm_fetch"):
+        store = FetchCache(tmp_path / "cache")
+    conn = connect(store, offline=True)
+    with pytest.raises(CacheUnreadableError) as info:
+        fetch(mode, conn, url + "?sig=secret")
+    message = str(info.value)
+    assert "cannot be opened" in message and str(store.index.directory) in message
+    assert "/x" in message and "secret" not in message
+    assert isinstance(info.value, OfflineError)
+    assert origin.count("/x") == 0
+    store.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_offline_miss_says_not_in_the_cache(mode: str, cache: FetchCache) -> None:
+    conn = connect(cache, offline=True)
+    with pytest.raises(OfflineError) as info:
+        fetch(mode, conn, "http://127.0.0.1:9/never")
+    assert not isinstance(info.value, CacheUnreadableError)
+    assert str(info.value) == "offline mode: http://127.0.0.1:9/never is not in the cache"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -115,6 +115,28 @@ def test_a_damaged_recording_is_never_replayed(tmp_path: Path) -> None:
     assert not (suite / "connects-replay.log").exists()
 
 
+def test_a_recording_that_cannot_be_opened_is_not_called_unrecorded(tmp_path: Path) -> None:
+    """A recording SQLite cannot open (read-only for its write-ahead log, or broken) fails
+    replay with what is wrong, not "not recorded" for every URL."""
+    suite = tmp_path / "suite"
+    shutil.copytree(EXAMPLE, suite)
+    origin = Origin().start()
+    url = origin.serve_bytes("/assets/image.png", ASSET)
+    try:
+        assert run_suite(suite, "record", url).returncode == 0
+    finally:
+        origin.stop()
+    index = suite / "recorded_assets" / "index"
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+        (index / name).unlink(missing_ok=True)
+    (index / "cache.db").mkdir()  # SQLite cannot open it, as with a read-only recording
+    replayed = run_suite(suite, "replay", url)
+    assert replayed.returncode == 1
+    assert "recorded_assets cannot be opened" in replayed.stdout, replayed.stdout
+    assert "was not recorded" not in replayed.stdout
+    assert not (suite / "connects-replay.log").exists()
+
+
 FIXTURE_TEST = '''
 import hashlib
 import os

@@ -47,6 +47,7 @@ from ..core.tenancy import policy_headers
 from ..core.urls import redact_url
 from ..errors import (
     CachedBodyDamagedError,
+    CacheUnreadableError,
     ChecksumMismatchError,
     FetchConnectionError,
     FetchError,
@@ -129,6 +130,8 @@ def begin(cache: FetchCache, req: FetchRequest, *, offline: bool,
     key, decision = cache.lookup(req.url, req.headers, offline=offline, now=now,
                                  scope=req.cache_scope)
     if decision.action is LookupAction.OFFLINE_MISS:
+        if not cache.index.available:  # not "nothing stored": nothing could be read
+            raise unreadable_index_error(req.url, cache.index.directory)
         raise offline_error(req.url, decision.reason)
     if logger.isEnabledFor(logging.INFO) and (  # ``-v``: every cache decision, once
             again is None or again.key != key or again.decision.action is not decision.action):
@@ -146,7 +149,19 @@ def _log_decision(url: str, decision: LookupDecision) -> None:
 
 def offline_error(url: str, reason: str = "not in the cache") -> OfflineError:
     safe = redact_url(url)
+    if reason == "nothing stored":
+        reason = "not in the cache"
     return OfflineError(f"offline mode: {safe} is {reason or 'not in the cache'}", url=safe)
+
+
+def unreadable_index_error(url: str, directory: object) -> CacheUnreadableError:
+    """Offline, and the cache index cannot be opened at all (unwritable for SQLite's
+    write-ahead log, locked, unreadable): what the cache holds is unknown, not missing."""
+    safe = redact_url(url)
+    return CacheUnreadableError(
+        f"offline mode: {safe} cannot be looked up: the cache index in {directory} cannot be "
+        "opened (SQLite needs to write beside it, even to read; see the warning logged)",
+        url=safe)
 
 
 def unservable_error(url: str, referred: bool) -> OfflineError:
