@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .body import CASE_INSENSITIVE_TYPES, AnyURL
-from .urls import redact_url
+from .urls import redact_url, without_userinfo
 
 if TYPE_CHECKING:
     from .mirrors import Source
@@ -33,9 +33,10 @@ class FetchResult:
 
     Frozen. ``headers`` is a case-insensitive ``multidict.CIMultiDictProxy`` keeping repeated
     lines (``headers.getall("Set-Cookie")``), the same type on the sync and async side; an
-    answer from the cache carries ``Age``. ``url`` is the final URL (after redirects);
-    ``from_cache`` says the body came from the disk cache (``age``: its current age in
-    seconds, RFC 9111 §4.2.3; 0 for a network answer); ``sha256`` is the body's hex digest
+    answer from the cache carries ``Age``. ``url`` is the final URL (after redirects,
+    without userinfo); ``from_cache`` says the body came from the disk cache (``age``: its
+    current age in seconds, RFC 9111 §4.2.3; 0 for a network answer); ``sha256`` is the
+    body's hex digest
     (known for a cached body, computed on first use otherwise). ``source`` says where the
     bytes came from: ``"cache"``, ``"mirror"`` or ``"origin"``.
     """
@@ -83,8 +84,8 @@ class FetchResult:
     @property
     def url(self) -> str:
         url = self._url
-        if type(url) is not str:
-            url = str(url)
+        if type(url) is not str or "@" in url:
+            url = without_userinfo(str(url))
             object.__setattr__(self, "_url", url)
         return url
 
@@ -153,6 +154,7 @@ class DownloadResult:
     source: Source = "origin"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "url", without_userinfo(self.url))  # no password, either side
         # a CIMultiDict, not a proxy: a result pickles (a process pool's), copies and asdict()s
         object.__setattr__(self, "headers", CIMultiDict(
             self.headers.items() if isinstance(self.headers, Mapping) else self.headers))

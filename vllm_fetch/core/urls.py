@@ -70,9 +70,21 @@ def url_to_send(url: str, headers: Mapping[str, str]) -> str:
         return url  # an @ in the path or query is no userinfo
     for name in headers:  # a plain loop: this runs for every request with userinfo
         if name.lower() == "authorization":
-            scheme = origin.find("://") + 3
-            return origin[:scheme] + origin.rpartition("@")[2] + url[len(origin):]
+            return without_userinfo(url)
     return url
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without its userinfo (everything after the authority byte for byte): what a
+    result reports as its URL, on both sides alike (aiohttp drops userinfo from its URLs,
+    requests keeps it), so a logged ``result.url`` carries no password."""
+    if "@" not in url:
+        return url
+    origin = origin_prefix(url)
+    if origin is None or "@" not in origin:
+        return url  # an @ in the path or query is no userinfo
+    scheme = origin.find("://") + 3
+    return origin[:scheme] + origin.rpartition("@")[2] + url[len(origin):]
 
 
 def checked_split(url: str) -> tuple[SplitResult, str | None, int | None]:
