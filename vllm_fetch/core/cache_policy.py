@@ -459,7 +459,7 @@ def _is_private(request_headers: Mapping[str, str], response_cc: Mapping[str, st
     # must-revalidate (§3.5) do not make one tenant's response another's here.
     if "private" in response_cc:
         return True
-    return any(is_credential_field(name.lower()) for name in request_headers)
+    return any(is_credential_field(name) for name in request_headers)
 
 
 def is_storable(

@@ -132,7 +132,7 @@ class Mirrors:
         (``tenancy.is_credential_field``) unless the operator says so (``credentials``)."""
         if self.credentials:
             return dict(headers)
-        return {k: v for k, v in headers.items() if not is_credential_field(k.lower())}
+        return {k: v for k, v in headers.items() if not is_credential_field(k)}
 
 
 def mirror_request(req: FetchRequest, mirrors: Mirrors) -> tuple[FetchRequest, Route] | None:

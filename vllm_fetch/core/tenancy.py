@@ -29,9 +29,10 @@ _CREDENTIAL_NAME = re.compile(
 
 
 @functools.lru_cache(maxsize=1024)
-def is_credential_field(lower_name: str) -> bool:
-    """Whether a request field (its lowercase name) carries credentials."""
-    return lower_name in CREDENTIAL_FIELDS or _CREDENTIAL_NAME.search(lower_name) is not None
+def is_credential_field(name: str) -> bool:
+    """Whether a request field (its name, in any case) carries credentials."""
+    lower = name.lower()
+    return lower in CREDENTIAL_FIELDS or _CREDENTIAL_NAME.search(lower) is not None
 #: What stands in for URL userinfo among the request fields the cache policy looks at.
 URL_CREDENTIALS_FIELD = "authorization"
 
@@ -52,9 +53,8 @@ def credential_material(url: str, headers: Mapping[str, str]) -> bytes:
     """Every credential the request carries, canonically (b"" when it carries none)."""
     found: list[tuple[str, str]] = []
     for name, value in headers.items():  # a plain loop: this runs on every cache lookup
-        lower = name.lower()
-        if is_credential_field(lower):
-            found.append((lower, value))
+        if is_credential_field(name):
+            found.append((name.lower(), value))
     if "@" in url:
         userinfo = url_userinfo(url)
         if userinfo:
