@@ -424,3 +424,34 @@ def test_a_group_commit_writes_what_diskcache_set_would(tmp_path: Path) -> None:
     assert cache.index.seal_of(sha(b"e")) == "ab" * 16
     assert len(db) == 5  # two entries, two seals, the byte total
     cache.close()
+
+
+def test_a_directory_where_a_blob_was_is_a_miss(tmp_path: Path) -> None:
+    """Damage of another kind: the blob's name holds a directory. Reading or copying it is a
+    miss (the caller fetches again), never an untyped IsADirectoryError, and no temp file."""
+    blobs = BlobStore(tmp_path / "blobs")
+    data = os.urandom(3 << 20)  # a file of its own, not a segment record
+    digest, _ = blobs.put_bytes(data)
+    blob = blobs.path(digest)
+    blob.unlink()
+    blob.mkdir()
+    assert blobs.read(digest, len(data)) is None
+    assert blobs.copy_to(digest, tmp_path / "out" / "t.bin") is False
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_verify_and_prune_go_past_a_directory_where_a_blob_was(tmp_path: Path) -> None:
+    cache = FetchCache(tmp_path / "cache")
+    url = "https://example.com/big.bin"
+    key, _ = cache.key_for(url, {})
+    data = os.urandom(3 << 20)
+    assert cache.store_bytes(key, fresh_entry(url), data, None)
+    blob = cache.blobs.path(hashlib.sha256(data).hexdigest())
+    blob.unlink()
+    blob.mkdir()
+    cache.verify(remove=False)  # no IsADirectoryError: a directory is no blob to check
+    cache.verify()
+    cache.prune(max_size=1024)
+    assert cache.lookup(url, {}, offline=True, now=time.time())[1].entry is None
+    assert blob.is_dir()  # not the cache's to delete
+    cache.close()

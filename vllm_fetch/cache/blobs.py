@@ -511,7 +511,7 @@ class BlobStore:
         try:
             size = path.stat().st_size
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):  # gone, or never a blob (left alone)
             return freed
         return freed + size
 
@@ -551,7 +551,7 @@ class BlobStore:
                             yield BlobInfo(sha, ref.size, Path(ref.path), item.stat().st_mtime,
                                            held=0)
                     continue
-                if not is_sha256(sha):
+                if not is_sha256(sha) or not item.is_file():  # a directory there is no blob
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     st = item.stat()

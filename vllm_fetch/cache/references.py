@@ -101,6 +101,9 @@ def open_checked(blob: Path, *, read_only: bool = False) -> tuple[int, int] | No
         return _open_reference(blob, read_only)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a directory or a node where a blob belongs: a miss
+            os.close(fd)
+            return None
         want = read_seal(blob) if is_shared(st) else None
         if want is not None and seal_fd(fd) != want:
             os.close(fd)
