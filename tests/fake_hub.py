@@ -112,6 +112,7 @@ class FakeHub(Origin):
         self.cdn = cdn
         self.repos: dict[str, HubRepo] = {}
         self.corrupt: set[str] = set()  # paths served with one flipped byte
+        self.api_content_type = "application/json"  # a mirror may say text/plain
 
     # -- content ----------------------------------------------------------------------------
     def add_commit(self, repo_id: str, commit: str, files: dict[str, bytes], *,
@@ -183,7 +184,7 @@ class FakeHub(Origin):
                 siblings.append(item)
             body = {"id": repo_id, "modelId": repo_id, "sha": commit, "private": bool(repo.token),
                     "siblings": siblings}
-        return web.Response(text=json.dumps(body), content_type="application/json")
+        return web.Response(text=json.dumps(body), content_type=self.api_content_type)
 
     def _resolve(self, request: web.Request, repo_id: str, revision: str, path: str
                  ) -> web.Response:

@@ -63,6 +63,19 @@ def test_snapshot_layout_read_by_real_huggingface_hub(hubs: HubSetup, tmp_path: 
         assert len(hubs.hub.requests) == seen
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_revision_answer_labelled_text_plain_is_read_alike_on_both_sides(
+        hubs: HubSetup, tmp_path: Path, mode: str) -> None:
+    """The Hub's JSON is parsed by the hub client, not by aiohttp's strict ``json()``: a
+    mirror that labels it ``text/plain`` works on both sides."""
+    files = repo_files()
+    hubs.hub.add_commit(REPO, COMMIT1, files, lfs=LFS)
+    hubs.hub.api_content_type = "text/plain"
+    path = snap(mode, REPO, http=conn(tmp_path), progress=False)
+    for name, data in files.items():
+        assert (path / name).read_bytes() == data
+
+
 def test_completed_snapshot_costs_one_metadata_request_none_by_commit_or_offline(
         hubs: HubSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hubs.hub.add_commit(REPO, COMMIT1, repo_files(), lfs=LFS)

@@ -4,6 +4,7 @@ and how a downloaded file is verified and published into the layout."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -113,8 +114,13 @@ class Job:
         return (f"{self.base}/api/{self.repo_type}s/{self.repo_id}/revision/"
                 f"{quote(self.revision, safe='')}?blobs=true")
 
-    def accept_info(self, info: Any) -> list[RepoEntry]:
-        """Record the Hub's answer (tree, ref); the files still to download."""
+    def accept_info(self, text: str) -> list[RepoEntry]:
+        """Record the Hub's answer (tree, ref: its JSON text, whatever Content-Type it came
+        with, parsed the same way on both sides); the files still to download."""
+        try:
+            info = json.loads(text)
+        except ValueError:
+            raise FetchError("the Hub's revision answer is not JSON") from None
         if not isinstance(info, dict):
             raise FetchError("the Hub's revision answer is not a JSON object")
         self.commit, self.entries = parse_revision_info(info)

@@ -53,7 +53,7 @@ def run(job: Job, http: HTTPConnection, *, connections: int | None, max_workers:
     done = job.local_answer()
     if done is not None:
         return done
-    todo = job.accept_info(http.get_json(job.info_url(), extra_headers=job.headers,
+    todo = job.accept_info(http.get_text(job.info_url(), extra_headers=job.headers,
                                          use_cache=False))
     bar = Bytes(sum(e.size for e in todo), progress)
     stop = threading.Event()
@@ -96,7 +96,7 @@ async def arun(job: Job, http: HTTPConnection, *, connections: int | None, max_w
     done = await asyncio.to_thread(job.local_answer)
     if done is not None:
         return done
-    info = await http.async_get_json(job.info_url(), extra_headers=job.headers, use_cache=False)
+    info = await http.async_get_text(job.info_url(), extra_headers=job.headers, use_cache=False)
     todo = await asyncio.to_thread(job.accept_info, info)
     bar = Bytes(sum(e.size for e in todo), progress)
     gate = asyncio.Semaphore(max(1, max_workers))
