@@ -86,7 +86,9 @@ def test_credential_material() -> None:
 @pytest.mark.parametrize("name", [
     "authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token",
     "private-token", "x-goog-api-key", "ocp-apim-subscription-key", "x-amz-security-token",
-    "x-session-id", "x-client-secret", "x-signature", "x-csrf-token", "x-password"])
+    "x-session-id", "x-client-secret", "x-signature", "x-csrf-token", "x-password",
+    "x-functions-key", "x-access-key", "x-master-key", "x-key", "api_key", "X_API_KEY",
+    "x-apikey", "x-passphrase"])
 def test_fields_named_like_credentials_are_credentials(name: str) -> None:
     assert is_credential_field(name)
     assert credential_material("http://h/", {name.title(): "v"}) != b""
@@ -94,7 +96,8 @@ def test_fields_named_like_credentials_are_credentials(name: str) -> None:
 
 @pytest.mark.parametrize("name", [
     "user-agent", "accept", "accept-encoding", "accept-language", "range", "if-none-match",
-    "if-modified-since", "cache-control", "x-request-id", "content-type"])
+    "if-modified-since", "cache-control", "x-request-id", "content-type", "keep-alive",
+    "x-keyword", "traceparent", "x-amzn-trace-id", "openai-organization"])
 def test_ordinary_fields_are_not_credentials(name: str) -> None:
     assert not is_credential_field(name)
 

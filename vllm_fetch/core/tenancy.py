@@ -25,14 +25,16 @@ CREDENTIAL_FIELDS = frozenset({"authorization", "proxy-authorization", "cookie",
 #: ``Ocp-Apim-Subscription-Key``, ``X-Amz-Security-Token``, a session id). Taking a harmless
 #: field for one costs only cache hits; missing one would serve a tenant's answer to another.
 _CREDENTIAL_NAME = re.compile(
-    r"auth|token|secret|passw|api-?key|subscription-key|session|cookie|signature|credential")
+    r"auth|token|secret|passw|passphrase|session|cookie|signature|credential|apikey"
+    r"|(?:^|-)key(?:$|-)")  # "key" as a word: X-Functions-Key, Api-Key, X-Key, not Keep-Alive
 
 
 @functools.lru_cache(maxsize=1024)
 def is_credential_field(name: str) -> bool:
     """Whether a request field (its name, in any case) carries credentials."""
     lower = name.lower()
-    return lower in CREDENTIAL_FIELDS or _CREDENTIAL_NAME.search(lower) is not None
+    return (lower in CREDENTIAL_FIELDS
+            or _CREDENTIAL_NAME.search(lower.replace("_", "-")) is not None)  # api_key too
 #: What stands in for URL userinfo among the request fields the cache policy looks at.
 URL_CREDENTIALS_FIELD = "authorization"
 
