@@ -26,6 +26,7 @@ from ..core.cache_policy import (
 )
 from ..core.request import FetchRequest
 from ..core.results import Body
+from ..core.urls import without_userinfo
 from .fetch_cache import FetchCache, FreshVerdict
 from .flows import check_size, served_fresh, served_hit
 
@@ -47,7 +48,8 @@ def memory_body(cache: FetchCache, req: FetchRequest) -> Body | None:
         cache.used(key, now)  # the same held copy, the same fields, still fresh: as before
         age = current_age(held.entry, now)
         last = known.served
-        if last is not None and last.age == int(age) and last.url == req.url:
+        if (last is not None and last.age == int(age)
+                and last.url == (without_userinfo(req.url) if "@" in req.url else req.url)):
             check_size(held.entry.size, req)  # this caller's cap
             return last  # the same answer, to the second
         known.served = served_fresh(held.data, held.entry, req, age)
