@@ -746,6 +746,8 @@ class HTTPConnection:
         """Everything a download needs, sync or async, before the first byte moves."""
         if expected_size is not None and expected_size < 0:
             raise ValueError(f"expected_size must be >= 0, got {expected_size}")
+        if expected_sha256 == "":
+            expected_sha256 = None  # as before: no digest to check (os.environ.get("SHA", ""))
         if expected_sha256 is not None and not (
                 isinstance(expected_sha256, str) and is_sha256(expected_sha256.lower())):
             # checked before any byte moves, not found "mismatched" after the whole file

@@ -7,6 +7,7 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -29,16 +30,19 @@ def disk_error(exc: OSError, path: Path) -> DiskError:
 
 def check_target(target: Path, given: str | os.PathLike[str] | None = None) -> None:
     """Refuse, before anything is fetched, a target a download must not rename over: a
-    directory (``EISDIR``; also a ``given`` path that ends in a separator, which names one), or
-    a device, FIFO or socket (``core.targets``)."""
-    if given is not None and os.fspath(given).endswith(("/", os.sep)):
-        err = DiskError(f"cannot write {os.fspath(given)}: it names a directory, not a file")
+    directory (``EISDIR``; also a ``given`` path that ends in a separator, ``.`` or ``..``,
+    which name one), or a device, FIFO or socket (``core.targets``), or a symlink to one."""
+    text = os.fspath(given) if given is not None else ""
+    if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", ".."):
+        err = DiskError(f"cannot write {text}: it names a directory, not a file")
         err.errno = errno.EISDIR
         raise err
     try:
         mode: int | None = os.lstat(target).st_mode
+        if mode is not None and stat.S_ISLNK(mode):  # -o /dev/stdout: what the link names
+            mode = os.stat(target).st_mode
     except FileNotFoundError:
-        mode = None
+        mode = None  # absent, or a dangling link (the rename replaces the link itself)
     except OSError as exc:
         raise disk_error(exc, target) from exc
     refusal = target_refusal(mode)

@@ -21,7 +21,7 @@ import aiofiles.threadpool
 import pytest
 
 from tests.helpers import call, leftovers
-from tests.origin import Origin
+from tests.origin import Origin, sha256
 from tests.ranged import RangeFile
 from vllm_fetch import DiskError, HTTPConnection, RetryPolicy
 
@@ -216,11 +216,34 @@ def test_a_target_ending_in_a_slash_names_a_directory_and_is_refused(
     """``download_file(url, "models/")`` must not write a file named ``models``."""
     url = RangeFile(BODY).mount(origin, "/slash")
     conn = HTTPConnection(cache=False)
-    with pytest.raises(DiskError) as info:
-        call(mode, conn, "download_file", url, f"{tmp_path}/models/")
-    assert info.value.errno == errno.EISDIR
+    for given in (f"{tmp_path}/models/", f"{tmp_path}/models/.", f"{tmp_path}/a/.."):
+        with pytest.raises(DiskError) as info:
+            call(mode, conn, "download_file", url, given)
+        assert info.value.errno == errno.EISDIR
     assert origin.count("/slash") == 0
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_symlink_to_a_device_is_never_replaced(mode: str, origin: Origin,
+                                                 tmp_path: Path) -> None:
+    """`-o /dev/stdout` is a symlink (to /proc/self/fd/1): what it names decides, so the link
+    is not swapped for a regular file either. A link to a regular file is replaced as before."""
+    url = RangeFile(BODY).mount(origin, "/linked")
+    conn = HTTPConnection(cache=False)
+    link = tmp_path / "out"
+    link.symlink_to("/dev/null")
+    with pytest.raises(DiskError) as info:
+        call(mode, conn, "download_file", url, link)
+    assert info.value.errno == errno.EEXIST
+    assert link.is_symlink() and os.readlink(link) == "/dev/null"
+    assert origin.count("/linked") == 0
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"old")
+    to_plain = tmp_path / "to-plain"
+    to_plain.symlink_to(plain)
+    call(mode, conn, "download_file", url, to_plain)
+    assert sha256(to_plain.read_bytes()) == sha256(BODY)
 
 
 @pytest.mark.parametrize("mode", MODES)

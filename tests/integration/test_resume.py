@@ -303,3 +303,5 @@ def test_a_malformed_expected_sha256_is_a_value_error_before_any_request(
     upper = call(mode, conn, "download_file", url, tmp_path / "x.bin",
                  expected_sha256=sha256(BODY).upper())
     assert sha256(upper.read_bytes()) == sha256(BODY)
+    unset = call(mode, conn, "download_file", url, tmp_path / "y.bin", expected_sha256="")
+    assert sha256(unset.read_bytes()) == sha256(BODY)  # "": no digest, as None
