@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import requests
 
 from ._version import DEFAULT_USER_AGENT
-from .cache.blobs import is_sha256
 from .cache.fetch_cache import FetchCache
 from .cache.flows import Hops, Probed, offline_error
 from .cache.memory_hits import memory_body
@@ -29,6 +28,7 @@ from .cache.settings import CacheArg, CacheSetting
 from .cache.shared_tier import SharedTier
 from .config import env_flag, env_float, env_str
 from .core.address_policy import Resolver, URLPolicy
+from .core.body import expected_digest
 from .core.deadline import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -59,7 +59,7 @@ from .errors import (
     MediaDownloadSizeExceededError,
     MediaRequestDownloadSizeExceededError,
 )
-from .files import check_target
+from .files import checked_target
 from .mirroring import MirrorCalls, mark_body, mark_download
 from .retry_loop import ResultRetry, aretry_failed, async_retrying, sync_retrying
 
@@ -746,18 +746,10 @@ class HTTPConnection:
         """Everything a download needs, sync or async, before the first byte moves."""
         if expected_size is not None and expected_size < 0:
             raise ValueError(f"expected_size must be >= 0, got {expected_size}")
-        if expected_sha256 == "":
-            expected_sha256 = None  # as before: no digest to check (os.environ.get("SHA", ""))
-        if expected_sha256 is not None and not (
-                isinstance(expected_sha256, str) and is_sha256(expected_sha256.lower())):
-            # checked before any byte moves, not found "mismatched" after the whole file
-            raise ValueError("expected_sha256 must be exactly 64 hex digits, got "
-                             f"{expected_sha256!r:.80}")
         req = self._request(url, timeout=timeout, extra_headers=extra_headers,
-                            chunk_size=chunk_size, expected_sha256=expected_sha256,
+                            chunk_size=chunk_size, expected_sha256=expected_digest(expected_sha256),
                             expected_size=expected_size)
-        target = Path(save_path)
-        check_target(target, save_path)  # a directory or a device: refused before any request
+        target = checked_target(save_path)  # a directory or a device: refused before any request
         offline = self.offline
         return _DownloadPlan(req, target,
                              DownloadOptions(self.retry, resume, connections, progress),

@@ -28,11 +28,13 @@ def disk_error(exc: OSError, path: Path) -> DiskError:
     return err
 
 
-def check_target(target: Path, given: str | os.PathLike[str] | None = None) -> None:
-    """Refuse, before anything is fetched, a target a download must not rename over: a
-    directory (``EISDIR``; also a ``given`` path that ends in a separator, ``.`` or ``..``,
-    which name one), or a device, FIFO or socket (``core.targets``), or a symlink to one."""
-    text = os.fspath(given) if given is not None else ""
+def checked_target(given: str | os.PathLike[str]) -> Path:
+    """The download target ``given`` names, refused before anything is fetched when a download
+    must not rename over it: a directory (``EISDIR``; also a path that ends in a separator,
+    ``.`` or ``..``, which name one), or a device, FIFO or socket (``core.targets``), or a
+    symlink to one."""
+    text = os.fspath(given)
+    target = Path(text)
     if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", ".."):
         err = DiskError(f"cannot write {text}: it names a directory, not a file")
         err.errno = errno.EISDIR
@@ -50,6 +52,7 @@ def check_target(target: Path, given: str | os.PathLike[str] | None = None) -> N
         err = DiskError(f"cannot write {target}: it {refusal[1]}")
         err.errno = refusal[0]
         raise err
+    return target
 
 
 def create_temp(target: Path) -> tuple[int, Path]:

@@ -188,6 +188,15 @@ def test_short_writes_of_the_async_side_are_written_again(
     assert leftovers(tmp_path) == ["short.bin"]
 
 
+def _connection(mode: str, url: str, tmp_path: Path, cached: bool) -> HTTPConnection:
+    """A connection; with ``cached``, one whose cache already holds ``url`` (downloaded once
+    to ``first.bin``), so a refusal must come before the cache copy too."""
+    conn = HTTPConnection(cache=tmp_path / "cache" if cached else False)
+    if cached:
+        call(mode, conn, "download_file", url, tmp_path / "first.bin")
+    return conn
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cached", [False, True])
 def test_a_directory_target_is_refused_before_any_request(
@@ -195,9 +204,7 @@ def test_a_directory_target_is_refused_before_any_request(
     """A rename cannot replace a directory: the call fails before the transfer, not after it
     (a 5 GB file fetched, then thrown away), with the directory as it was."""
     url = RangeFile(BODY).mount(origin, "/dir")
-    conn = HTTPConnection(cache=tmp_path / "cache" if cached else False)
-    if cached:
-        call(mode, conn, "download_file", url, tmp_path / "first.bin")
+    conn = _connection(mode, url, tmp_path, cached)
     before = origin.count("/dir")
     target = tmp_path / "target"
     target.mkdir()
@@ -253,9 +260,7 @@ def test_a_fifo_or_device_target_is_never_replaced(
     """`-o /dev/null` must not swap the device node for a regular file (a rename would): a
     target that is a FIFO, device or socket is refused, before any request, and left as it is."""
     url = RangeFile(BODY).mount(origin, "/node")
-    conn = HTTPConnection(cache=tmp_path / "cache" if cached else False)
-    if cached:
-        call(mode, conn, "download_file", url, tmp_path / "first.bin")
+    conn = _connection(mode, url, tmp_path, cached)
     before = origin.count("/node")
     fifo = tmp_path / "null"
     os.mkfifo(fifo)

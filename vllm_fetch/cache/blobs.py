@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core.body import is_sha256
 from ..core.segment_record import HEADER_SIZE, SEGMENT_BODY_MAX, Location, body_seal
 from ..files import (
     fsync_fd,
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("vllm_fetch.cache")
 
-_HEX = frozenset("0123456789abcdef")
 _COPY_CHUNK = 1 << 30
 #: A file changed less than this long ago (ns) has no signature yet: filesystem timestamps
 #: come from a coarse clock (a few ms on Linux), so an edit in the same tick as the last write
@@ -58,10 +58,6 @@ SETTLE_COARSE_NS = 2_500_000_000
 _SECOND_NS = 1_000_000_000
 
 Signature = tuple[int, int, int, int, int]
-
-
-def is_sha256(text: str) -> bool:
-    return len(text) == 64 and set(text) <= _HEX
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 import platformdirs
 
 from ..config import env_flag, env_size, env_str, parse_size
+from ..core.body import is_sha256
 from ..core.cache_policy import CacheEntry, LookupDecision, cache_key, on_lookup
 from ..core.filesystems import shared_filesystem
 from ..core.generations import Stamp
@@ -31,7 +32,7 @@ from ..core.results import Body
 from ..core.seal import known as known_seal
 from ..core.tenancy import credential_material, policy_headers
 from ..filesystems import fs_type, warn_if_shared
-from .blobs import BlobStore, is_sha256
+from .blobs import BlobStore
 from .costs import INDEX_BASE, blob_cost
 from .generation_file import GenerationFile
 from .housekeeping import PruneReport, VerifyReport, prune, verify

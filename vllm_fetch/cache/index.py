@@ -46,9 +46,9 @@ from typing import Any, TypeVar
 
 import diskcache
 
+from ..core.body import is_sha256
 from ..core.cache_policy import CacheEntry
 from ..core.segment_record import Location
-from .blobs import is_sha256
 from .costs import ENTRY_COST
 from .generation_file import GenerationFile
 from .index_mutex import DirMutex, LockSupport, lock_support

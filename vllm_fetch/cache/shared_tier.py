@@ -26,10 +26,11 @@ from typing import Any
 import diskcache
 
 from ..config import env_str
+from ..core.body import is_sha256
 from ..core.cache_policy import CacheEntry
 from ..core.segment_record import HEADER_SIZE, SEGMENT_BODY_MAX, accepts, parse_header
 from ..files import publish_bytes
-from .blobs import BlobStore, is_sha256
+from .blobs import BlobStore
 from .index import JSONDisk, _ClosingLocal
 
 logger = logging.getLogger("vllm_fetch.cache")

@@ -37,6 +37,23 @@ def safe_url(url: str | AnyURL, redacted: bool) -> str:
 
 #: Content-Length is ASCII digits only (RFC 9110 §8.6); str.isdigit would accept "²".
 _DIGITS = re.compile(r"[0-9]+")
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_sha256(text: str) -> bool:
+    """Whether ``text`` is a sha256 hex digest as the store names blobs (64, lower case)."""
+    return len(text) == 64 and set(text) <= _HEX
+
+
+def expected_digest(value: object) -> str | None:
+    """A caller's ``expected_sha256``: None for none (``None`` or ``""``), the value itself for
+    64 hex digits in either case, else a ValueError, before any byte moves (no body can match
+    it: it is the call's mistake, not a checksum mismatch after the whole file)."""
+    if value is None or value == "":
+        return None
+    if not (isinstance(value, str) and is_sha256(value.lower())):
+        raise ValueError(f"expected_sha256 must be exactly 64 hex digits, got {value!r:.80}")
+    return value
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -1,8 +1,9 @@
 """What a download may publish over (pure): the target's name is replaced by a rename.
 
-A rename replaces whatever the name held: a regular file (or a symlink, itself) is fine, but a
-directory cannot be replaced, and a device, FIFO or socket (``-o /dev/null``) must never be: the
-rename would swap the node for a regular file. Both are refused before any request is sent.
+A rename replaces whatever the name held: a regular file is fine, but a directory cannot be
+replaced, and a device, FIFO or socket (``-o /dev/null``) must never be: the rename would swap
+the node for a regular file. Both are refused before any request is sent. A symlink is judged
+by what it names (``files.checked_target`` passes that mode; ``-o /dev/stdout`` is a link).
 """
 
 from __future__ import annotations
